@@ -1,0 +1,1 @@
+"""neuralnum: learning least-squares algorithms to machine precision."""
