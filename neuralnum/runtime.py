@@ -9,17 +9,21 @@ nothing here is written twice elsewhere.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
   ``os.replace``) and safe load (``torch.load(weights_only=True)``).
 * :func:`generator_state` / :func:`restore_generator` — exact-resume RNG bookkeeping.
+* :func:`seeded` — run a block (e.g. model initialisation) under a seeded global RNG.
+* :func:`training_state` / :func:`restore_training_state` — step, model, optimizer, named
+  generators and torch's global RNG in one checkpointable dict, for exact resume.
 * :class:`Distributed` / :func:`init_distributed` — ``torchrun`` set-up (gloo on CPU,
   NCCL on CUDA), rank-aware helpers, gradient all-reduce.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +42,10 @@ __all__ = [
     "make_generator",
     "progress",
     "restore_generator",
+    "restore_training_state",
     "save_checkpoint",
+    "seeded",
+    "training_state",
 ]
 
 
@@ -65,6 +72,71 @@ def restore_generator(gen: torch.Generator, state: torch.Tensor) -> torch.Genera
     """Restore a state produced by :func:`generator_state`; returns ``gen``."""
     gen.set_state(state.to(dtype=torch.uint8, device="cpu"))
     return gen
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with torch's global CPU RNG seeded to ``seed``; restore it after.
+
+    For code that draws from the global RNG (``nn.Module`` initialisers): the result
+    depends only on ``seed`` and nothing leaks into the caller's RNG stream.
+    """
+    make_generator(seed)  # validates seed
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def training_state(
+    *,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    """Everything an exact resume needs, as a dict :func:`save_checkpoint` can write.
+
+    Holds ``step``, the model's and optimizer's ``state_dict``, the state of each named
+    generator, torch's global CPU RNG state (and CUDA's, when available; dropout draws
+    from these) and any ``extra`` plain values.
+    """
+    state: dict[str, Any] = {
+        "step": int(step),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "generators": {k: generator_state(g) for k, g in (generators or {}).items()},
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        **extra,
+    }
+    return state
+
+
+def restore_training_state(
+    state: Mapping[str, Any],
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    generators: Mapping[str, torch.Generator] | None = None,
+) -> int:
+    """Load a :func:`training_state` dict into ``model``/``optimizer``/``generators``.
+
+    Also restores torch's global RNG. Returns the saved step. Raises
+    :class:`CheckpointError` when a named generator is missing from the checkpoint.
+    """
+    model.load_state_dict(state["model"])
+    if optimizer is not None:
+        optimizer.load_state_dict(state["optimizer"])
+    saved = state["generators"]
+    for name, gen in (generators or {}).items():
+        if name not in saved:
+            raise CheckpointError(f"checkpoint has no state for generator {name!r}")
+        restore_generator(gen, saved[name])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
 
 
 # --------------------------------------------------------------------------- progress

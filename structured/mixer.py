@@ -1,0 +1,160 @@
+"""Monarch Mixer (M2) layers: the gated long-convolution sequence mixer and the GLU
+dimension mixer.
+
+Sequence mixer (Fu et al. 2023, public M2-BERT layer), for ``u: (batch, seq, d_model)``::
+
+    x1, x2, v = shortconv(in_proj(u))          # d → 3d, depthwise causal conv, k = 3
+    y = long_conv(v · x1, k) + D · (v · x1)     # implicit filter k, skip term D
+    out = out_proj(y · x2)
+
+The filter ``k`` is implicit: positional features of ``t`` go through a small MLP with
+sine activations and are modulated by an exponential decay (:class:`ImplicitFilter`).
+The causal variant uses an ``L``-tap filter (zero padding to ``2L``, first ``L`` outputs),
+the bidirectional one concatenates a forward filter with a flipped reverse filter into a
+``2L``-tap filter. The long convolution always goes through :func:`kernels.long_conv`.
+
+Dimension mixer: ``GLU(u) = down(gelu(gate(u)) · up(u))`` with Monarch, block-diagonal or
+dense projections (:func:`make_linear`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import kernels
+from structured.layers import BlockdiagLinear, MonarchLinear
+
+__all__ = [
+    "LINEAR_KINDS",
+    "GLUMixer",
+    "ImplicitFilter",
+    "SequenceMixer",
+    "make_linear",
+]
+
+LINEAR_KINDS = ("dense", "monarch", "blockdiag")
+
+
+def make_linear(kind: str, in_features: int, out_features: int, *, nblocks: int = 4,
+                bias: bool = True) -> nn.Module:
+    """A drop-in ``nn.Linear``: ``"dense"``, ``"monarch"`` or ``"blockdiag"`` (``nblocks``)."""
+    if kind == "dense":
+        return nn.Linear(in_features, out_features, bias=bias)
+    if kind == "monarch":
+        return MonarchLinear(in_features, out_features, nblocks, bias=bias)
+    if kind == "blockdiag":
+        return BlockdiagLinear(in_features, out_features, nblocks, bias=bias)
+    raise ValueError(f"linear kind must be one of {LINEAR_KINDS}, got {kind!r}")
+
+
+class Sine(nn.Module):
+    """``sin(w · x)`` with a learnable frequency per feature (Hyena/M2 filter activation)."""
+
+    def __init__(self, features: int, freq: float = 1.0):
+        super().__init__()
+        self.freq = nn.Parameter(torch.full((features,), float(freq)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sin(self.freq * x)
+
+
+class ImplicitFilter(nn.Module):
+    """Implicit long-convolution filter ``k: (channels, length)``.
+
+    ``z(t) = [t/L, cos(2π f t/L), sin(2π f t/L)]`` for ``f = 1 … bands`` → Linear → Sine →
+    Linear → Sine → Linear(channels) → · ``exp(−α_c t/L)``, with decay rates ``α_c`` spread
+    between ``−log(target)/slow`` and ``−log(target)/fast`` across channels (the filter has
+    decayed to ``target`` at ``fast``/``slow`` fractions of the sequence).
+    """
+
+    def __init__(self, channels: int, *, order: int = 32, bands: int = 4,
+                 fast_decay: float = 0.3, slow_decay: float = 1.5, target: float = 1e-2):
+        super().__init__()
+        self.bands = bands
+        self.mlp = nn.Sequential(
+            nn.Linear(1 + 2 * bands, order), Sine(order),
+            nn.Linear(order, order), Sine(order),
+            nn.Linear(order, channels, bias=False),
+        )
+        rates = torch.linspace(math.log(target) / slow_decay, math.log(target) / fast_decay,
+                               channels).abs()
+        self.register_buffer("decay_rates", rates, persistent=False)
+
+    def forward(self, length: int) -> torch.Tensor:
+        """The filter taps for a sequence of ``length``: ``(channels, length)``."""
+        dtype = self.mlp[0].weight.dtype
+        device = self.mlp[0].weight.device
+        t = torch.arange(length, dtype=dtype, device=device) / length            # (L,)
+        freqs = torch.arange(1, self.bands + 1, dtype=dtype, device=device)      # (F,)
+        angle = 2 * math.pi * t[:, None] * freqs[None, :]                         # (L, F)
+        z = torch.cat([t[:, None], torch.cos(angle), torch.sin(angle)], dim=-1)   # (L, 1+2F)
+        k = self.mlp(z)                                                           # (L, C)
+        decay = torch.exp(-self.decay_rates.to(dtype)[None, :] * t[:, None])      # (L, C)
+        return (k * decay).transpose(0, 1)
+
+
+class SequenceMixer(nn.Module):
+    """M2 gated long-convolution sequence mixer: ``(B, L, d) → (B, L, d)``.
+
+    ``causal=True``: output ``t`` depends only on inputs ``0 … t`` (GPT-style).
+    ``causal=False``: forward + flipped reverse filter, a ``2L``-tap filter (BERT-style).
+    """
+
+    def __init__(self, d_model: int, *, causal: bool, filter_order: int = 32,
+                 short_kernel: int = 3):
+        super().__init__()
+        self.d_model = d_model
+        self.causal = causal
+        self.in_proj = nn.Linear(d_model, 3 * d_model)
+        self.short_conv = nn.Conv1d(3 * d_model, 3 * d_model, short_kernel,
+                                    groups=3 * d_model, padding=short_kernel - 1)
+        self.filter = ImplicitFilter(d_model, order=filter_order)
+        self.filter_rev = None if causal else ImplicitFilter(d_model, order=filter_order)
+        self.skip = nn.Parameter(torch.randn(d_model) * 0.02)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def long_filter(self, length: int) -> torch.Tensor:
+        """Taps ``(d, L)`` (causal) or ``(d, 2L)``: forward taps then flipped reverse taps.
+
+        In the ``2L`` layout tap ``L + j`` multiplies input ``s = t + L − j``, so the
+        reverse filter's tap ``m`` (at index ``2L − 1 − m``) reaches ``m + 1`` steps ahead.
+        """
+        k = self.filter(length)
+        if self.filter_rev is None:
+            return k
+        return torch.cat([k, self.filter_rev(length).flip(-1)], dim=-1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        if u.ndim != 3 or u.shape[-1] != self.d_model:
+            raise ValueError(f"u must be (batch, seq, {self.d_model}), got {tuple(u.shape)}")
+        length = u.shape[1]
+        z = self.in_proj(u).transpose(1, 2)                       # (B, 3d, L)
+        z = self.short_conv(z)[..., :length]                      # causal depthwise conv
+        x1, x2, v = z.split(self.d_model, dim=1)                  # (B, d, L) each
+        v = v * x1
+        k = self.long_filter(length).to(v.dtype)
+        y = kernels.long_conv(v, k) + self.skip.to(v.dtype)[:, None] * v
+        y = y * x2
+        return self.out_proj(y.transpose(1, 2))
+
+
+class GLUMixer(nn.Module):
+    """Dimension mixer ``(…, d) → (…, d)``: ``down(gelu(gate(u)) · up(u))``.
+
+    ``linear`` picks Monarch, block-diagonal or dense projections (:func:`make_linear`).
+    """
+
+    def __init__(self, d_model: int, hidden: int, *, linear: str = "monarch",
+                 nblocks: int = 4):
+        super().__init__()
+        self.hidden = hidden
+        self.up = make_linear(linear, d_model, 2 * hidden, nblocks=nblocks)
+        self.down = make_linear(linear, hidden, d_model, nblocks=nblocks)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        gate, value = self.up(u).split(self.hidden, dim=-1)
+        return self.down(F.gelu(gate) * value)

@@ -1,0 +1,248 @@
+"""M2-GPT, M2-BERT, M2-ViT and same-width/depth Transformer baselines from one config.
+
+``ModelConfig(kind, arch, ...)`` picks the model:
+
+============  ==================  =====================
+kind          arch="m2"           arch="transformer"
+============  ==================  =====================
+``"gpt"``     M2-GPT (causal LM)  GPT (causal SDPA)
+``"bert"``    M2-BERT (masked LM) BERT (bidirectional)
+``"vit"``     M2-ViT (classifier) ViT
+============  ==================  =====================
+
+Every block is pre-norm: ``x + mixer(LN(x))`` then ``x + mlp(LN(x))``. M2 blocks use the
+gated long-conv :class:`~structured.mixer.SequenceMixer` and the Monarch/block-diagonal
+:class:`~structured.mixer.GLUMixer`; Transformer blocks use
+``torch.nn.functional.scaled_dot_product_attention`` and a dense GELU MLP. Language
+models take ``idx: (B, L) int64`` and return logits ``(B, L, vocab)``; vision models take
+``images: (B, C, H, W)`` and return logits ``(B, n_classes)``. Learned positional
+embeddings and a head tied to the token embedding (LM) are shared by both architectures.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from structured.mixer import LINEAR_KINDS, GLUMixer, SequenceMixer
+
+__all__ = [
+    "ARCHS",
+    "KINDS",
+    "LanguageModel",
+    "ModelConfig",
+    "VisionModel",
+    "build_model",
+    "count_parameters",
+]
+
+KINDS = ("gpt", "bert", "vit")
+ARCHS = ("m2", "transformer")
+_NAMES = {("gpt", "m2"): "M2-GPT", ("gpt", "transformer"): "GPT",
+          ("bert", "m2"): "M2-BERT", ("bert", "transformer"): "BERT",
+          ("vit", "m2"): "M2-ViT", ("vit", "transformer"): "ViT"}
+
+
+def _is_power_of_two(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a model; validated on construction (``ValueError``)."""
+
+    kind: str = "gpt"            # gpt | bert | vit
+    arch: str = "m2"             # m2 | transformer
+    seq_len: int = 256           # LM context; vision uses (image_size / patch_size)²
+    vocab_size: int = 256
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4             # transformer only
+    mlp_ratio: float = 4.0       # MLP hidden = mlp_ratio · d_model (rounded to nblocks)
+    dim_mixer: str = "monarch"   # M2's GLU projections: monarch | blockdiag | dense
+    nblocks: int = 4
+    filter_order: int = 32       # width of the implicit filter's MLP
+    image_size: int = 8
+    patch_size: int = 2
+    channels: int = 1
+    n_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.dim_mixer not in LINEAR_KINDS:
+            raise ValueError(f"dim_mixer must be one of {LINEAR_KINDS}, got {self.dim_mixer!r}")
+        for name in ("seq_len", "vocab_size", "d_model", "n_layers", "n_heads", "nblocks",
+                     "filter_order", "image_size", "patch_size", "channels", "n_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        if self.kind == "vit" and self.image_size % self.patch_size:
+            raise ValueError(f"image_size {self.image_size} is not divisible by "
+                             f"patch_size {self.patch_size}")
+        if self.arch == "transformer" and self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.arch == "m2" and not _is_power_of_two(self.n_tokens):
+            raise ValueError(f"M2 needs a power-of-two sequence length (the Monarch FFT "
+                             f"factors it), got {self.n_tokens}")
+        if self.arch == "m2" and self.dim_mixer != "dense" and self.d_model % self.nblocks:
+            raise ValueError(f"d_model {self.d_model} is not divisible by nblocks {self.nblocks}")
+
+    @property
+    def name(self) -> str:
+        """Display name, e.g. ``"M2-GPT"`` or ``"ViT"``."""
+        return _NAMES[(self.kind, self.arch)]
+
+    @property
+    def causal(self) -> bool:
+        return self.kind == "gpt"
+
+    @property
+    def n_tokens(self) -> int:
+        """Sequence length seen by the blocks."""
+        if self.kind == "vit":
+            return (self.image_size // self.patch_size) ** 2
+        return self.seq_len
+
+    @property
+    def mlp_hidden(self) -> int:
+        """MLP hidden width, a multiple of ``nblocks`` so structured projections tile it."""
+        return max(self.nblocks, round(self.mlp_ratio * self.d_model / self.nblocks)
+                   * self.nblocks)
+
+    def with_(self, **changes: object) -> ModelConfig:
+        """A validated copy with ``changes`` applied."""
+        return replace(self, **changes)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention through SDPA: ``(B, L, d) → (B, L, d)``."""
+
+    def __init__(self, d_model: int, n_heads: int, *, causal: bool):
+        super().__init__()
+        self.n_heads = n_heads
+        self.causal = causal
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.out_proj = nn.Linear(d_model, d_model)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        batch, length, width = u.shape
+        qkv = self.qkv(u).view(batch, length, 3, self.n_heads, width // self.n_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)                      # (B, heads, L, d_head)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: sequence mixer then dimension mixer, ``(B, L, d)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d)
+        if cfg.arch == "m2":
+            self.mixer = SequenceMixer(d, causal=cfg.causal, filter_order=cfg.filter_order)
+            self.mlp = GLUMixer(d, cfg.mlp_hidden, linear=cfg.dim_mixer, nblocks=cfg.nblocks)
+        else:
+            self.mixer = SelfAttention(d, cfg.n_heads, causal=cfg.causal)
+            self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_hidden), nn.GELU(),
+                                     nn.Linear(cfg.mlp_hidden, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mixer(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Backbone(nn.Module):
+    """Learned positions + ``n_layers`` blocks + final LayerNorm: ``(B, L, d) → (B, L, d)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.pos = nn.Parameter(torch.randn(cfg.n_tokens, cfg.d_model) * 0.02)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(cfg.d_model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.pos[: x.shape[1]].to(x.dtype)
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class LanguageModel(nn.Module):
+    """M2-GPT / M2-BERT / GPT / BERT: ``idx: (B, L) int64 → logits (B, L, vocab)``."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        self.backbone = Backbone(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.head.weight = self.embed.weight                      # tied
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        if idx.ndim != 2 or idx.dtype != torch.long:
+            raise ValueError(f"idx must be (batch, seq) int64, got {tuple(idx.shape)} {idx.dtype}")
+        if idx.shape[1] > self.cfg.seq_len:
+            raise ValueError(f"sequence length {idx.shape[1]} exceeds seq_len {self.cfg.seq_len}")
+        return self.head(self.backbone(self.embed(idx)))
+
+
+class VisionModel(nn.Module):
+    """M2-ViT / ViT: ``images: (B, C, H, W) → logits (B, n_classes)`` (mean-pooled tokens)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch = nn.Linear(cfg.channels * cfg.patch_size ** 2, cfg.d_model)
+        self.backbone = Backbone(cfg)
+        self.head = nn.Linear(cfg.d_model, cfg.n_classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        c, s = self.cfg.channels, self.cfg.image_size
+        if images.ndim != 4 or images.shape[1:] != (c, s, s):
+            raise ValueError(f"images must be (batch, {c}, {s}, {s}), got {tuple(images.shape)}")
+        patches = F.unfold(images, self.cfg.patch_size, stride=self.cfg.patch_size)
+        tokens = self.patch(patches.transpose(1, 2))              # (B, n_patches, d)
+        return self.head(self.backbone(tokens).mean(dim=1))
+
+
+def build_model(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32,
+                device: str | torch.device = "cpu") -> nn.Module:
+    """The model ``cfg`` describes, initialised from the global RNG (seed it first)."""
+    model = VisionModel(cfg) if cfg.kind == "vit" else LanguageModel(cfg)
+    return model.to(device=device, dtype=dtype)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable parameters (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the parameter counts of every model kind at one width and depth."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--n-layers", type=int, default=4)
+    parser.add_argument("--seq-len", type=int, default=256)
+    args = parser.parse_args(argv)
+    print(f"{'model':<8} {'params':>12}")
+    for kind in KINDS:
+        for arch in ARCHS:
+            cfg = ModelConfig(kind=kind, arch=arch, d_model=args.d_model,
+                              n_layers=args.n_layers, seq_len=args.seq_len)
+            print(f"{cfg.name:<8} {count_parameters(build_model(cfg)):>12,}")
+
+
+if __name__ == "__main__":
+    main()
