@@ -9,9 +9,12 @@ Sequence mixer (Fu et al. 2023, public M2-BERT layer), for ``u: (batch, seq, d_m
 
 The filter ``k`` is implicit: positional features of ``t`` go through a small MLP with
 sine activations and are modulated by an exponential decay (:class:`ImplicitFilter`).
-The causal variant uses an ``L``-tap filter (zero padding to ``2L``, first ``L`` outputs),
-the bidirectional one concatenates a forward filter with a flipped reverse filter into a
-``2L``-tap filter. The long convolution always goes through :func:`kernels.long_conv`.
+The bidirectional variant concatenates a forward filter with a flipped reverse filter into
+a ``2L``-tap filter and makes one :func:`kernels.long_conv` call. The causal variant uses
+an ``L``-tap filter through :func:`causal_long_conv`, which is causal *in floating point*,
+not only in exact arithmetic: a single zero-padded FFT lets every input leak rounding
+noise into every output, so instead each output block receives earlier blocks' taps
+through :func:`kernels.long_conv` calls that never see a later input (O(L log² L)).
 
 Dimension mixer: ``GLU(u) = down(gelu(gate(u)) · up(u))`` with Monarch, block-diagonal or
 dense projections (:func:`make_linear`).
@@ -33,6 +36,7 @@ __all__ = [
     "GLUMixer",
     "ImplicitFilter",
     "SequenceMixer",
+    "causal_long_conv",
     "make_linear",
 ]
 
@@ -49,6 +53,53 @@ def make_linear(kind: str, in_features: int, out_features: int, *, nblocks: int 
     if kind == "blockdiag":
         return BlockdiagLinear(in_features, out_features, nblocks, bias=bias)
     raise ValueError(f"linear kind must be one of {LINEAR_KINDS}, got {kind!r}")
+
+
+def _direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``y[t] = Σ_{s≤t} k[t−s] u[s]`` within each block, ``u: (B, H, m, b)``, ``k: (H, b)``.
+
+    A lower-triangular Toeplitz product: taps above the diagonal are exact zeros, so a
+    later input changes no earlier output, bit for bit.
+    """
+    b = u.shape[-1]
+    lag = torch.arange(b, device=u.device)[:, None] - torch.arange(b, device=u.device)
+    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0).to(k.dtype)          # (H, b, b)
+    return torch.einsum("hts,bhms->bhmt", toeplitz, u)
+
+
+def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 32) -> torch.Tensor:
+    """Causal long convolution ``y[t] = Σ_{s≤t} k[t−s] u[s]``, exactly causal in floating point.
+
+    ``u: (B, H, L)``, ``k: (H, L)``; returns ``(B, H, L)`` in ``u``'s dtype. Blocks of
+    ``block`` samples are convolved directly (:func:`_direct_causal_conv`); then for
+    ``n = block, 2·block, …`` every block ``2j+1`` of size ``n`` receives the
+    contribution of block ``2j`` with one batched :func:`kernels.long_conv` call whose
+    ``2n``-tap filter ``[k[n:2n], k[0:n]]`` maps offsets ``−(n−1) … n−1`` to taps
+    ``k[1] … k[2n−1]``. Output ``t`` is computed only from inputs ``s ≤ t``;
+    ``L`` is zero-padded at the end to ``block · 2^j``. Cost O(L log² L) per channel.
+    """
+    if u.ndim != 3 or k.ndim != 2 or k.shape != (u.shape[1], u.shape[2]):
+        raise ValueError(f"need u: (B, H, L) and k: (H, L), got {tuple(u.shape)}, "
+                         f"{tuple(k.shape)}")
+    batch, channels, length = u.shape
+    padded = block
+    while padded < length:
+        padded *= 2
+    u_p = F.pad(u, (0, padded - length))
+    k_p = F.pad(k.to(u.dtype), (0, padded - length))
+    y = _direct_causal_conv(u_p.view(batch, channels, -1, min(block, padded)),
+                            k_p[:, : min(block, padded)]).reshape(batch, channels, padded)
+    n = block
+    while n < padded:
+        pairs = u_p.view(batch, channels, padded // (2 * n), 2, n)
+        early = pairs[..., 0, :].permute(0, 2, 1, 3).reshape(-1, channels, n)
+        taps = torch.cat([k_p[:, n: 2 * n], k_p[:, :n]], dim=-1)
+        cross = kernels.long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
+        y = y.view(batch, channels, -1, 2, n)
+        y = torch.stack([y[..., 0, :], y[..., 1, :] + cross], dim=-2)
+        y = y.reshape(batch, channels, padded)
+        n *= 2
+    return y[..., :length]
 
 
 class Sine(nn.Module):
@@ -137,7 +188,8 @@ class SequenceMixer(nn.Module):
         x1, x2, v = z.split(self.d_model, dim=1)                  # (B, d, L) each
         v = v * x1
         k = self.long_filter(length).to(v.dtype)
-        y = kernels.long_conv(v, k) + self.skip.to(v.dtype)[:, None] * v
+        conv = causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
+        y = conv + self.skip.to(v.dtype)[:, None] * v
         y = y * x2
         return self.out_proj(y.transpose(1, 2))
 
