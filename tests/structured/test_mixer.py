@@ -1,0 +1,149 @@
+"""M2 layers: exact causality, bidirectional filter layout, implicit filter, GLU mixer."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import kernels
+from structured.mixer import (
+    GLUMixer,
+    ImplicitFilter,
+    SequenceMixer,
+    causal_long_conv,
+    make_linear,
+)
+
+DTYPES = [torch.float32, torch.float64]
+TOL = {torch.float32: 1e-4, torch.float64: 1e-11}
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _direct_conv(u, k_fwd, k_rev=None):
+    """O(L²) reference: y[t] = Σ_{s≤t} k_fwd[t−s] u[s] + Σ_{s>t} k_rev[s−t−1] u[s]."""
+    length = u.shape[-1]
+    y = torch.zeros_like(u)
+    for t in range(length):
+        for s in range(length):
+            if s <= t:
+                y[..., t] += k_fwd[:, t - s] * u[..., s]
+            elif k_rev is not None:
+                y[..., t] += k_rev[:, s - t - 1] * u[..., s]
+    return y
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("length", [1, 7, 32, 100])
+def test_causal_long_conv_matches_direct_convolution(dtype, length):
+    g = _gen(length)
+    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
+    k = torch.randn(3, length, generator=g, dtype=dtype)
+    y = causal_long_conv(u, k, block=8)
+    assert y.dtype == dtype and y.shape == u.shape
+    torch.testing.assert_close(y, _direct_conv(u, k), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+@given(length=st.integers(2, 80), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_causal_long_conv_is_causal_bit_for_bit(length, frac, seed):
+    t = min(length - 1, int(frac * length))
+    g = _gen(seed)
+    u = torch.randn(1, 2, length, generator=g, dtype=torch.float64)
+    k = torch.randn(2, length, generator=g, dtype=torch.float64)
+    v = u.clone()
+    v[..., t:] = torch.randn(1, 2, length - t, generator=g, dtype=torch.float64) * 1e3
+    assert torch.equal(causal_long_conv(u, k, block=4)[..., :t],
+                       causal_long_conv(v, k, block=4)[..., :t])
+
+
+def test_causal_long_conv_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="k: \\(H, L\\)"):
+        causal_long_conv(torch.zeros(1, 2, 8), torch.zeros(2, 16))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bidirectional_filter_layout_is_forward_plus_reverse(dtype):
+    torch.manual_seed(0)
+    mixer = SequenceMixer(3, causal=False, filter_order=8).to(dtype)
+    length = 9
+    k = mixer.long_filter(length)
+    assert k.shape == (3, 2 * length)
+    u = torch.randn(2, 3, length, generator=_gen(), dtype=dtype)
+    expected = _direct_conv(u, mixer.filter(length), mixer.filter_rev(length))
+    torch.testing.assert_close(kernels.long_conv(u, k), expected, rtol=TOL[dtype],
+                               atol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_implicit_filter_shape_dtype_and_decay_envelope(dtype):
+    torch.manual_seed(0)
+    filt = ImplicitFilter(6, order=8).to(dtype)
+    k = filt(64)
+    assert k.shape == (6, 64) and k.dtype == dtype
+    # |sin| ≤ 1 feeds the last layer, so |k[c, t]| ≤ Σ|W_c| · exp(−α_c t/L).
+    bound = filt.mlp[-1].weight.abs().sum(1, keepdim=True) * torch.exp(
+        -filt.decay_rates.to(dtype)[:, None] * torch.arange(64, dtype=dtype) / 64)
+    assert (k.abs() <= bound * (1 + 1e-6)).all()
+    assert filt.decay_rates.min() > 0 and filt.decay_rates.max() > filt.decay_rates.min()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_sequence_mixer_shape_and_dtype(dtype, causal):
+    torch.manual_seed(0)
+    mixer = SequenceMixer(8, causal=causal, filter_order=8).to(dtype)
+    u = torch.randn(2, 16, 8, generator=_gen(), dtype=dtype)
+    y = mixer(u)
+    assert y.shape == u.shape and y.dtype == dtype and torch.isfinite(y).all()
+    y.sum().backward()
+    assert all(p.grad is not None for p in mixer.parameters())
+
+
+@given(length=st.integers(2, 40), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
+def test_causal_sequence_mixer_is_causal_bit_for_bit(length, frac, seed):
+    t = min(length - 1, int(frac * length))
+    torch.manual_seed(1)
+    mixer = SequenceMixer(4, causal=True, filter_order=8).double()
+    g = _gen(seed)
+    u = torch.randn(2, length, 4, generator=g, dtype=torch.float64)
+    v = u.clone()
+    v[:, t:] = torch.randn(2, length - t, 4, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(mixer(u)[:, :t], mixer(v)[:, :t])
+
+
+def test_bidirectional_mixer_sees_the_future():
+    torch.manual_seed(0)
+    mixer = SequenceMixer(4, causal=False, filter_order=8).double()
+    u = torch.randn(1, 16, 4, generator=_gen(), dtype=torch.float64)
+    v = u.clone()
+    v[:, -1] += 1.0
+    with torch.no_grad():
+        assert not torch.allclose(mixer(u)[:, 0], mixer(v)[:, 0])
+
+
+def test_sequence_mixer_rejects_wrong_width():
+    with pytest.raises(ValueError, match="batch, seq, 8"):
+        SequenceMixer(8, causal=True)(torch.zeros(1, 4, 6))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["dense", "monarch", "blockdiag"])
+def test_glu_mixer(dtype, kind):
+    torch.manual_seed(0)
+    mlp = GLUMixer(8, 16, linear=kind, nblocks=4).to(dtype)
+    u = torch.randn(3, 5, 8, generator=_gen(), dtype=dtype)
+    y = mlp(u)
+    assert y.shape == u.shape and y.dtype == dtype
+    gate, value = mlp.up(u).split(16, dim=-1)
+    torch.testing.assert_close(y, mlp.down(torch.nn.functional.gelu(gate) * value))
+    n_dense = sum(p.numel() for p in GLUMixer(8, 16, linear="dense").parameters())
+    n_kind = sum(p.numel() for p in mlp.parameters())
+    assert n_kind < n_dense if kind != "dense" else n_kind == n_dense
+
+
+def test_make_linear_rejects_unknown_kind():
+    with pytest.raises(ValueError, match="linear kind"):
+        make_linear("sparse", 4, 4)
