@@ -95,9 +95,7 @@ def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 32) -> to
         early = pairs[..., 0, :].permute(0, 2, 1, 3).reshape(-1, channels, n)
         taps = torch.cat([k_p[:, n: 2 * n], k_p[:, :n]], dim=-1)
         cross = kernels.long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
-        y = y.view(batch, channels, -1, 2, n)
-        y = torch.stack([y[..., 0, :], y[..., 1, :] + cross], dim=-2)
-        y = y.reshape(batch, channels, padded)
+        y.view(batch, channels, -1, 2, n)[..., 1, :] += cross
         n *= 2
     return y[..., :length]
 
