@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from structured.mixer import LINEAR_KINDS, GLUMixer, SequenceMixer
+from structured.monarch import MonarchShape
 
 __all__ = [
     "ARCHS",
@@ -95,6 +96,13 @@ class ModelConfig:
                              f"factors it), got {self.n_tokens}")
         if self.arch == "m2" and self.dim_mixer != "dense" and self.d_model % self.nblocks:
             raise ValueError(f"d_model {self.d_model} is not divisible by nblocks {self.nblocks}")
+        if self.arch == "m2" and self.dim_mixer == "monarch":
+            try:
+                MonarchShape.for_features(self.d_model, 2 * self.mlp_hidden, self.nblocks)
+                MonarchShape.for_features(self.mlp_hidden, self.d_model, self.nblocks)
+            except ValueError as exc:
+                raise ValueError(f"Monarch GLU with d_model {self.d_model}, hidden "
+                                 f"{self.mlp_hidden}, nblocks {self.nblocks}: {exc}") from None
 
     @property
     def name(self) -> str:

@@ -212,30 +212,37 @@ def evaluate(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.devic
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(cfg: TrainConfig, *, stop_at: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, stop_at: int | None = None,
+          model: nn.Module | None = None, name: str | None = None) -> dict[str, Any]:
     """Train as ``cfg`` says; returns the final metrics (``val_loss``, ``val_acc``, …).
 
     ``stop_at`` ends the run after that many steps (checkpointing there) as an
     interruption would, while the LR schedule still spans ``cfg.steps``; a later call with
-    ``resume=True`` continues bit-for-bit.
+    ``resume=True`` continues bit-for-bit. ``model`` (with display ``name``) replaces the
+    model ``cfg`` describes, for studies of other architectures: it must map the task's
+    inputs to logits, and its initial weights are the caller's (seeded) choice.
     """
     dist = init_distributed(None if cfg.device == "auto" else cfg.device)
     try:
-        return _train(cfg, dist, stop_at)
+        return _train(cfg, dist, stop_at, model, name)
     finally:
         dist.close()
 
 
-def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None) -> dict[str, Any]:
+def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None,
+           model: nn.Module | None, name: str | None) -> dict[str, Any]:
     local_batch = dist.shard(cfg.batch_size)
     lo, hi = dist.rank * local_batch, (dist.rank + 1) * local_batch
     out = Path(cfg.out_dir)
     ckpt_path = out / "ckpt.pt"
     task = Task(cfg)
 
-    mcfg = cfg.model_config()
-    with seeded(cfg.seed):
-        raw_model = build_model(mcfg, dtype=cfg.dtype, device=dist.device)
+    if model is None:
+        name = cfg.model_config().name
+        with seeded(cfg.seed):
+            model = build_model(cfg.model_config(), dtype=cfg.dtype, device=dist.device)
+    raw_model = model.to(device=dist.device, dtype=cfg.dtype)
+    name = name or type(model).__name__
     n_params = count_parameters(raw_model)
     decay = [p for p in raw_model.parameters() if p.ndim >= 2]
     no_decay = [p for p in raw_model.parameters() if p.ndim < 2]
@@ -256,12 +263,12 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None) -> dict[str
                      resume_step=step if cfg.resume else None)
     model = DistributedDataParallel(raw_model) if dist.enabled else raw_model
     if dist.is_main:
-        print(f"{mcfg.name}: {n_params:,} parameters, task {cfg.task}, "
+        print(f"{name}: {n_params:,} parameters, task {cfg.task}, "
               f"{dist.world_size} process(es)")
 
     unit = "img" if cfg.task == "vision" else "tok"
     last = stop_at if stop_at is not None else cfg.steps
-    bar = progress(total=last, initial=step, desc=f"{mcfg.name} {cfg.task}",
+    bar = progress(total=last, initial=step, desc=f"{name} {cfg.task}",
                    enabled=dist.is_main)
     metrics: dict[str, Any] = {}
     while step < last:
@@ -299,11 +306,11 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None) -> dict[str
     bar.close()
     dist.barrier()
     if dist.is_main and cfg.plot and log.records:
-        plot_losses(log.records, out / "loss.png", title=f"{mcfg.name} on {cfg.task}")
+        plot_losses(log.records, out / "loss.png", title=f"{name} on {cfg.task}")
     if dist.is_main and "val_loss" in metrics:
         print(f"step {step}: val_loss {metrics['val_loss']:.4f}, "
               f"val_acc {metrics['val_acc']:.4f}")
-    return {"step": step, "params": n_params, "name": mcfg.name, **metrics}
+    return {"step": step, "params": n_params, "name": name, **metrics}
 
 
 def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> Path:

@@ -84,6 +84,7 @@ def test_names():
     ({"d_model": 0}, "d_model must be a positive int"),
     ({"dim_mixer": "low-rank"}, "dim_mixer"),
     ({"mlp_ratio": 0.0}, "mlp_ratio"),
+    ({"d_model": 64, "mlp_ratio": 0.375}, "Monarch GLU"),
 ])
 def test_bad_config_raises(changes, match):
     with pytest.raises(ValueError, match=match):
