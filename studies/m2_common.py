@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -22,11 +23,14 @@ from structured.models import ModelConfig, build_model, count_parameters
 from structured.train import TrainConfig, train
 
 __all__ = [
+    "compare_language_models",
     "forward_throughput",
+    "lm_base_config",
     "load_note",
     "matched",
     "param_count",
     "plot_curves",
+    "plot_throughput",
     "print_table",
     "study_args",
     "train_run",
@@ -139,23 +143,112 @@ def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
 
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path, *, title: str,
                 key: str = "val_loss", ylabel: str = "held-out loss (nats)") -> Path:
-    """Training loss (thin) and held-out ``key`` (markers) of several runs in one PNG."""
+    """Training loss (left) and held-out ``key`` (right) of several runs in one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for label, run in runs.items():
+        recs = run["records"]
+        left.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=0.8,
+                  label=f"{label} ({run['params']:,} params)")
+        evals = [r for r in recs if key in r]
+        right.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", label=label)
+    left.set(xlabel="step", ylabel="training loss (nats)", title=title)
+    right.set(xlabel="step", ylabel=ylabel)
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence[str]) -> Path:
+    """Tokens/s against sequence length (log-log), one line per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, run in runs.items():
-        recs = run["records"]
-        line, = ax.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=0.6,
-                        alpha=0.6)
-        evals = [r for r in recs if key in r]
-        ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-",
-                color=line.get_color(), label=f"{label} ({run['params']:,} params)")
-    ax.set(xlabel="step", ylabel=ylabel, title=title)
+    for label in labels:
+        ax.plot([r["seq_len"] for r in rows], [r[f"{label}_tok_per_s"] for r in rows], "o-",
+                label=label)
+    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="tokens / s",
+           title="forward throughput, batch 1 (CPU)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def lm_base_config(task: str, full: bool) -> TrainConfig:
+    """The Transformer run both LM studies compare against (quick: 2×64, 128-byte context).
+
+    ``dim_mixer`` (used by the M2 side only) is block-diagonal, as in the public M2-BERT:
+    the reference Monarch path spends most of a CPU training step in layout copies.
+    """
+    return TrainConfig(
+        task=task, model="transformer", dim_mixer="blockdiag", d_model=256 if full else 64,
+        n_layers=4 if full else 2, n_heads=4, seq_len=512 if full else 128,
+        steps=3000 if full else 200, batch_size=32 if full else 16, lr=3e-3,
+        warmup_steps=100 if full else 20, eval_every=500 if full else 50,
+        eval_batches=16 if full else 8, plot=False)
+
+
+def compare_language_models(args: argparse.Namespace, name: str, base: TrainConfig,
+                            labels: tuple[str, str], lengths: Sequence[int],
+                            paper: str) -> dict[str, Any]:
+    """Transformer ``base`` vs M2 at its parameter budget: quality at equal tokens, then
+    forward throughput at ``lengths``; prints tables, writes JSON and PNGs, returns them.
+
+    ``labels`` = (Transformer's name, M2's name). M2's MLP width is the one whose
+    parameter count is nearest the Transformer's (:func:`matched`).
+    """
+    tf_label, m2_label = labels
+    tf_cfg = base.model_config()
+    m2_cfg = matched(tf_cfg.with_(arch="m2"), param_count(tf_cfg))
+    runs = {tf_label: train_run(base, args.out, tf_label),
+            m2_label: train_run(replace(base, model="m2", mlp_ratio=m2_cfg.mlp_ratio),
+                                args.out, m2_label)}
+    tokens = base.steps * base.batch_size * base.seq_len
+    quality = [{"model": label, "params": run["params"], "tokens": tokens,
+                "val_loss": run["val_loss"], "perplexity": math.exp(run["val_loss"]),
+                "bits_per_byte": run["val_loss"] / math.log(2), "val_acc": run["val_acc"],
+                "train_s": run["wall_s"]} for label, run in runs.items()]
+    loss_ratio = runs[m2_label]["val_loss"] / runs[tf_label]["val_loss"]
+    print(f"\n{name}: quality at equal tokens ({base.task}, {args.out}):")
+    print_table(quality, ["model", "params", "tokens", "val_loss", "perplexity",
+                          "bits_per_byte", "val_acc", "train_s"])
+    print(f"{m2_label} / {tf_label} held-out loss: {loss_ratio:.4f} (target ≤ 1.05)")
+
+    configs = {tf_label: tf_cfg, m2_label: m2_cfg}
+    rows = forward_throughput(configs, lengths, repeats=5 if args.full else 2)
+    for row in rows:
+        row["speedup"] = row[f"{m2_label}_tok_per_s"] / row[f"{tf_label}_tok_per_s"]
+    crossover = next((r["seq_len"] for r in rows if r["speedup"] > 1), None)
+    at_4096 = next((r["speedup"] for r in rows if r["seq_len"] == 4096), None)
+    print(f"\nForward throughput, batch 1 ({load_note(args.threads)}):")
+    print_table(rows, ["seq_len", f"{tf_label}_tok_per_s", f"{m2_label}_tok_per_s", "speedup"])
+    print(f"crossover (first L where {m2_label} is faster): {crossover}; speed-up at "
+          f"L=4096: {at_4096:.2f}x (target ≥ 3x)")
+    print(f"paper: {paper}")
+
+    plot_curves(runs, args.out / f"{name}_loss.png", title=f"{base.task}, equal tokens")
+    plot_throughput(rows, args.out / f"{name}_throughput.png", list(configs))
+    payload = {
+        "mode": "full" if args.full else "quick", "paper": paper, "quality": quality,
+        "loss_ratio": loss_ratio, "quality_target_met": loss_ratio <= 1.05,
+        "throughput": rows, "crossover_seq_len": crossover, "speedup_at_4096": at_4096,
+        "throughput_target_met": at_4096 is not None and at_4096 >= 3.0,
+        "load": load_note(args.threads),
+        "model_configs": {k: asdict(v) for k, v in configs.items()},
+        "runs": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
+                 for k, v in runs.items()},
+    }
+    write_json(args.out, name, payload)
+    return payload
