@@ -3,8 +3,9 @@
     python -m studies.m2_bert [--quick|--full] [--out DIR] [--threads T]
 
 Both models train with BERT masking (15% of bytes; 80% [MASK], 10% random, 10% kept) on
-the byte-level English corpus for the same number of tokens; M2-BERT's MLP width is chosen
-so its parameter count is nearest BERT's. Reported: held-out masked-LM loss and accuracy
+the byte-level English corpus for the same number of tokens; M2-BERT (block-diagonal GLU,
+as the public M2-BERT) and M2-BERT-dense (dense GLU) each get the MLP width that makes
+their parameter count nearest BERT's. Reported: held-out masked-LM loss and accuracy
 on the masked bytes, then inference throughput of the bidirectional models (M2-BERT: one
 ``2L``-tap FFT long convolution per layer) and the speed-up at L = 4096.
 

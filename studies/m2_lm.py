@@ -2,13 +2,14 @@
 
     python -m studies.m2_lm [--quick|--full] [--out DIR] [--threads T]
 
-1. Quality: both models train on the byte-level English corpus (:mod:`structured.data`)
-   for the same number of tokens (same steps, batch, schedule); M2's MLP width is chosen
-   so its parameter count is nearest the GPT's. Reported: held-out loss (nats/byte),
-   perplexity and bits per byte, and M2's loss relative to GPT's.
-2. Throughput: inference tokens/s of both (same shapes as in 1, each rebuilt at every
-   length) for L = 256 … 8192, the crossover length where M2 becomes faster, and the
-   ratio at L = 4096.
+1. Quality: the models train on the byte-level English corpus (:mod:`structured.data`)
+   for the same number of tokens (same steps, batch, schedule). M2-GPT runs with the
+   block-diagonal GLU of the public M2-BERT and, as ``M2-GPT-dense``, with a dense GLU;
+   each one's MLP width makes its parameter count nearest the GPT's. Reported: held-out
+   loss (nats/byte), perplexity, bits per byte, and the loss relative to GPT's.
+2. Throughput: inference tokens/s (same shapes as in 1, each rebuilt at every length)
+   for L = 256 … 8192, the crossover length where M2 becomes faster, and the ratio at
+   L = 4096.
 
 Targets from the issue: at L = 4096 M2 ≥ 3× the Transformer's throughput, and M2's
 held-out loss within 5% of the Transformer's at equal tokens. The paper (Fu et al. 2023)
