@@ -16,6 +16,8 @@ from studies.multiplication import (
     train,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_models_share_a_budget(task):
