@@ -11,6 +11,7 @@ from studies.multiplication import (
     TASKS,
     Config,
     constructed_gd,
+    iterated_gd,
     make_model,
     softmax_product_sweep,
     train,
@@ -35,6 +36,7 @@ def test_targets_are_what_they_claim():
     assert torch.equal(target, tokens[:, 0, 0] * tokens[:, 1, 1])
     cons = constructed_gd(torch.float64, 8, 0)
     assert max(cons.values()) < 1e-28  # exact constructions: float64 roundoff squared
+    assert max(iterated_gd(torch.float64, 2, 150, 0).values()) < 1e-24
 
 
 def test_train_runs_and_logs_a_curve():
