@@ -66,7 +66,7 @@ def _mpmath_lstsq(a: np.ndarray, b: np.ndarray, rcond: float, dps: int) -> np.nd
     x = ctx.matrix(a.shape[1], 1)
     bm = ctx.matrix(b.astype(np.float64).tolist())
     for i in range(s.rows):
-        if s[i] <= cutoff or s[i] == 0:
+        if s[i] <= cutoff:  # also skips σ = 0
             continue
         coeff = ctx.fdot((u[j, i], bm[j]) for j in range(u.rows)) / s[i]
         for k in range(vh.cols):

@@ -104,7 +104,7 @@ def test_step_rules_match_numpy_singular_values():
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_gd_converges_to_the_minimum_norm_solution_when_rank_deficient(dtype):
-    p = RankDeficientFamily(n=6, d=4, rank_=2, cond=2.0).sample(2, generator(5), dtype)
+    p = RankDeficientFamily(n=6, d=4, rank=2, cond=2.0).sample(2, generator(5), dtype)
     x = GDSteps(120)(p.A, p.b)  # ρ = 3/5: ρ^120 ≈ 1e-27
     x_ref = lstsq(p.A, p.b, "mpmath", dps=30)
     err = (x.double() - x_ref.double()).norm(dim=1) / x_ref.double().norm(dim=1)
