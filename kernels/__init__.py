@@ -3,12 +3,19 @@
 Public entry points (call these, never a kernel directly):
 
 * :func:`monarch_matmul` ``(x, R, L)`` — Monarch multiply ``y = P L Pᵀ R x``.
-* :func:`long_conv` ``(u, k)`` — FFT long convolution (causal or bidirectional).
+* :func:`long_conv` ``(u, k, pre_gate=None, post_gate=None)`` — FFT long convolution
+  (causal or bidirectional), optionally gated: ``post_gate ⊙ conv(pre_gate ⊙ u, k)``.
 
-Backends: see :mod:`kernels.dispatch`. This package imports nothing else of ours.
+Backends: see :mod:`kernels.dispatch`. The Triton modules are imported on the first
+Triton call (so ``TRITON_INTERPRET=1`` can be set before). This package imports nothing
+else of ours.
 """
 
-from kernels.dispatch import current_backend, use_backend
+from __future__ import annotations
+
+import torch
+
+from kernels.dispatch import current_backend, use_backend, use_triton
 from kernels.long_conv_reference import long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
 
@@ -22,8 +29,16 @@ __all__ = [
 ]
 
 
-def monarch_matmul(x, R, L):  # Triton path added by the kernels issue
-    """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout."""
+def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout.
+
+    Runs the fused Triton kernel (:mod:`kernels.monarch_triton`) when the dispatcher
+    chooses Triton, the two-``bmm`` reference otherwise. Differentiable either way.
+    """
+    if use_triton(x, R, L):
+        from kernels.monarch_triton import monarch_matmul_triton
+
+        return monarch_matmul_triton(x, R, L)
     return monarch_matmul_reference(x, R, L)
 
 
