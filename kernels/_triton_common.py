@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRETED", "acc_dtype", "check_device", "dot_precision", "next_pow2"]
+__all__ = ["INTERPRETED", "acc_dtype", "check_device", "dot_precision", "next_pow2", "to_output"]
 
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
 
@@ -37,9 +37,9 @@ def check_device(*tensors: torch.Tensor) -> bool:
 
     CUDA tensors run compiled. CPU tensors need the interpreter (``TRITON_INTERPRET=1``
     set before the kernel module was imported), whose NumPy ``tl.dot`` cannot multiply
-    bfloat16/float16: there, half-precision operands are upcast to fp32 right before each
-    dot (their products are exact in fp32, so this equals a half-precision tensor-core dot
-    with fp32 accumulation up to summation order).
+    bfloat16: there, bfloat16 operands are upcast to fp32 right before each dot (their
+    products are exact in fp32, so this equals a bfloat16 tensor-core dot with fp32
+    accumulation up to summation order); float16 is refused under the interpreter.
     """
     devices = {t.device for t in tensors}
     if len(devices) != 1:
@@ -47,4 +47,17 @@ def check_device(*tensors: torch.Tensor) -> bool:
     if not tensors[0].is_cuda and not INTERPRETED:
         raise RuntimeError("Triton kernels on CPU tensors need TRITON_INTERPRET=1 in the "
                            "environment before kernels' Triton modules are imported")
-    return INTERPRETED and tensors[0].dtype in (torch.bfloat16, torch.float16)
+    if INTERPRETED and tensors[0].dtype == torch.float16:
+        raise TypeError("float16 is not supported under the Triton interpreter; use bfloat16")
+    return INTERPRETED and tensors[0].dtype == torch.bfloat16
+
+
+@triton.jit
+def to_output(x, dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """Cast ``x`` to ``dtype``; under ``UPCAST`` (interpreter, bf16) round fp32 → bf16 to
+    nearest-even by bit arithmetic first, since the interpreter's own cast truncates."""
+    if UPCAST:
+        bits = x.to(tl.float32).to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)

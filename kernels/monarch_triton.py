@@ -33,7 +33,14 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton_common import INTERPRETED, acc_dtype, check_device, dot_precision, next_pow2
+from kernels._triton_common import (
+    INTERPRETED,
+    acc_dtype,
+    check_device,
+    dot_precision,
+    next_pow2,
+    to_output,
+)
 from kernels.monarch_reference import check_monarch_args
 
 __all__ = ["MonarchMatmul", "monarch_matmul_triton"]
@@ -91,7 +98,7 @@ def _fused_two_stage_kernel(
             xt = xt.to(tl.float32)
             wt = wt.to(tl.float32)
         t = tl.dot(xt, wt, t, input_precision=PRECISION)
-    t = t.to(z_ptr.dtype.element_ty)  # the intermediate has the input's precision
+    t = to_output(t, z_ptr.dtype.element_ty, UPCAST)  # the intermediate: input precision
     if STORE_T:
         tl.store(t_ptr + b3 * st_b + n3 * st_n + m3 * st_m, t, mask=b_ok & n_ok & m_ok)
 
@@ -110,8 +117,9 @@ def _fused_two_stage_kernel(
         if UPCAST:
             w2t = w2t.to(tl.float32)
         z = tl.dot(tp, w2t, input_precision=PRECISION, out_dtype=ACC)
-        tl.store(z_ptr + m3s * sz_m + n3s * sz_n + a3 * sz_a,
-                 z.to(z_ptr.dtype.element_ty), mask=(m3s < M1) & (n3s < N) & (a3 < M2))
+        z = to_output(z, z_ptr.dtype.element_ty, UPCAST)
+        tl.store(z_ptr + m3s * sz_m + n3s * sz_n + a3 * sz_a, z,
+                 mask=(m3s < M1) & (n3s < N) & (a3 < M2))
 
 
 def _launch(x, xs, w1, w1s, w2, w2s, z, zs, dims, t=None, ts=(0, 0, 0)) -> None:
