@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from kernels.dispatch import current_backend, use_backend, use_triton
-from kernels.long_conv_reference import long_conv_reference
+from kernels.long_conv_reference import check_long_conv_args, long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
 
 __all__ = [
@@ -42,6 +42,21 @@ def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.T
     return monarch_matmul_reference(x, R, L)
 
 
-def long_conv(u, k):  # Triton path added by the kernels issue
-    """FFT long convolution; see :mod:`kernels.long_conv_reference`."""
-    return long_conv_reference(u, k)
+def long_conv(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | None = None,
+              post_gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``post_gate ⊙ conv(pre_gate ⊙ u, k)``; see :mod:`kernels.long_conv_reference`.
+
+    ``u: (B, H, L)``, ``k: (H, L)`` causal or ``(H, 2L)`` bidirectional, gates ``(B, H, L)``
+    or ``None``. Runs the Monarch-DFT Triton kernel (:mod:`kernels.long_conv_triton`) when
+    the dispatcher chooses Triton and ``L`` is a power of two in ``[256, 16384]``; other
+    lengths fall back to the reference under ``"auto"`` and raise ``ValueError`` when
+    ``"triton"`` is forced. Differentiable in all inputs.
+    """
+    check_long_conv_args(u, k, pre_gate, post_gate)
+    gates = [g for g in (pre_gate, post_gate) if g is not None]
+    if use_triton(u, k, *gates):
+        from kernels.long_conv_triton import long_conv_triton, supports_length
+
+        if supports_length(u.shape[-1]) or current_backend() == "triton":
+            return long_conv_triton(u, k, pre_gate, post_gate)
+    return long_conv_reference(u, k, pre_gate, post_gate)
