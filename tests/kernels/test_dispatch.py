@@ -1,5 +1,7 @@
 """Backend choice: reference on CPU by default, Triton when forced or on CUDA tensors."""
 
+import importlib
+
 import pytest
 import torch
 
@@ -34,28 +36,44 @@ def _monarch_args():
             torch.randn(4, 2, 2, generator=g))
 
 
-def test_auto_on_cpu_runs_reference(monkeypatch):
-    from kernels import monarch_triton
+def _conv_args():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, 2, 256, generator=g), torch.randn(2, 256, generator=g)
 
-    calls = _spy(monkeypatch, monarch_triton, "monarch_matmul_triton")
+
+# (public dispatcher, Triton module, its entry point, arguments)
+CASES = {
+    "monarch": ("monarch_matmul", "monarch_triton", "monarch_matmul_triton", _monarch_args),
+    "long_conv": ("long_conv", "long_conv_triton", "long_conv_triton", _conv_args),
+}
+
+
+def _run(monkeypatch, case):
+    public, module, entry, make_args = CASES[case]
+    calls = _spy(monkeypatch, importlib.import_module(f"kernels.{module}"), entry)
+    return calls, lambda: getattr(kernels, public)(*make_args())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_auto_on_cpu_runs_reference(monkeypatch, case):
+    calls, call = _run(monkeypatch, case)
     monkeypatch.delenv("NEURALNUM_KERNELS", raising=False)
     assert current_backend() == "auto" and not use_triton(torch.zeros(1))
-    kernels.monarch_matmul(*_monarch_args())
+    call()
     assert calls == []
 
 
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("how", ["context", "env"])
-def test_override_runs_triton(monkeypatch, how):
-    from kernels import monarch_triton
-
-    calls = _spy(monkeypatch, monarch_triton, "monarch_matmul_triton")
+def test_override_runs_triton(monkeypatch, how, case):
+    calls, call = _run(monkeypatch, case)
     if how == "env":
         monkeypatch.setenv("NEURALNUM_KERNELS", "triton")
-        kernels.monarch_matmul(*_monarch_args())
+        call()
     else:
         with use_backend("triton"):
-            kernels.monarch_matmul(*_monarch_args())
-    assert calls == ["monarch_matmul_triton"]
+            call()
+    assert calls == [CASES[case][2]]
 
 
 def test_reference_override_beats_env(monkeypatch):
