@@ -78,7 +78,7 @@ def dft_factors(n1: int, n2: int, dtype: torch.dtype, device: torch.device):
 def _configs() -> list[triton.Config]:
     if INTERPRETED:
         return [triton.Config({}, num_warps=1)]
-    return [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8, 16) for s in (1, 2)]
+    return [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8, 16)]
 
 
 @triton.jit
