@@ -29,7 +29,8 @@ computed with ``torch.fft``, as are no other parts.
 
 Dtypes: float64 computes in float64, everything else in float32 (IEEE dots for float32
 inputs, TF32 dots for bfloat16 inputs on the GPU). Supported lengths: ``L`` a power of two
-in ``[256, 16384]`` (``N`` from 512 to 32768).
+in ``[256, 8192]`` (``N`` from 512 to 16384); one program holds a whole row on chip, and
+at ``L = 16384`` that no longer fits an SM (an order-3 decomposition would be needed).
 """
 
 from __future__ import annotations
@@ -46,7 +47,9 @@ from kernels.long_conv_reference import check_long_conv_args
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "LongConv", "long_conv_triton", "supports_length"]
 
-MIN_LENGTH, MAX_LENGTH = 256, 16384
+# L = 16384 (N = 32768, a 256×128 complex tile per program) needs ~384 KB of shared
+# memory on sm_90 (ahead-of-time compile), more than an H100/H200 SM has: not supported.
+MIN_LENGTH, MAX_LENGTH = 256, 8192
 
 
 def supports_length(length: int) -> bool:
@@ -78,7 +81,10 @@ def dft_factors(n1: int, n2: int, dtype: torch.dtype, device: torch.device):
 def _configs() -> list[triton.Config]:
     if INTERPRETED:
         return [triton.Config({}, num_warps=1)]
-    return [triton.Config({}, num_warps=w, num_stages=1) for w in (4, 8, 16)]
+    return [triton.Config({}, num_warps=w, num_stages=1) for w in GPU_WARPS]
+
+
+GPU_WARPS = (4, 8, 16)
 
 
 @triton.jit
@@ -257,7 +263,7 @@ def long_conv_triton(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | 
     """Monarch-DFT ``post_gate ⊙ conv(pre_gate ⊙ u, k)``; ``u: (B, H, L)``, ``k: (H, L|2L)``.
 
     Returns ``(B, H, L)`` in ``u``'s dtype; differentiable in all four inputs. ``L`` must
-    be a power of two in ``[256, 16384]`` (``ValueError`` otherwise). Accuracy: a few ulps
+    be a power of two in ``[256, 8192]`` (``ValueError`` otherwise). Accuracy: a few ulps
     of the compute dtype times ``log N`` relative to ``‖y‖`` (like an FFT).
     """
     _, _, length = check_long_conv_args(u, k, pre_gate, post_gate)

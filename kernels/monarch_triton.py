@@ -47,13 +47,28 @@ __all__ = ["MonarchMatmul", "monarch_matmul_triton"]
 
 
 def _configs() -> list[triton.Config]:
-    """Autotune space for H100/H200-class GPUs; a single small config under the interpreter."""
+    """Autotune space for H100/H200-class GPUs; a single small config under the interpreter.
+
+    Tiles are 3-D (batched ``tl.dot``, lowered to tensor-core MMA): the stage-1 operands
+    are ``(B1, BLOCK_N, BLOCK_E)`` and ``(B1, BLOCK_E, BLOCK_M)`` with ``B1 = 64`` at
+    ``n = 4096``, so tiles stay small and warps many. Chosen from ahead-of-time sm_90
+    compiles (``cuobjdump -res-usage``): these fit shared memory and use the least stack
+    (spill) of those tried, though none is spill-free; configs
+    that do not fit a given GPU are pruned by the autotuner.
+    """
     if INTERPRETED:
-        return [triton.Config({"BLOCK_N": 16, "BLOCK_M": 16}, num_warps=1)]
+        return [triton.Config({"BLOCK_N": 16, "BLOCK_M": 16, "BLOCK_E": 16, "BLOCK_A": 16},
+                              num_warps=1)]
     return [
-        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm}, num_warps=w, num_stages=st)
-        for bn, bm, w, st in [(32, 16, 4, 2), (64, 16, 8, 2), (32, 32, 8, 2), (128, 16, 8, 3)]
+        triton.Config({"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_E": be, "BLOCK_A": ba},
+                      num_warps=w, num_stages=st)
+        for bn, bm, be, ba, w, st in GPU_CONFIGS
     ]
+
+
+# (BLOCK_N, BLOCK_M, BLOCK_E, BLOCK_A, num_warps, num_stages)
+GPU_CONFIGS = ((16, 16, 16, 32, 16, 2), (16, 16, 16, 16, 8, 2), (16, 16, 16, 32, 8, 2),
+               (32, 16, 16, 32, 16, 1))
 
 
 @triton.autotune(configs=_configs(), key=["B1", "K1", "M1", "M2", "STORE_T"])
@@ -66,8 +81,8 @@ def _fused_two_stage_kernel(
     sw2_m, sw2_b, sw2_a,
     sz_n, sz_m, sz_a,
     st_n, st_b, st_m,
-    B1_PAD: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_A: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    B1_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_A: tl.constexpr,
     STORE_T: tl.constexpr, UPCAST: tl.constexpr,
     ACC: tl.constexpr, PRECISION: tl.constexpr,
 ):
@@ -134,8 +149,7 @@ def _launch(x, xs, w1, w1s, w2, w2s, z, zs, dims, t=None, ts=(0, 0, 0)) -> None:
     _fused_two_stage_kernel[grid](
         x, w1, w2, z, z if t is None else t,
         n_rows, b1, k1, m1, m2, *xs, *w1s, *w2s, *zs, *ts,
-        B1_PAD=next_pow2(b1), BLOCK_E=min(64, next_pow2(k1)), BLOCK_A=min(64, next_pow2(m2)),
-        STORE_T=t is not None, UPCAST=upcast,
+        B1_PAD=next_pow2(b1), STORE_T=t is not None, UPCAST=upcast,
         ACC=acc_dtype(x.dtype), PRECISION=dot_precision(x.dtype),
     )
 

@@ -57,7 +57,7 @@ SIZES = {
     "full": Sizes((256, 1024, 4096), 2048, (256, 1024, 4096, 16384), 8, 64,
                   torch.float32, 5),
     # target sizes first: results are saved after every section, so a cut-off run keeps them
-    "gpu": Sizes((4096, 1024), 8192, (4096, 1024, 16384), 8, 768, torch.bfloat16, 0),
+    "gpu": Sizes((4096, 1024), 8192, (4096, 1024, 8192), 8, 768, torch.bfloat16, 0),
 }
 
 

@@ -103,7 +103,7 @@ def test_empty_batch():
     assert _triton(u, k).shape == (0, 2, 256)
 
 
-@pytest.mark.parametrize("length", [128, 384])
+@pytest.mark.parametrize("length", [128, 384, 16384])
 def test_unsupported_length(monkeypatch, length):
     u, k, _, _ = _inputs(1, 1, length, False, False, torch.float64)
     with pytest.raises(ValueError, match="power of two"):

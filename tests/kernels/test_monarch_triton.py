@@ -32,7 +32,7 @@ def _grads(fn, x, R, L, gy):
     (4, 4, 4, 4, (5,)),        # square Monarch, odd batch
     (16, 16, 16, 16, (3, 7)),  # n = 256, two batch dims, all blocks fill a 16-tile
     (3, 5, 2, 7, (1,)),        # rectangular, nothing a power of two
-    (2, 70, 3, 90, (9,)),      # blocks larger than one 64-wide chunk (loops inside)
+    (2, 70, 3, 90, (9,)),      # blocks span several chunks (loops inside the kernel)
 ])
 def test_forward_and_backward_match_reference(shape, dtype, rel_err):
     k, p, q, s, batch = shape
