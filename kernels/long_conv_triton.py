@@ -25,7 +25,8 @@ Backward (:class:`LongConv`): the adjoint of a convolution is the correlation wi
 same filter, i.e. the same kernel with the conjugate spectrum. One launch of
 :func:`_conv_kernel` gives ``g_v = corr(post ⊙ gy, k)`` and ``g_u = pre ⊙ g_v``; the
 filter gradient ``g_k = irfft(Σ_b conj(v̂_b)·ĝ_b)[:taps]`` (a reduction over the batch) is
-computed with ``torch.fft``, as are no other parts.
+the one part computed with ``torch.fft``; ``g_pre = g_v ⊙ u`` and ``g_post = gy ⊙ c`` (``c``
+stored by the forward kernel) are elementwise.
 
 Dtypes: float64 computes in float64, everything else in float32 (IEEE dots for float32
 inputs, TF32 dots for bfloat16 inputs on the GPU). Supported lengths: ``L`` a power of two
