@@ -89,26 +89,44 @@ GPU_WARPS = (4, 8, 16)
 
 
 @triton.jit
+def _load_complex(re_ptr, im_ptr, offsets):
+    return tl.load(re_ptr + offsets), tl.load(im_ptr + offsets)
+
+
+@triton.jit
+def _cmul(ar, ai, br, bi, CONJ: tl.constexpr):
+    """Elementwise ``a · b`` (``a · conj(b)`` if ``CONJ``) on (real, imaginary) pairs."""
+    if CONJ:
+        bi = -bi
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@triton.jit
+def _cdot(ar, ai, br, bi, CONJ: tl.constexpr, PRECISION: tl.constexpr):
+    """Matrix product ``a @ b`` (``a @ conj(b)`` if ``CONJ``): four real dots."""
+    if CONJ:
+        bi = -bi
+    re = tl.dot(ar, br, input_precision=PRECISION)
+    re = tl.dot(-ai, bi, re, input_precision=PRECISION)
+    im = tl.dot(ar, bi, input_precision=PRECISION)
+    im = tl.dot(ai, br, im, input_precision=PRECISION)
+    return re, im
+
+
+@triton.jit
 def _rdft(x, f1r_ptr, f1i_ptr, f2r_ptr, f2i_ptr, tr_ptr, ti_ptr,
           N1: tl.constexpr, N2: tl.constexpr, IN_ROWS: tl.constexpr, PRECISION: tl.constexpr):
     """Spectrum ``(re, im)``, each ``(N1, N2)``, of a real ``(IN_ROWS, N2)`` tile ``x``
     (rows ``≥ IN_ROWS`` are zero)."""
     r1 = tl.arange(0, N1)
-    rin = tl.arange(0, IN_ROWS)
     r2 = tl.arange(0, N2)
-    f1 = r1[:, None] * N1 + rin[None, :]
-    ar = tl.dot(tl.load(f1r_ptr + f1), x, input_precision=PRECISION)
-    ai = tl.dot(tl.load(f1i_ptr + f1), x, input_precision=PRECISION)
-    tw = r1[:, None] * N2 + r2[None, :]
-    tr = tl.load(tr_ptr + tw)
-    ti = tl.load(ti_ptr + tw)
-    ar, ai = ar * tr - ai * ti, ar * ti + ai * tr
-    f2 = r2[:, None] * N2 + r2[None, :]
-    f2r = tl.load(f2r_ptr + f2)
-    f2i = tl.load(f2i_ptr + f2)
-    br = tl.dot(ar, f2r, input_precision=PRECISION) - tl.dot(ai, f2i, input_precision=PRECISION)
-    bi = tl.dot(ar, f2i, input_precision=PRECISION) + tl.dot(ai, f2r, input_precision=PRECISION)
-    return br, bi
+    f1r, f1i = _load_complex(f1r_ptr, f1i_ptr, r1[:, None] * N1 + tl.arange(0, IN_ROWS)[None, :])
+    ar = tl.dot(f1r, x, input_precision=PRECISION)
+    ai = tl.dot(f1i, x, input_precision=PRECISION)
+    tr, ti = _load_complex(tr_ptr, ti_ptr, r1[:, None] * N2 + r2[None, :])
+    ar, ai = _cmul(ar, ai, tr, ti, False)
+    f2r, f2i = _load_complex(f2r_ptr, f2i_ptr, r2[:, None] * N2 + r2[None, :])
+    return _cdot(ar, ai, f2r, f2i, False, PRECISION)
 
 
 @triton.autotune(configs=_configs(), key=["N1", "N2"])
@@ -153,21 +171,14 @@ def _conv_kernel(u_ptr, sr_ptr, si_ptr, pre_ptr, post_ptr, y_ptr, c_ptr,
                    N1, N2, HALF, PRECISION)
 
     # Pointwise product with the channel's (pre-scaled by 1/N) filter spectrum.
-    sp = h * N1 * N2 + r1[:, None] * N2 + r2[None, :]
-    kr = tl.load(sr_ptr + sp)
-    ki = tl.load(si_ptr + sp)
-    br, bi = br * kr - bi * ki, br * ki + bi * kr
+    kr, ki = _load_complex(sr_ptr, si_ptr, h * N1 * N2 + r1[:, None] * N2 + r2[None, :])
+    br, bi = _cmul(br, bi, kr, ki, False)
 
     # Inverse: · conj(F_N2), ⊙ conj(T), then the top half of conj(F_N1), real part only.
-    f2 = r2[:, None] * N2 + r2[None, :]
-    f2r = tl.load(f2r_ptr + f2)
-    f2i = tl.load(f2i_ptr + f2)
-    cr = tl.dot(br, f2r, input_precision=PRECISION) + tl.dot(bi, f2i, input_precision=PRECISION)
-    ci = tl.dot(bi, f2r, input_precision=PRECISION) - tl.dot(br, f2i, input_precision=PRECISION)
-    tw = r1[:, None] * N2 + r2[None, :]
-    tr = tl.load(tr_ptr + tw)
-    ti = tl.load(ti_ptr + tw)
-    cr, ci = cr * tr + ci * ti, ci * tr - cr * ti
+    f2r, f2i = _load_complex(f2r_ptr, f2i_ptr, r2[:, None] * N2 + r2[None, :])
+    cr, ci = _cdot(br, bi, f2r, f2i, True, PRECISION)
+    tr, ti = _load_complex(tr_ptr, ti_ptr, r1[:, None] * N2 + r2[None, :])
+    cr, ci = _cmul(cr, ci, tr, ti, True)
     f1 = rh[:, None] * N1 + r1[None, :]
     y = tl.dot(tl.load(f1r_ptr + f1), cr, input_precision=PRECISION)
     y = tl.dot(tl.load(f1i_ptr + f1), ci, y, input_precision=PRECISION)
