@@ -42,6 +42,7 @@ import math
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from kernels._triton_common import INTERPRETED, acc_dtype, check_device, to_output
 from kernels.long_conv_reference import check_long_conv_args
@@ -249,6 +250,7 @@ class LongConv(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy):
         u, k, pre, post, c, sr, si = ctx.saved_tensors
         need_u, need_k, need_pre, need_post = ctx.needs_input_grad

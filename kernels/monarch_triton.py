@@ -32,6 +32,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
 from kernels._triton_common import (
     INTERPRETED,
@@ -197,6 +198,7 @@ class MonarchMatmul(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy2: torch.Tensor):
         x2, R, L, h = ctx.saved_tensors
         need_x, need_r, need_l = ctx.needs_input_grad[:3]

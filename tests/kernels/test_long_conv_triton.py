@@ -125,3 +125,13 @@ def test_bad_inputs_raise(make, err):
     for backend in ("triton", "reference"):
         with pytest.raises(err), use_backend(backend):
             long_conv(*make(u, k, pre, post))
+
+
+def test_sum_backward_with_broadcast_gradient(rel_err):
+    """``y.sum()`` hands backward a stride-0 gradient; the kernel reads it through strides."""
+    u, k, pre, post = _inputs(2, 2, 256, True, True, torch.float64)
+    got = _value_and_grads(_triton, (u, k, pre, post),
+                           torch.ones((), dtype=torch.float64).expand(2, 2, 256))
+    ref = _value_and_grads(long_conv_reference, (u, k, pre, post), torch.ones_like(u))
+    for a, b in zip(got, ref, strict=True):
+        assert rel_err(a, b) < 1e-12

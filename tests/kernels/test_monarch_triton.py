@@ -106,3 +106,12 @@ def test_bad_inputs_raise(make, err):
     x, R, L = _factors(2, 3, 4, 5, (3,), torch.float32)
     with pytest.raises(err):
         _triton(*make(x, R, L))
+
+
+def test_sum_backward_with_broadcast_gradient(rel_err):
+    """``y.sum()`` hands backward a stride-0 gradient; the kernel reads it through strides."""
+    x, R, L = _factors(3, 4, 5, 2, (6,), torch.float64)
+    got = _grads(_triton, x, R, L, torch.ones((), dtype=torch.float64).expand(6, 10))
+    ref = _grads(monarch_matmul_reference, x, R, L, torch.ones(6, 10, dtype=torch.float64))
+    for a, b in zip(got, ref, strict=True):
+        assert rel_err(a, b) < 1e-12
