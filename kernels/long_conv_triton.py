@@ -44,7 +44,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels._triton_common import INTERPRETED, acc_dtype, check_device, to_output
+from kernels._triton_common import acc_dtype, check_device, to_output
 from kernels.long_conv_reference import check_long_conv_args
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "LongConv", "long_conv_triton", "supports_length"]
@@ -80,13 +80,16 @@ def dft_factors(n1: int, n2: int, dtype: torch.dtype, device: torch.device):
     return tuple(t.to(dtype=dtype, device=device).contiguous() for t in out)
 
 
-def _configs() -> list[triton.Config]:
-    if INTERPRETED:
-        return [triton.Config({}, num_warps=1)]
-    return [triton.Config({}, num_warps=w, num_stages=1) for w in GPU_WARPS]
-
-
+# Warp counts the compile study (studies.kernel_compile) compares.
 GPU_WARPS = (4, 8, 16)
+
+
+def num_warps(n: int) -> int:
+    """Warps per program for an ``N``-point row, from ahead-of-time sm_90 compiles: no
+    spills up to ``N = 2048`` with 4 warps; from ``N = 8192`` on, 8 warps spill least
+    (4 and 16 spill 1–12 KB per thread). A fixed choice, not autotuned: autotuning would
+    multiply the (long, for large ``N``) compile times."""
+    return 4 if n <= 2048 else 8
 
 
 @triton.jit
@@ -130,7 +133,6 @@ def _rdft(x, f1r_ptr, f1i_ptr, f2r_ptr, f2i_ptr, tr_ptr, ti_ptr,
     return _cdot(ar, ai, f2r, f2i, False, PRECISION)
 
 
-@triton.autotune(configs=_configs(), key=["N1", "N2"])
 @triton.jit
 def _spectrum_kernel(k_ptr, sr_ptr, si_ptr, f1r_ptr, f1i_ptr, f2r_ptr, f2i_ptr, tr_ptr, ti_ptr,
                      TAPS, sk_h, sk_l, scale,
@@ -148,7 +150,6 @@ def _spectrum_kernel(k_ptr, sr_ptr, si_ptr, f1r_ptr, f1i_ptr, f2r_ptr, f2i_ptr, 
     tl.store(si_ptr + out, bi * scale)
 
 
-@triton.autotune(configs=_configs(), key=["N1", "N2", "HAS_PRE", "HAS_POST", "STORE_C"])
 @triton.jit
 def _conv_kernel(u_ptr, sr_ptr, si_ptr, pre_ptr, post_ptr, y_ptr, c_ptr,
                  f1r_ptr, f1i_ptr, f2r_ptr, f2i_ptr, tr_ptr, ti_ptr,
@@ -205,7 +206,8 @@ def filter_spectrum(k: torch.Tensor, length: int, dtype: torch.dtype):
     si = torch.empty_like(sr)
     _spectrum_kernel[(k.shape[0],)](
         k, sr, si, *factors, k.shape[1], k.stride(0), k.stride(1), 1.0 / n,
-        N1=n1, N2=n2, COMPUTE=acc_dtype(dtype), PRECISION=_precision(k.dtype))
+        N1=n1, N2=n2, COMPUTE=acc_dtype(dtype), PRECISION=_precision(k.dtype),
+        num_warps=num_warps(n), num_stages=1)
     return sr, si
 
 
@@ -232,7 +234,8 @@ def _conv(u, spectrum, pre, post, store_c: bool):
         y if c is None else c, *dft_factors(n1, n2, sr.dtype, u.device),
         channels, *u.stride(), *_strides(pre), *_strides(post),
         N1=n1, N2=n2, HAS_PRE=pre is not None, HAS_POST=post is not None, STORE_C=store_c,
-        COMPUTE=acc_dtype(sr.dtype), PRECISION=_precision(u.dtype), UPCAST=upcast)
+        COMPUTE=acc_dtype(sr.dtype), PRECISION=_precision(u.dtype), UPCAST=upcast,
+        num_warps=num_warps(n1 * n2), num_stages=1)
     return y, c
 
 

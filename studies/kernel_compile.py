@@ -87,7 +87,7 @@ def conv_variants(lengths: tuple[int, ...], arch: int) -> list[dict]:
                  "COMPUTE": tl.float32, "PRECISION": "tf32", "UPCAST": False}
         for warps in long_conv_triton.GPU_WARPS:
             rows.append({"kernel": f"long_conv L={length} bf16", "N1": n1, "N2": n2,
-                         **compile_variant(long_conv_triton._conv_kernel.fn, ptrs, const,
+                         **compile_variant(long_conv_triton._conv_kernel, ptrs, const,
                                            warps, 1, arch)})
     return rows
 

@@ -14,10 +14,10 @@ SCRIPT = """
 import json, triton.language as tl
 from studies.kernel_compile import compile_variant
 from kernels.long_conv_triton import _conv_kernel
-ptrs = {n: "*fp64" for n in _conv_kernel.fn.arg_names if n.endswith("_ptr")}
+ptrs = {n: "*fp64" for n in _conv_kernel.arg_names if n.endswith("_ptr")}
 const = dict(N1=32, N2=16, HAS_PRE=False, HAS_POST=True, STORE_C=True, COMPUTE=tl.float64,
              PRECISION="ieee", UPCAST=False)
-print(json.dumps(compile_variant(_conv_kernel.fn, ptrs, const, 4, 1, 90)))
+print(json.dumps(compile_variant(_conv_kernel, ptrs, const, 4, 1, 90)))
 """
 
 
