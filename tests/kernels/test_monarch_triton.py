@@ -63,7 +63,7 @@ def test_non_contiguous_inputs(dtype, rel_err):
     assert not (x_nc.is_contiguous() or R_nc.is_contiguous() or L_nc.is_contiguous())
     g = torch.Generator().manual_seed(2)
     gy = torch.randn(2, 6, s * q, dtype=dtype, generator=g).transpose(0, 1).contiguous()
-    gy = gy.transpose(0, 1)   # (6, 2, s·q) with strides of a transpose
+    gy = gy.transpose(0, 1)   # (2, 6, s·q), non-contiguous
     got = _grads(_triton, x_nc, R_nc, L_nc, gy)
     ref = _grads(monarch_matmul_reference, x_nc, R_nc, L_nc, gy)
     for a, b in zip(got, ref, strict=True):
