@@ -36,7 +36,7 @@ def test_init_matches_nn_linear_output_scale(cls):
     torch.manual_seed(1)
     x = torch.randn(4096, 256)
     with torch.no_grad():
-            ratios = [float(cls(256, 256, 4)(x).var() / nn.Linear(256, 256)(x).var())
+        ratios = [float(cls(256, 256, 4)(x).var() / nn.Linear(256, 256)(x).var())
                   for _ in range(3)]
     assert all(0.8 < r < 1.25 for r in ratios), ratios
 
