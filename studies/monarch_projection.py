@@ -21,8 +21,6 @@ fine-tuning of BERT on GLUE was 1.7× faster at comparable accuracy.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 from pathlib import Path
 
@@ -31,6 +29,7 @@ from torch import nn
 
 from neuralnum.runtime import make_generator, progress
 from structured import MonarchLinear, densify, project, sparsify
+from studies.study_io import figure, save_figure, study_parser, write_report
 
 NAME = "monarch_projection"
 N = 256
@@ -174,12 +173,7 @@ def _print(report: dict) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure()
     for name in dict.fromkeys(r["matrix"] for r in report["projection"]):
         rows = [r for r in report["projection"] if r["matrix"] == name]
         line, = ax.plot([r["nblocks"] for r in rows], [r["monarch_rel_error"] for r in rows],
@@ -189,17 +183,12 @@ def _plot(report: dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="nblocks", ylabel="relative Frobenius error",
            title="Optimal Monarch projection error")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="1 seed, short training")
-    mode.add_argument("--full", action="store_true", help="5 seeds, longer training")
-    parser.add_argument("--out", type=Path, default=Path("runs") / NAME)
+    parser = study_parser(NAME, __doc__, quick_help="1 seed, short training",
+                          full_help="5 seeds, longer training")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -207,8 +196,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps, finetune = (600, 150) if args.quick else (2000, 500) if args.full else (1200, 300)
     report = run_study(seeds, steps, finetune, getattr(torch, args.dtype))
     _print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(report, indent=2))
+    write_report(args.out, NAME, report)
     _plot(report, args.out / f"{NAME}.png")
     return report
 

@@ -16,8 +16,6 @@ thread count and the 1-minute load average beside the numbers.
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import statistics
@@ -30,6 +28,7 @@ from torch import nn
 
 from neuralnum.runtime import progress
 from structured.layers import MonarchLinear
+from studies.study_io import figure, save_figure, study_parser, write_report
 
 NAME = "monarch_speed"
 PAPER = "Dao et al. 2022: 2n^1.5 vs n^2 multiply-adds, 32x fewer FLOPs at n = 4096"
@@ -125,14 +124,9 @@ def _print(report: dict) -> None:
 
 
 def _plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = report["results"]
     ns = [r["n"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure()
     ax.plot(ns, [r["flop_ratio"] for r in rows], "k--o", label="FLOP ratio")
     ax.plot(ns, [r["forward"]["speedup"] for r in rows], "-o", label="forward speed-up")
     ax.plot(ns, [r["forward_backward"]["speedup"] for r in rows], "-s",
@@ -141,17 +135,12 @@ def _plot(report: dict, path: Path) -> None:
            title=f"Monarch vs dense, batch {rows[0]['batch']}, {report['threads']} thread(s)")
     ax.set_xticks(ns, [str(n) for n in ns])
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="3 repeats (default: 7)")
-    mode.add_argument("--full", action="store_true", help="15 repeats, n up to 8192")
-    parser.add_argument("--out", type=Path, default=Path("runs") / NAME)
+    parser = study_parser(NAME, __doc__, quick_help="3 repeats (default: 7)",
+                          full_help="15 repeats, n up to 8192")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--batch", type=int, default=1024)
@@ -160,8 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
     repeats = 3 if args.quick else 15 if args.full else 7
     report = run_study(sizes, args.batch, repeats, args.threads)
     _print(report)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{NAME}.json").write_text(json.dumps(report, indent=2))
+    write_report(args.out, NAME, report)
     _plot(report, args.out / f"{NAME}.png")
     return report
 
