@@ -6,9 +6,12 @@ For each ``n`` (square, no bias, float32; ``nblocks`` = the largest divisor of `
 above ``√n``, the classic Monarch where ``n`` is a square: FLOP ratio 32× at 4096) it
 times the forward pass (no grad) and forward+backward (input and weight gradients) of
 ``MonarchLinear`` and of ``nn.Linear``, alternating the two so that background load hits
-both alike. Reported: the minimum over repeats (least contaminated); the JSON also keeps
+both alike (each timing window repeats the faster layer so that it lasts as long as one
+dense call). Reported: the minimum over repeats (least contaminated); the JSON also keeps
 the median. It then profiles one Monarch forward (``torch.profiler``) and prints each
 ATen op's share: batched matmuls versus the permutes/copies of the reference path.
+Speed-ups are given on wall time and on process CPU time (the latter leaves out time
+spent descheduled by other processes, not their cache or core-sharing effects).
 
 Timings on a shared machine are contaminated by other processes: the study records the
 thread count and the 1-minute load average beside the numbers.
@@ -34,10 +37,15 @@ NAME = "monarch_speed"
 PAPER = "Dao et al. 2022: 2n^1.5 vs n^2 multiply-adds, 32x fewer FLOPs at n = 4096"
 
 
-def _time(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _time(fn: Callable[[], object], calls: int) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds per call over ``calls`` back-to-back calls.
+
+    cpu = this process's CPU time (all threads).
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
 
 
 def _forward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
@@ -59,14 +67,23 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]
 
 
 def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Warm up once, then alternate the callables ``repeats`` times; min and median seconds."""
-    for fn in fns.values():
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
+    """Warm up, then alternate the callables ``repeats`` times.
+
+    Each timing window loops a callable enough times to last about as long as one call of
+    the slowest, so all are exposed alike to background load (a lone short call would
+    more often hit a quiet moment and look faster). Per callable: min and median wall
+    seconds per call, min CPU seconds per call, and the calls per window.
+    """
+    single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
+    longest = max(single.values())
+    calls = {name: max(1, round(longest / t)) for name, t in single.items()}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            times[name].append(_time(fn))
-    return {name: {"min_s": min(t), "median_s": statistics.median(t)} for name, t in times.items()}
+            times[name].append(_time(fn, calls[name]))
+    return {name: {"min_s": min(w for w, _ in t), "median_s": statistics.median(w for w, _ in t),
+                   "cpu_min_s": min(c for _, c in t), "calls_per_window": calls[name]}
+            for name, t in times.items()}
 
 
 def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
@@ -97,7 +114,8 @@ def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
         row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
         for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
             t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
-            row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"]}
+            row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"],
+                         "cpu_speedup": t["dense"]["cpu_min_s"] / t["monarch"]["cpu_min_s"]}
         row["profile_forward"] = _profile(monarch, x)
         results.append(row)
     return {"study": NAME, "threads": threads, "repeats": repeats,
@@ -107,16 +125,19 @@ def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
 
 def _print(report: dict) -> None:
     print(f"threads={report['threads']} repeats={report['repeats']} "
-          f"load_avg_1min={report['load_average_1min']:.1f} (shared machine: timings "
-          f"contaminated by other processes)")
-    print(f"{'n':>5} {'blocks':>6} {'FLOP ratio':>10} | {'fwd dense':>10} {'fwd monarch':>11} "
-          f"{'speedup':>7} | {'f+b dense':>10} {'f+b monarch':>11} {'speedup':>7}")
+          f"load_avg_1min={report['load_average_1min']:.1f} (shared machine: timings are "
+          f"contaminated by other processes; cpu = process CPU time, which leaves out "
+          f"time spent descheduled but not cache or core sharing)")
+    print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} | {'fwd dense':>9} {'monarch':>8} {'wall':>5} "
+          f"{'cpu':>5} | {'f+b dense':>9} {'monarch':>8} {'wall':>5} {'cpu':>5}")
     for r in report["results"]:
-        f, fb = r["forward"], r["forward_backward"]
-        print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>9.1f}x | "
-              f"{f['dense']['min_s'] * 1e3:>8.1f}ms {f['monarch']['min_s'] * 1e3:>9.1f}ms "
-              f"{f['speedup']:>6.1f}x | {fb['dense']['min_s'] * 1e3:>8.1f}ms "
-              f"{fb['monarch']['min_s'] * 1e3:>9.1f}ms {fb['speedup']:>6.1f}x")
+        cells = []
+        for mode in ("forward", "forward_backward"):
+            m = r[mode]
+            dense_ms, monarch_ms = m["dense"]["min_s"] * 1e3, m["monarch"]["min_s"] * 1e3
+            cells.append(f"{dense_ms:>7.1f}ms {monarch_ms:>6.1f}ms "
+                         f"{m['speedup']:>4.1f}x {m['cpu_speedup']:>4.1f}x")
+        print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>5.1f}x | {cells[0]} | {cells[1]}")
     for r in report["results"]:
         ops = ", ".join(f"{p['op']} {100 * p['share']:.0f}%" for p in r["profile_forward"])
         print(f"n={r['n']} Monarch forward time by op: {ops}")
@@ -128,9 +149,10 @@ def _plot(report: dict, path: Path) -> None:
     ns = [r["n"] for r in rows]
     fig, ax = figure()
     ax.plot(ns, [r["flop_ratio"] for r in rows], "k--o", label="FLOP ratio")
-    ax.plot(ns, [r["forward"]["speedup"] for r in rows], "-o", label="forward speed-up")
-    ax.plot(ns, [r["forward_backward"]["speedup"] for r in rows], "-s",
-            label="forward+backward speed-up")
+    for mode, marker in (("forward", "o"), ("forward_backward", "s")):
+        for key, style in (("speedup", "-"), ("cpu_speedup", ":")):
+            ax.plot(ns, [r[mode][key] for r in rows], style + marker,
+                    label=f"{mode.replace('_', '+')} ({'wall' if key == 'speedup' else 'CPU'})")
     ax.set(xscale="log", yscale="log", xlabel="n (nblocks ≈ √n)", ylabel="dense / Monarch",
            title=f"Monarch vs dense, batch {rows[0]['batch']}, {report['threads']} thread(s)")
     ax.set_xticks(ns, [str(n) for n in ns])
