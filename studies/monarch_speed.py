@@ -101,26 +101,34 @@ def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
 
 
 def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
+    """Time every size with ``threads`` torch threads (restored afterwards)."""
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    gen = torch.Generator().manual_seed(0)
-    results = []
-    for n in progress(sizes, desc="sizes"):
-        nblocks = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
-        torch.manual_seed(n)
-        dense = nn.Linear(n, n, bias=False)
-        monarch = MonarchLinear(n, n, nblocks, bias=False)
-        x = torch.randn(batch, n, generator=gen)
-        flop_ratio = dense.weight.numel() / monarch.monarch.num_params()
-        row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
-        for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
-            t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
-            row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"],
-                         "cpu_speedup": t["dense"]["cpu_min_s"] / t["monarch"]["cpu_min_s"]}
-        row["profile_forward"] = _profile(monarch, x)
-        results.append(row)
+    try:
+        results = [_measure(n, batch, repeats) for n in progress(sizes, desc="sizes")]
+    finally:
+        torch.set_num_threads(previous)
     return {"study": NAME, "threads": threads, "repeats": repeats,
             "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
             "paper": PAPER, "results": results}
+
+
+def _measure(n: int, batch: int, repeats: int) -> dict:
+    """One size: FLOP ratio, raced timings of both modes, Monarch forward op profile."""
+    gen = torch.Generator().manual_seed(0)
+    nblocks = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    torch.manual_seed(n)
+    dense = nn.Linear(n, n, bias=False)
+    monarch = MonarchLinear(n, n, nblocks, bias=False)
+    x = torch.randn(batch, n, generator=gen)
+    flop_ratio = dense.weight.numel() / monarch.monarch.num_params()
+    row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
+    for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
+        t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
+        row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"],
+                     "cpu_speedup": t["dense"]["cpu_min_s"] / t["monarch"]["cpu_min_s"]}
+    row["profile_forward"] = _profile(monarch, x)
+    return row
 
 
 def _print(report: dict) -> None:
