@@ -125,10 +125,10 @@ def sparsify_run(nblocks: int, seed: int, steps: int, finetune: int,
     sparsify(model, nblocks, filter=_hidden)
     row["projection_error"] = [model[i].projection_error for i in (0, 2)]
     row["sparsified"] = accuracy(model, data)
-    row["finetuned"] = accuracy(train(model, data, finetune, 3e-4, gen, "fine-tune"), data)
+    row["finetuned"] = accuracy(train(model, data, finetune, 1e-3, gen, "fine-tune"), data)
     densify(model)
     row["densified"] = accuracy(model, data)
-    row["dense_continued"] = accuracy(train(model, data, finetune, 3e-4, gen, "dense"), data)
+    row["dense_continued"] = accuracy(train(model, data, finetune, 1e-3, gen, "dense"), data)
     torch.manual_seed(seed)
     scratch = mlp(dtype, MonarchLinear, nblocks=nblocks)
     row["monarch_from_scratch"] = accuracy(train(scratch, data, steps, 1e-3, gen, "scratch"),
