@@ -169,6 +169,10 @@ def _print(report: dict) -> None:
         err = "/".join(f"{e:.2f}" for e in r["projection_error"])
         print(f"{r['nblocks']:>7} {r['seed']:>4} {err:>13} "
               + " ".join(f"{r[s]:>10.4f}" for s in stages))
+    for nb in dict.fromkeys(r["nblocks"] for r in report["sparsify"]):
+        rows = [r for r in report["sparsify"] if r["nblocks"] == nb]
+        print(f"{nb:>7} {'mean':>4} {'':>13} "
+              + " ".join(f"{sum(r[s] for r in rows) / len(rows):>10.4f}" for s in stages))
     print(f"paper: {report['paper']}")
 
 
