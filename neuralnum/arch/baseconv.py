@@ -119,9 +119,4 @@ class BaseConv(TokenModel):
         )
         self.projections()
 
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h)
-        return h
-
 

@@ -111,8 +111,3 @@ class LinearAttention(TokenModel):
             for _ in range(self.n_layers)
         )
         self.projections()
-
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h)
-        return h
