@@ -118,5 +118,3 @@ class BaseConv(TokenModel):
             for _ in range(self.n_layers)
         )
         self.projections()
-
-
