@@ -24,17 +24,26 @@ LinearFilter = Callable[[str, nn.Linear], bool]
 
 
 def _swap(model: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
-    """Replace every module for which ``convert(name, module)`` is not None (root included)."""
+    """Replace every module for which ``convert(name, module)`` is not None (root included).
+
+    Depth first in registration order; a replaced module's children are not visited.
+    """
     root = convert("", model)
     if root is not None:
         return root
-    for parent_name, parent in list(model.named_modules()):
-        for child_name, child in list(parent.named_children()):
-            name = f"{parent_name}.{child_name}" if parent_name else child_name
-            replacement = convert(name, child)
-            if replacement is not None:
-                setattr(parent, child_name, replacement)
+    _swap_children(model, convert, "")
     return model
+
+
+def _swap_children(module: nn.Module, convert: Callable[[str, nn.Module], nn.Module | None],
+                   prefix: str) -> None:
+    for child_name, child in list(module.named_children()):
+        name = f"{prefix}.{child_name}" if prefix else child_name
+        replacement = convert(name, child)
+        if replacement is None:
+            _swap_children(child, convert, name)
+        else:
+            setattr(module, child_name, replacement)
 
 
 def sparsify(model: nn.Module, nblocks: int, filter: LinearFilter | None = None) -> nn.Module:

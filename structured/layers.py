@@ -30,10 +30,17 @@ __all__ = ["BlockdiagLinear", "MonarchLinear"]
 
 
 def _compute_dtype(x: torch.Tensor, weight_dtype: torch.dtype) -> torch.dtype:
-    """Autocast's dtype when autocast is on for ``x``'s device, else the weights' dtype."""
+    """Autocast's dtype when autocast is on for ``x``'s device, else the weights' dtype.
+
+    Outside autocast ``x`` must already have the weights' dtype (``TypeError`` otherwise,
+    never a silent cast).
+    """
     device_type = x.device.type
     if torch.is_autocast_enabled(device_type):
         return torch.get_autocast_dtype(device_type)
+    if x.dtype != weight_dtype:
+        raise TypeError(f"input dtype {x.dtype} differs from the layer's {weight_dtype} "
+                        f"(cast the input or the layer, or use torch.autocast)")
     return weight_dtype
 
 

@@ -118,10 +118,3 @@ class BaseConv(TokenModel):
             for _ in range(self.n_layers)
         )
         self.projections()
-
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h)
-        return h
-
-

@@ -8,6 +8,8 @@ import torch
 from neuralnum.arch import MODELS, BaseConv, LinearAttention, build_model
 from neuralnum.arch.baseconv import causal_conv_direct
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DTYPES = [torch.float32, torch.float64]
 OPTIONS = {
     "baseconv": [{}, {"width": 12}, {"short_conv": 3}],

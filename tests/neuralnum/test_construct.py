@@ -30,6 +30,8 @@ from neuralnum.reference import lstsq
 from neuralnum.targets import GDStep, GDSteps, InverseLipschitzStep, OptimalStep
 from neuralnum.tokens import TokenLayout
 
+pytestmark = pytest.mark.usefixtures("single_thread")
+
 DTYPES = [torch.float32, torch.float64]
 REL_LIMIT = {torch.float32: 1e-5, torch.float64: 1e-13}
 
