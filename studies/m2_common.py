@@ -177,7 +177,12 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence
     for label in labels:
         ax.plot([r["seq_len"] for r in rows], [r[f"{label}_tok_per_s"] for r in rows], "o-",
                 label=label)
-    ax.set(xscale="log", yscale="log", xlabel="sequence length", ylabel="tokens / s",
+    lengths = [r["seq_len"] for r in rows]
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set(xlabel="sequence length", ylabel="tokens / s",
            title="forward throughput, batch 1 (CPU)")
     ax.legend()
     fig.tight_layout()
@@ -229,7 +234,7 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     print_table(quality, ["model", "params", "mlp_hidden", "tokens", "val_loss", "loss_vs_tf",
                           "perplexity", "bits_per_byte", "val_acc", "train_s"])
 
-    rows = forward_throughput(configs, lengths, repeats=5 if args.full else 2)
+    rows = forward_throughput(configs, lengths, repeats=5)
     m2_labels = [label for label in configs if label != tf_label]
     for row in rows:
         for label in m2_labels:

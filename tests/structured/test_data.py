@@ -13,6 +13,8 @@ from structured.data import (
     text_splits,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
+
 
 def _gen(seed=0):
     return torch.Generator().manual_seed(seed)

@@ -14,6 +14,8 @@ from structured.mixer import (
     make_linear,
 )
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
+
 DTYPES = [torch.float32, torch.float64]
 TOL = {torch.float32: 1e-4, torch.float64: 1e-11}
 

@@ -1,11 +1,15 @@
 """M2-GPT / M2-BERT / M2-ViT and Transformer baselines: shapes, causality, configs."""
 
+import functools
+
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
 from structured.models import ARCHS, KINDS, ModelConfig, build_model, count_parameters
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
 
 DTYPES = [torch.float32, torch.float64]
 TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "seq_len": 16, "filter_order": 8}
@@ -14,6 +18,11 @@ TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "seq_len": 16, "filter_order
 def _model(kind, arch, dtype=torch.float64, **changes):
     torch.manual_seed(0)
     return build_model(ModelConfig(kind=kind, arch=arch, **{**TINY, **changes}), dtype=dtype)
+
+
+@functools.cache
+def _eval_model(kind, arch, dtype):
+    return _model(kind, arch, dtype).eval()
 
 
 def _inputs(kind, dtype, batch=2, seed=0):
@@ -33,10 +42,11 @@ def test_output_shapes_and_dtypes(kind, arch, dtype):
     assert logits.shape == ((2, 10) if kind == "vit" else (2, 16, 256))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("arch", ARCHS)
 @given(t=st.integers(1, 15), seed=st.integers(0, 2**16))
-def test_causal_lm_is_causal_bit_for_bit(arch, t, seed):
-    model = _model("gpt", arch)
+def test_causal_lm_is_causal_bit_for_bit(arch, dtype, t, seed):
+    model = _eval_model("gpt", arch, dtype)
     idx = _inputs("gpt", torch.float64, seed=seed)
     other = idx.clone()
     g = torch.Generator().manual_seed(seed + 1)

@@ -13,6 +13,8 @@ import torch
 from neuralnum.runtime import CheckpointError, MetricsLog, load_checkpoint
 from structured.train import TrainConfig, lr_at, main, train
 
+pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
+
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16, "batch_size": 4,
         "eval_batches": 1, "warmup_steps": 2, "plot": False, "device": "cpu"}
