@@ -81,8 +81,9 @@ def test_resume_refuses_a_different_config(tmp_path):
         train(replace(cfg, lr=1e-2, resume=True))
 
 
-def test_bf16_masked_lm_run_writes_metrics_and_plot(tmp_path):
-    cfg = TrainConfig(task="lm-masked", model="transformer", precision="bf16", steps=2,
+@pytest.mark.parametrize("model", ["m2", "transformer"])
+def test_bf16_masked_lm_run_writes_metrics_and_plot(tmp_path, model):
+    cfg = TrainConfig(task="lm-masked", model=model, precision="bf16", steps=2,
                       eval_every=1, out_dir=str(tmp_path), **{**TINY, "plot": True})
     result = train(cfg)
     assert torch.isfinite(torch.tensor(result["val_loss"]))
