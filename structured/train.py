@@ -218,9 +218,10 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None,
 
     ``stop_at`` ends the run after that many steps (checkpointing there) as an
     interruption would, while the LR schedule still spans ``cfg.steps``; a later call with
-    ``resume=True`` continues bit-for-bit. ``model`` (with display ``name``) replaces the
-    model ``cfg`` describes, for studies of other architectures: it must map the task's
-    inputs to logits, and its initial weights are the caller's (seeded) choice.
+    ``resume=True`` continues bit-for-bit. ``model`` replaces the model ``cfg`` describes,
+    for studies of other architectures: it must map the task's inputs to logits, and its
+    initial weights are the caller's (seeded) choice. ``name`` is the display name
+    (default: the config's, e.g. ``"M2-GPT"``).
     """
     dist = init_distributed(None if cfg.device == "auto" else cfg.device)
     try:
@@ -238,7 +239,7 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None,
     task = Task(cfg)
 
     if model is None:
-        name = cfg.model_config().name
+        name = name or cfg.model_config().name
         with seeded(cfg.seed):
             model = build_model(cfg.model_config(), dtype=cfg.dtype, device=dist.device)
     raw_model = model.to(device=dist.device, dtype=cfg.dtype)

@@ -82,7 +82,7 @@ def train_run(cfg: TrainConfig, out: Path, label: str, **kwargs: Any) -> dict[st
     logged records."""
     cfg = replace(cfg, out_dir=str(out / label))
     start = time.perf_counter()
-    result = train(cfg, **kwargs)
+    result = train(cfg, **{"name": label, **kwargs})
     result["wall_s"] = time.perf_counter() - start
     result["records"] = MetricsLog.read(Path(cfg.out_dir) / "metrics.jsonl")
     result["config"] = asdict(cfg)
