@@ -46,6 +46,7 @@ from neuralnum.runtime import (
     training_state,
 )
 from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_batch, text_splits
+from structured.mixer import LINEAR_KINDS
 from structured.models import ModelConfig, build_model, count_parameters
 
 __all__ = ["MODELS", "PRECISIONS", "TASKS", "TrainConfig", "lr_at", "main", "train"]
@@ -53,6 +54,9 @@ __all__ = ["MODELS", "PRECISIONS", "TASKS", "TrainConfig", "lr_at", "main", "tra
 TASKS = ("lm-causal", "lm-masked", "vision", "mqar")
 MODELS = ("m2", "transformer")
 PRECISIONS = ("fp32", "fp64", "bf16")
+DEVICES = ("auto", "cpu", "cuda")
+_CHOICES = {"task": TASKS, "model": MODELS, "precision": PRECISIONS, "device": DEVICES,
+            "dim_mixer": LINEAR_KINDS}
 _KIND = {"lm-causal": "gpt", "lm-masked": "bert", "vision": "vit", "mqar": "gpt"}
 
 
@@ -98,9 +102,7 @@ class TrainConfig:
     plot: bool = True
 
     def __post_init__(self) -> None:
-        choices = {"task": TASKS, "model": MODELS, "precision": PRECISIONS,
-                   "device": ("auto", "cpu", "cuda")}
-        for name, allowed in choices.items():
+        for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "ckpt_every"):
@@ -335,14 +337,18 @@ def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> Pat
 
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        elif f.name in _CHOICES:  # validated by TrainConfig, listed here for --help
+            parser.add_argument(flag, default=f.default,
+                                help=f"one of {', '.join(_CHOICES[f.name])} "
+                                     f"(default {f.default})")
         else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
+            parser.add_argument(flag, type=type(f.default), default=f.default,
+                                help=f"default {f.default}")
     return parser
 
 
