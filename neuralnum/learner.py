@@ -41,6 +41,7 @@ from neuralnum.recipe import (
     loss_fn,
     make_optimizer,
 )
+from neuralnum.reference import digits, mse, relative_error
 from neuralnum.runtime import (
     CheckpointError,
     Distributed,
@@ -273,16 +274,12 @@ class Learner:
     @torch.no_grad()
     def evaluate(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                  label: torch.Tensor) -> dict[str, float]:
-        """One-step metrics on a batch: ``mse`` (absolute), ``rel_mse`` and ``digits``.
-
-        ``digits = −log10`` of the median relative error ``‖ŷ − y‖/‖y‖``.
-        """
+        """One-step metrics on a batch: mean ``mse``, mean squared relative error
+        ``rel_mse`` and median correct ``digits`` (:mod:`neuralnum.reference` metrics)."""
         out = self.forward(A, b, x)
-        err = (out - label).norm(dim=1) / label.norm(dim=1).clamp_min(
-            torch.finfo(label.dtype).tiny)
-        return {"mse": float((out - label).pow(2).mean()),
-                "rel_mse": float(err.pow(2).mean()),
-                "digits": float(-torch.log10(err.median().clamp_min(1e-300)))}
+        return {"mse": float(mse(out, label).mean()),
+                "rel_mse": float(relative_error(out, label).pow(2).mean()),
+                "digits": float(digits(out, label).median())}
 
     # ------------------------------------------------------------------ training
     def _init_training(self, dist: Distributed) -> dict[str, Any]:
