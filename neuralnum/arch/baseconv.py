@@ -1,0 +1,127 @@
+"""BaseConv: gated long convolutions, a degree-2 polynomial of the input per layer.
+
+One layer on ``u: (B, L, width)``::
+
+    z = W₂u                                (optionally z ← short_conv(z), depthwise causal)
+    y = (W₁u + c₁) ⊙ (k ∗ z + c₂)
+    out = u + y
+
+``k: (width, seq_len)`` is a learnable causal filter per channel, ``(k ∗ z)[t] =
+Σ_{s≤t} k[t−s] z[s]`` (a sequence of length ``L < seq_len`` uses the first ``L`` taps).
+Short sequences (``L <= fft_threshold``) are convolved directly through the Toeplitz
+matrix of ``k`` — every product a single rounding, zeros multiplied exactly — and long
+ones by FFT through :func:`kernels.long_conv` (normwise error ~ ``u log L``). There is no
+non-linearity: ``depth`` layers compute a polynomial of degree ``2^depth`` in the tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kernels import long_conv
+from neuralnum.arch.base import TokenModel, check_positive_int
+
+__all__ = ["BaseConv", "BaseConvLayer", "causal_conv_direct"]
+
+CONV_MODES = ("auto", "direct", "fft")
+
+
+def causal_conv_direct(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """Causal convolution ``z: (B, L, H)`` with ``k: (H, L)`` via the Toeplitz matrix.
+
+    ``y[:, t, h] = Σ_{s≤t} k[h, t−s] z[:, s, h]``; ``O(H L²)`` work, exact zeros above
+    the diagonal. Returns ``(B, L, H)``.
+    """
+    length = z.shape[1]
+    pos = torch.arange(length, device=z.device)
+    lag = pos[:, None] - pos[None, :]  # (t, s)
+    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0).to(k.dtype)  # (H, t, s)
+    return torch.einsum("bsh,hts->bth", z, toeplitz)
+
+
+class BaseConvLayer(nn.Module):
+    """``u + (W₁u + c₁) ⊙ (k ∗ (W₂u) + c₂)`` on ``(B, L, width)``; see module docstring."""
+
+    def __init__(
+        self,
+        width: int,
+        seq_len: int,
+        *,
+        dtype: torch.dtype,
+        short_conv: int = 0,
+        conv_mode: str = "auto",
+        fft_threshold: int = 128,
+    ) -> None:
+        super().__init__()
+        if conv_mode not in CONV_MODES:
+            raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {conv_mode!r}")
+        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
+            raise ValueError(f"short_conv must be an int >= 0 (0 = none), got {short_conv!r}")
+        self.conv_mode = conv_mode
+        self.fft_threshold = check_positive_int(fft_threshold, "fft_threshold")
+        self.gate = nn.Linear(width, width, dtype=dtype)  # W₁, c₁
+        self.proj = nn.Linear(width, width, bias=False, dtype=dtype)  # W₂
+        self.filter = nn.Parameter(torch.randn(width, seq_len, dtype=dtype) / math.sqrt(seq_len))
+        self.conv_bias = nn.Parameter(torch.zeros(width, dtype=dtype))  # c₂
+        self.short = (
+            nn.Conv1d(width, width, short_conv, groups=width, padding=short_conv - 1,
+                      dtype=dtype)
+            if short_conv else None
+        )
+
+    def long_conv(self, z: torch.Tensor) -> torch.Tensor:
+        """Causal long convolution of ``z: (B, L, width)`` with the layer's filter."""
+        length = z.shape[1]
+        k = self.filter[:, :length]
+        fft = self.conv_mode == "fft" or (
+            self.conv_mode == "auto" and length > self.fft_threshold)
+        if fft:
+            return long_conv(z.transpose(1, 2), k).transpose(1, 2)
+        return causal_conv_direct(z, k)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        z = self.proj(u)
+        if self.short is not None:
+            z = self.short(z.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2)
+        return u + self.gate(u) * (self.long_conv(z) + self.conv_bias)
+
+
+class BaseConv(TokenModel):
+    """A stack of ``n_layers`` :class:`BaseConvLayer` (no MLP, no normalisation).
+
+    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``, causal.
+    Options: ``width`` (internal channels, default ``d_model``), ``short_conv`` (kernel
+    size of a depthwise causal short conv before the long conv; 0 = none), ``conv_mode``
+    (``"auto"`` = direct for ``L <= fft_threshold``, else FFT; or force ``"direct"`` /
+    ``"fft"``).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        *,
+        seq_len: int,
+        dtype: torch.dtype = torch.float32,
+        width: int | None = None,
+        short_conv: int = 0,
+        conv_mode: str = "auto",
+        fft_threshold: int = 128,
+    ) -> None:
+        super().__init__(d_model, n_layers, seq_len=seq_len, dtype=dtype, width=width)
+        self.layers = nn.ModuleList(
+            BaseConvLayer(self.width, self.seq_len, dtype=self.dtype, short_conv=short_conv,
+                          conv_mode=conv_mode, fft_threshold=fft_threshold)
+            for _ in range(self.n_layers)
+        )
+        self.projections()
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h)
+        return h
+
+

@@ -1,0 +1,113 @@
+"""Linear attention with the identity feature map: a pure polynomial sequence mixer.
+
+One layer on ``u: (B, L, width)`` with ``n_heads`` heads of ``head_dim`` channels::
+
+    Q = W_q u + b_q,  K = W_k u + b_k,  V = W_v u + b_v        (each (B, L, n_heads·head_dim))
+    causal:      A_t = Σ_{s≤t} (Q_t · K_s) V_s                  (masked (QKᵀ)V, O(L²))
+    non-causal:  A   = Q (Kᵀ V)                                 (O(L·head_dim²))
+    out = u + W_o A + b_o            [ + MLP(out) with a GELU hidden layer if mlp=True ]
+
+No softmax and no normaliser: without the optional MLP every layer is a degree-3
+polynomial of its input, so products of token entries are represented exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from neuralnum.arch.base import TokenModel, check_positive_int
+
+__all__ = ["LinearAttention", "LinearAttentionLayer", "Mlp"]
+
+
+class Mlp(nn.Module):
+    """``Linear(width, 4·width) → GELU → Linear(4·width, width)``."""
+
+    def __init__(self, width: int, *, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.fc = nn.Linear(width, 4 * width, dtype=dtype)
+        self.proj = nn.Linear(4 * width, width, dtype=dtype)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.proj(nn.functional.gelu(self.fc(h)))
+
+
+class LinearAttentionLayer(nn.Module):
+    """Residual identity-feature-map linear attention (+ optional residual MLP)."""
+
+    def __init__(
+        self, width: int, *, n_heads: int, head_dim: int, causal: bool, mlp: bool,
+        dtype: torch.dtype,
+    ) -> None:
+        super().__init__()
+        self.n_heads, self.head_dim, self.causal = n_heads, head_dim, causal
+        inner = n_heads * head_dim
+        self.q = nn.Linear(width, inner, dtype=dtype)
+        self.k = nn.Linear(width, inner, dtype=dtype)
+        self.v = nn.Linear(width, inner, dtype=dtype)
+        self.out = nn.Linear(inner, width, dtype=dtype)
+        self.mlp = Mlp(width, dtype=dtype) if mlp else None
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        batch, length, _ = t.shape
+        return t.view(batch, length, self.n_heads, self.head_dim).transpose(1, 2)
+
+    def attend(self, u: torch.Tensor) -> torch.Tensor:
+        """The attention sum ``(B, L, n_heads·head_dim)`` before ``W_o``."""
+        q, k, v = self._heads(self.q(u)), self._heads(self.k(u)), self._heads(self.v(u))
+        if self.causal:
+            scores = q @ k.transpose(-1, -2)  # (B, h, L, L)
+            scores = scores * torch.ones_like(scores[0, 0]).tril()
+            a = scores @ v
+        else:
+            a = q @ (k.transpose(-1, -2) @ v)
+        return a.transpose(1, 2).reshape(u.shape[0], u.shape[1], -1)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        h = u + self.out(self.attend(u))
+        return h if self.mlp is None else h + self.mlp(h)
+
+
+class LinearAttention(TokenModel):
+    """A stack of ``n_layers`` :class:`LinearAttentionLayer`.
+
+    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``. Options:
+    ``width`` (internal channels, default ``d_model``), ``n_heads`` (default 1),
+    ``head_dim`` (default ``width // n_heads``), ``causal`` (default True), ``mlp``
+    (default False: a pure polynomial).
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        n_layers: int,
+        *,
+        seq_len: int,
+        dtype: torch.dtype = torch.float32,
+        width: int | None = None,
+        n_heads: int = 1,
+        head_dim: int | None = None,
+        causal: bool = True,
+        mlp: bool = False,
+    ) -> None:
+        super().__init__(d_model, n_layers, seq_len=seq_len, dtype=dtype, width=width)
+        check_positive_int(n_heads, "n_heads")
+        if head_dim is None:
+            if self.width % n_heads:
+                raise ValueError(f"width={self.width} is not divisible by n_heads={n_heads}; "
+                                 "pass head_dim explicitly")
+            head_dim = self.width // n_heads
+        check_positive_int(head_dim, "head_dim")
+        self.causal = bool(causal)
+        self.layers = nn.ModuleList(
+            LinearAttentionLayer(self.width, n_heads=n_heads, head_dim=head_dim,
+                                 causal=self.causal, mlp=mlp, dtype=self.dtype)
+            for _ in range(self.n_layers)
+        )
+        self.projections()
+
+    def mix(self, h: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            h = layer(h)
+        return h
