@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Callable, Iterable
@@ -57,16 +58,28 @@ from neuralnum.runtime import (
 from neuralnum.tokens import TokenLayout
 from neuralnum.validation import check_problem, check_tensor
 
-__all__ = ["ARCH_DEFAULTS", "FORMAT", "Learner", "SolveInfo"]
+__all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 
 FORMAT = "neuralnum.learner/1"
 
-#: Default ``(d_model, n_layers)`` per architecture name (Liu et al. 2025 sizes for GD).
-ARCH_DEFAULTS: dict[str, tuple[int, int]] = {
-    "baseconv": (64, 3),
-    "linear_attention": (64, 3),
-    "transformer": (64, 4),
-}
+def default_arch(name: str, d: int) -> tuple[int, int, dict[str, Any]]:
+    """Default ``(d_model, n_layers, options)`` of architecture ``name`` for ``d`` unknowns.
+
+    The polynomial models default to the shapes of the exact GD constructions
+    (:mod:`neuralnum.arch.construct`): BaseConv 3 layers of width ``4d + 1``; linear
+    attention 1 layer of width ``2d + 1`` with head dimension ``d + 1``. The end-to-end
+    softmax Transformer: 4 layers of width 64, 4 heads, on ``2d + 1``-wide tokens.
+    """
+    if name == "baseconv":
+        return 4 * d + 1, 3, {}
+    if name == "linear_attention":
+        return 2 * d + 1, 1, {"head_dim": d + 1}
+    if name == "transformer":
+        return 2 * d + 1, 4, {"width": 64, "n_heads": 4}
+    raise ValueError(f"unknown arch {name!r}; choose from {list(ARCHS)}")
+
+
+ARCHS = ("baseconv", "linear_attention", "transformer")
 
 Callback = Callable[["Learner", dict[str, Any]], bool | None]
 
@@ -80,20 +93,29 @@ class SolveInfo:
 
 
 def _build_arch(name: str, d_model: int, n_layers: int, n: int, dtype: torch.dtype,
-                seed: int) -> torch.nn.Module:
+                seed: int, options: dict[str, Any]) -> torch.nn.Module:
     from neuralnum.arch import build_model
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return build_model(name, d_model=d_model, n_layers=n_layers, seq_len=n, dtype=dtype)
+        return build_model(name, d_model=d_model, n_layers=n_layers, seq_len=n, dtype=dtype,
+                           **options)
+
+
+def _cast_module(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """``model.to(dtype)``, also updating a ``dtype`` attribute the model validates with."""
+    model = model.to(dtype)
+    if isinstance(getattr(model, "dtype", None), torch.dtype):
+        model.dtype = dtype
+    return model
 
 
 class Learner:
     """A trainable learned solver step (or end-to-end predictor) for ``n × d`` problems.
 
-    ``arch``: a :func:`neuralnum.arch.build_model` name (``d_model``/``n_layers`` default
-    to :data:`ARCH_DEFAULTS`, weights seeded by ``seed``) or an ``nn.Module`` mapping
-    ``(B, n, d_model)`` tokens to the same shape (``d_model`` defaults to ``2d + 1``).
+    ``arch``: a :func:`neuralnum.arch.build_model` name (``d_model``, ``n_layers`` and
+    ``arch_options`` default to :func:`default_arch`; weights seeded by ``seed``) or an
+    ``nn.Module`` mapping ``(B, n, d_model)`` tokens to the same shape.
     ``target``: a :class:`~neuralnum.targets.GDStep`, an objective, ``"gd"`` or
     ``"solution"``. Parameters live in the recipe's master dtype.
     """
@@ -108,6 +130,7 @@ class Learner:
         d: int = 5,
         d_model: int | None = None,
         n_layers: int | None = None,
+        arch_options: dict[str, Any] | None = None,
         seed: int = 0,
     ):
         self.recipe = recipe if recipe is not None else Recipe()
@@ -117,22 +140,26 @@ class Learner:
         self.precision = self.recipe.precision
         self.n, self.d = n, d
         if isinstance(arch, str):
-            if arch not in ARCH_DEFAULTS:
-                raise ValueError(f"unknown arch {arch!r}; choose from {sorted(ARCH_DEFAULTS)}")
-            d_model = d_model or ARCH_DEFAULTS[arch][0]
-            n_layers = n_layers or ARCH_DEFAULTS[arch][1]
-            model = _build_arch(arch, d_model, n_layers, n, self.precision.param_dtype, seed)
+            default_width, default_layers, default_options = default_arch(arch, d)
+            d_model = d_model or default_width
+            n_layers = n_layers or default_layers
+            options = default_options if arch_options is None else dict(arch_options)
+            model = _build_arch(arch, d_model, n_layers, n, self.precision.param_dtype, seed,
+                                options)
             self.arch_config: dict[str, Any] | None = {
-                "name": arch, "d_model": d_model, "n_layers": n_layers, "seed": seed}
+                "name": arch, "d_model": d_model, "n_layers": n_layers, "seed": seed,
+                "options": options}
         elif isinstance(arch, torch.nn.Module):
-            d_model = d_model or 2 * d + 1
-            model = arch.to(self.precision.param_dtype)
+            d_model = d_model or getattr(arch, "d_model", 2 * d + 1)
+            model = _cast_module(arch, self.precision.param_dtype)
             self.arch_config = None
         else:
             raise TypeError(f"arch must be an architecture name or nn.Module, got "
                             f"{type(arch).__name__}")
         self.layout = TokenLayout(n, d, width=d_model)
         self.model = model
+        self._compute_model = (_cast_module(copy.deepcopy(model), self.precision.compute_dtype)
+                               if self.precision.mixed else model)
         self.step_count = 0
         self.last_solve: SolveInfo | None = None
         self._train: dict[str, Any] | None = None
@@ -152,12 +179,42 @@ class Learner:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
+    @torch.no_grad()
+    def init_construction(self, noise: float = 0.0, seed: int = 0) -> Learner:
+        """Set the weights to the exact GD construction (``η = 1/n``: the model computes
+        ``x − Aᵀ(Ax − b)/n``, zero loss) plus ``noise``·N(0, 1) on every parameter.
+
+        For BaseConv / linear attention learners of the default shape and the update
+        objective: the starting point of the precision-refinement studies.
+        """
+        from neuralnum.arch import construct
+
+        builders = {"baseconv": construct.construct_baseconv_gd,
+                    "linear_attention": construct.construct_linear_attention_gd}
+        name = (self.arch_config or {}).get("name")
+        if name not in builders or not self.objective.iterative:
+            raise ValueError("init_construction needs a baseconv or linear_attention learner "
+                             "with the update objective")
+        exact = builders[name](self.n, self.d, 1.0 / self.n, dtype=self.dtype)
+        state = exact.state_dict()
+        current = self.model.state_dict()
+        if set(state) != set(current) or any(state[k].shape != current[k].shape
+                                             for k in state):
+            raise ValueError(f"the construction needs {name} of the default shape "
+                             f"{default_arch(name, self.d)}")
+        self.model.load_state_dict(state)
+        gen = make_generator(seed)
+        for p in self.model.parameters():
+            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+        return self
+
     # ------------------------------------------------------------------ forward
     def _layout_for(self, n: int) -> TokenLayout:
         return self.layout if n == self.n else TokenLayout(n, self.d, width=self.layout.width)
 
     def forward(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Model output ``(B, d)`` (master dtype) read from the last token's ``x`` slot.
+        """The model's prediction ``(B, d)`` (master dtype), read from the last token's ``x``
+        slot by the objective (``x − out_x`` for the update rule, ``out_x`` end-to-end).
 
         Under the ``"mixed"`` recipe the forward pass runs in float32 on float32 copies of
         the float64 master weights (gradients flow back to the masters).
@@ -170,7 +227,7 @@ class Learner:
             weights = {k: v.to(compute) for k, v in self.model.named_parameters()}
             weights.update({k: v.to(compute) if v.is_floating_point() else v
                             for k, v in self.model.named_buffers()})
-            out = functional_call(self.model, weights, (tokens.to(compute),))
+            out = functional_call(self._compute_model, weights, (tokens.to(compute),))
         else:
             out = self.model(tokens)
         if out.shape != tokens.shape:
@@ -179,7 +236,7 @@ class Learner:
         if not torch.isfinite(out).all():
             raise FloatingPointError("the model produced NaN/Inf (training diverged or the "
                                      "input is far outside the training distribution)")
-        return out[:, -1, layout.x_slice].to(self.dtype)
+        return self.objective.read(x, out[:, -1, layout.x_slice].to(self.dtype))
 
     def _check_dtype(self, A: torch.Tensor) -> None:
         if A.dtype != self.dtype:
@@ -515,7 +572,8 @@ class Learner:
                                   f"(format {state.get('format')!r})")
         saved, mine = state["config"], self.config()
         def arch_shape(cfg: dict[str, Any] | None) -> object:
-            return None if cfg is None else (cfg["name"], cfg["d_model"], cfg["n_layers"])
+            return None if cfg is None else (cfg["name"], cfg["d_model"], cfg["n_layers"],
+                                             cfg["options"])
 
         saved = {**saved, "arch": arch_shape(saved.get("arch"))}
         mine = {**mine, "arch": arch_shape(mine.get("arch"))}
@@ -556,7 +614,8 @@ class Learner:
             arch_cfg = cfg["arch"]
             learner = cls(arch_cfg["name"], objective_from_dict(cfg["objective"]), recipe,
                           n=cfg["n"], d=cfg["d"], d_model=arch_cfg["d_model"],
-                          n_layers=arch_cfg["n_layers"], seed=arch_cfg["seed"])
+                          n_layers=arch_cfg["n_layers"], arch_options=arch_cfg["options"],
+                          seed=arch_cfg["seed"])
         else:
             learner = cls(arch, objective_from_dict(cfg["objective"]), recipe, n=cfg["n"],
                           d=cfg["d"], d_model=cfg["d_model"])

@@ -8,12 +8,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from learner_standins import ScaledGradient  # noqa: E402
+from learner_standins import ScaledGradient
 
-from neuralnum.learner import Learner  # noqa: E402
-from neuralnum.problems import GaussianFamily  # noqa: E402
-from neuralnum.recipe import Recipe  # noqa: E402
-from neuralnum.runtime import init_distributed  # noqa: E402
+from neuralnum.learner import Learner
+from neuralnum.problems import GaussianFamily
+from neuralnum.recipe import Recipe
+from neuralnum.runtime import init_distributed
 
 torch.set_num_threads(1)
 dist = init_distributed(device="cpu")

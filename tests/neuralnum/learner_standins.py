@@ -29,7 +29,7 @@ class Gaussian:
 
 
 class ScaledGradient(torch.nn.Module):
-    """Writes ``w ⊙ mean_i a_i(a_iᵀx − b_i) + c`` into the x slot of every token."""
+    """Writes ``x − (w ⊙ mean_i a_i(a_iᵀx − b_i) + c)`` into the x slot of every token."""
 
     def __init__(self, n: int, d: int, init: float = 0.5):
         super().__init__()
@@ -44,5 +44,5 @@ class ScaledGradient(torch.nn.Module):
         r = (a * x).sum(-1) - b
         g = (a * r.unsqueeze(-1)).mean(dim=1, keepdim=True) * self.w + self.c
         out = tokens.clone()
-        out[..., self.layout.x_slice] = g.expand(-1, tokens.shape[1], -1)
+        out[..., self.layout.x_slice] = (x - g).expand(-1, tokens.shape[1], -1)
         return out
