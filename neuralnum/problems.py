@@ -64,7 +64,7 @@ class Problems:
     x_star: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        check_problem(self.A, self.b, self.x_star)
+        check_problem(self.A, self.b, self.x_star, x_name="x_star")
 
     @property
     def batch(self) -> int:

@@ -41,12 +41,13 @@ def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
 
 
 def check_problem(
-    A: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None
+    A: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None, *, x_name: str = "x"
 ) -> tuple[int, int, int]:
     """Validate a batch of least-squares problems; return ``(batch, n, d)``.
 
-    Shapes: ``A: (B, n, d)``, ``b: (B, n)``, optional iterate ``x: (B, d)``; one dtype
-    (float32 or float64) and one device for all; every value finite.
+    Shapes: ``A: (B, n, d)``, ``b: (B, n)``, optional iterate ``x: (B, d)`` (named
+    ``x_name`` in error messages); one dtype (float32 or float64) and one device for all;
+    every value finite.
     """
     check_tensor(A, "A", 3)
     check_tensor(b, "b", 2)
@@ -56,11 +57,11 @@ def check_problem(
                          f"got {tuple(b.shape)}")
     tensors = {"A": A, "b": b}
     if x is not None:
-        check_tensor(x, "x", 2)
+        check_tensor(x, x_name, 2)
         if x.shape != (batch, d):
-            raise ValueError(f"x must have shape {(batch, d)} to match A {tuple(A.shape)}, "
-                             f"got {tuple(x.shape)}")
-        tensors["x"] = x
+            raise ValueError(f"{x_name} must have shape {(batch, d)} to match A "
+                             f"{tuple(A.shape)}, got {tuple(x.shape)}")
+        tensors[x_name] = x
     for name, t in tensors.items():
         if t.dtype != A.dtype:
             raise TypeError(f"{name}.dtype {t.dtype} differs from A.dtype {A.dtype}")
