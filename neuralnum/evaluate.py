@@ -18,10 +18,17 @@ __all__ = ["error_metrics", "solve_report"]
 
 
 def error_metrics(x: torch.Tensor, x_ref: torch.Tensor) -> dict[str, float]:
-    """Mean MSE, median relative error and median digits of ``x`` against ``x_ref``."""
-    return {"mse": float(reference.mse(x, x_ref).mean()),
-            "rel_error": float(reference.relative_error(x, x_ref).median()),
-            "digits": float(reference.digits(x, x_ref).median())}
+    """Mean MSE, median relative error and median digits of ``x: (B, d)`` against
+    ``x_ref``, plus the fraction of ``diverged`` (non-finite) rows — which count as an
+    infinite MSE and relative error and as 0 digits."""
+    finite = torch.isfinite(x).all(dim=1)
+    safe = torch.where(finite.unsqueeze(1), x, x_ref)
+    inf = torch.tensor(float("inf"), dtype=torch.float64)
+    mse = torch.where(finite, reference.mse(safe, x_ref), inf)
+    rel = torch.where(finite, reference.relative_error(safe, x_ref), inf)
+    digits = torch.where(finite, reference.digits(safe, x_ref), torch.zeros_like(rel))
+    return {"mse": float(mse.mean()), "rel_error": float(rel.median()),
+            "digits": float(digits.median()), "diverged": float((~finite).double().mean())}
 
 
 def solve_report(learner: Any, family: Any, *, batch: int = 64, seed: int = 12345,

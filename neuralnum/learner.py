@@ -86,10 +86,12 @@ Callback = Callable[["Learner", dict[str, Any]], bool | None]
 
 @dataclass(frozen=True)
 class SolveInfo:
-    """How the last :meth:`Learner.solve` ended: iterations run, problems converged."""
+    """How the last :meth:`Learner.solve` ended: iterations run, problems converged or
+    diverged."""
 
     iterations: int
     converged: torch.Tensor  # (B,) bool
+    diverged: torch.Tensor  # (B,) bool: the iterate became NaN/Inf (returned as NaN)
 
 
 def _build_arch(name: str, d_model: int, n_layers: int, n: int, dtype: torch.dtype,
@@ -219,6 +221,14 @@ class Learner:
         Under the ``"mixed"`` recipe the forward pass runs in float32 on float32 copies of
         the float64 master weights (gradients flow back to the masters).
         """
+        out = self._raw_forward(A, b, x)
+        if not torch.isfinite(out).all():
+            raise FloatingPointError("the model produced NaN/Inf (training diverged or the "
+                                     "input is far outside the training distribution)")
+        return out
+
+    def _raw_forward(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without the finiteness check of the output."""
         check_problem(A, b, x)
         layout = self._layout_for(A.shape[1])
         tokens = layout.encode(A, b, x)
@@ -233,9 +243,6 @@ class Learner:
         if out.shape != tokens.shape:
             raise ValueError(f"model output shape {tuple(out.shape)} != token shape "
                              f"{tuple(tokens.shape)}")
-        if not torch.isfinite(out).all():
-            raise FloatingPointError("the model produced NaN/Inf (training diverged or the "
-                                     "input is far outside the training distribution)")
         return self.objective.read(x, out[:, -1, layout.x_slice].to(self.dtype))
 
     def _check_dtype(self, A: torch.Tensor) -> None:
@@ -292,7 +299,8 @@ class Learner:
             raise ValueError(f"tol must be > 0, got {tol}")
         if not self.objective.iterative:
             x = self.step(A, b, x0)
-            self.last_solve = SolveInfo(1, torch.ones(A.shape[0], dtype=torch.bool))
+            self.last_solve = SolveInfo(1, torch.ones(A.shape[0], dtype=torch.bool),
+                                        torch.zeros(A.shape[0], dtype=torch.bool))
             return x[0] if unbatched else x
         x = self._iterate(A, b, x0, iters, tol, max_iters)
         return x[0] if unbatched else x
@@ -303,28 +311,42 @@ class Learner:
         if stagnation:
             tol = 10 * torch.finfo(self.dtype).eps
         limit = iters if iters is not None else max_iters
-        active = torch.ones(A.shape[0], dtype=torch.bool)
-        best = torch.full((A.shape[0],), math.inf, dtype=self.dtype)
-        stale = torch.zeros(A.shape[0], dtype=torch.long)
+        batch = A.shape[0]
+        active = torch.ones(batch, dtype=torch.bool)
+        converged = torch.zeros(batch, dtype=torch.bool)
+        diverged = torch.zeros(batch, dtype=torch.bool)
+        best = torch.full((batch,), math.inf, dtype=self.dtype)
+        stale = torch.zeros(batch, dtype=torch.long)
+        x = x.clone()
         k = 0
-        while k < limit and (tol is None or active.any()):
-            idx = active.nonzero().squeeze(1) if tol is not None else slice(None)
-            new = self.step(A[idx], b[idx], x[idx])
-            moved = (new - x[idx]).norm(dim=1)
-            x = x.clone()
+        while k < limit and active.any():
+            idx = active.nonzero().squeeze(1)
+            xi = x[idx]
+            new = self.objective.next_iterate(A[idx], xi, self._raw_forward(A[idx], b[idx], xi),
+                                              self.n)
+            bad = ~torch.isfinite(new).all(dim=1)
+            new[bad] = math.nan
             x[idx] = new
+            diverged[idx] = bad
+            done = bad.clone()
             k += 1
-            if tol is None:
-                continue
-            rel = moved / new.norm(dim=1).clamp_min(torch.finfo(self.dtype).tiny)
-            done = rel <= tol
-            if stagnation:
-                improved = rel < best[idx]
-                best[idx] = torch.where(improved, rel, best[idx])
-                stale[idx] = torch.where(improved, 0, stale[idx] + 1)
-                done |= stale[idx] >= 20
+            if tol is not None:
+                moved = (new - xi).norm(dim=1)
+                rel = moved / new.norm(dim=1).clamp_min(torch.finfo(self.dtype).tiny)
+                small = (rel <= tol) & ~bad
+                converged[idx] = small
+                done |= small
+                if stagnation:
+                    improved = rel < best[idx]
+                    best[idx] = torch.where(improved, rel, best[idx])
+                    stale[idx] = torch.where(improved, 0, stale[idx] + 1)
+                    stalled = (stale[idx] >= 20) & ~bad
+                    converged[idx] |= stalled
+                    done |= stalled
             active[idx] = ~done
-        self.last_solve = SolveInfo(k, ~active)
+        if tol is None:
+            converged = ~diverged
+        self.last_solve = SolveInfo(k, converged, diverged)
         return x
 
     # ------------------------------------------------------------------ evaluation

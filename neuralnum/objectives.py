@@ -78,7 +78,7 @@ class UpdateObjective:
     its late iterations.
     """
 
-    step: GDStep = GDStep()
+    step: GDStep = GDStep()  # noqa: RUF009 (frozen, immutable default)
     spread: float = 0.0
     iterative: bool = True
 
