@@ -40,7 +40,7 @@ def test_resume_continues_to_the_same_steps(tmp_path):
     main([*common, "--steps", "2"])
     out = main([*common, "--steps", "4", "--resume"])
     assert out["steps"] == 4
-    steps = [json.loads(s)["step"] for s in ckpt.with_suffix(".jsonl").read_text().split()]
+    steps = [json.loads(s)["step"] for s in ckpt.with_suffix(".jsonl").read_text().splitlines()]
     assert steps == [2, 4]
 
 
