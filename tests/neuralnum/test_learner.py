@@ -275,3 +275,34 @@ def test_ddp_two_processes_match_single_process(tmp_path):
         assert a["batch"] == b["batch"]
         for key in ("loss", "mse"):
             assert a[key] == pytest.approx(b[key], rel=1e-9)
+
+
+@pytest.mark.parametrize("arch", ["baseconv", "linear_attention"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_real_arch_from_exact_construction_solves_to_machine_precision(arch, dtype):
+    learner = Learner(arch, "gd", Recipe(dtype=NAME[dtype]), n=N, d=D).init_construction()
+    P = problems(4, 11, dtype, SpectrumFamily(n=N, d=D, cond=3.0))
+    x = torch.randn(4, D, generator=torch.Generator().manual_seed(1), dtype=dtype)
+    metrics = learner.evaluate(P.A, P.b, x, UpdateObjective().label(P.A, P.b, x, P.x_star))
+    assert metrics["digits"] > -math.log10(torch.finfo(dtype).eps) - 3
+    x_ref = reference.lstsq(P.A, P.b)
+    err = reference.relative_error(learner.solve(P.A, P.b), x_ref)
+    assert (err < 1e3 * torch.finfo(dtype).eps).all()
+    noisy = Learner(arch, "gd", Recipe(dtype=NAME[dtype]), n=N, d=D).init_construction(1e-3)
+    assert noisy.evaluate(P.A, P.b, x, UpdateObjective().label(P.A, P.b, x, P.x_star))[
+        "mse"] > 100 * max(metrics["mse"], torch.finfo(dtype).tiny)
+    with pytest.raises(ValueError, match="init_construction"):
+        Learner("transformer", "solution", n=N, d=D).init_construction()
+
+
+def test_end_to_end_transformer_through_the_learner(tmp_path):
+    learner = Learner("transformer", "solution", Recipe(lr=1e-3, batch_size=8,
+                      max_batch_size=8), n=N, d=D, n_layers=1,
+                      arch_options={"width": 8, "n_heads": 2})
+    records = learner.fit(FAMILY, steps=4, log_every=2, eval_batch=8)
+    assert len(records) == 2 and all(math.isfinite(r["mse"]) for r in records)
+    P = problems(3, 2, torch.float64)
+    assert learner.solve(P.A, P.b).shape == (3, D) and learner.last_solve.iterations == 1
+    path = learner.save(tmp_path / "t.pt")
+    again = Learner.load(path)
+    assert torch.equal(again.solve(P.A, P.b), learner.solve(P.A, P.b))
