@@ -78,6 +78,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until-mse", type=float, default=None)
     p.add_argument("--minutes", type=float, default=None, help="stop after this wall time")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-batch", type=int, default=256, help="held-out problems for the "
                    "logged one-step metrics")
@@ -124,7 +125,8 @@ def _train(args: argparse.Namespace) -> Learner:
         raise SystemExit("train: give --steps, --until-mse or --minutes")
     family = family_from_name(args.family, n=args.n, d=args.d)
     learner = Learner(args.arch, args.target, recipe, n=args.n, d=args.d,
-                      d_model=args.d_model, n_layers=args.n_layers, seed=args.seed)
+                      d_model=args.d_model, n_layers=args.n_layers, seed=args.seed,
+                      device=args.device)
     if args.init == "construct":
         learner.init_construction(args.init_noise, seed=args.seed)
     out = Path(args.out)
@@ -175,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.command == "solve":
         learner = Learner.load(args.checkpoint)
         return _solve(args, learner)
-    learner = _train(args)
+    learner = _train(args).to("cpu")
     report = _solve(args, learner)
     summary = Path(args.out).with_name("demo.json")
     summary.write_text(json.dumps({"steps": learner.step_count, **report}, indent=2))

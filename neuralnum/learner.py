@@ -119,7 +119,9 @@ class Learner:
     ``arch_options`` default to :func:`default_arch`; weights seeded by ``seed``) or an
     ``nn.Module`` mapping ``(B, n, d_model)`` tokens to the same shape.
     ``target``: a :class:`~neuralnum.targets.GDStep`, an objective, ``"gd"`` or
-    ``"solution"``. Parameters live in the recipe's master dtype.
+    ``"solution"``. Parameters live in the recipe's master dtype on ``device``; problems
+    are drawn on the CPU (seeded) and moved there. Under ``torchrun`` with CUDA each rank
+    uses ``cuda:LOCAL_RANK``.
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class Learner:
         n_layers: int | None = None,
         arch_options: dict[str, Any] | None = None,
         seed: int = 0,
+        device: str | torch.device = "cpu",
     ):
         self.recipe = recipe if recipe is not None else Recipe()
         if not isinstance(self.recipe, Recipe):
@@ -141,6 +144,7 @@ class Learner:
         self.objective: Objective = as_objective(target)
         self.precision = self.recipe.precision
         self.n, self.d = n, d
+        self.device = torch.device(device)
         if isinstance(arch, str):
             default_width, default_layers, default_options = default_arch(arch, d)
             d_model = d_model or default_width
@@ -159,7 +163,7 @@ class Learner:
             raise TypeError(f"arch must be an architecture name or nn.Module, got "
                             f"{type(arch).__name__}")
         self.layout = TokenLayout(n, d, width=d_model)
-        self.model = model
+        self.model = model.to(self.device)
         self._compute_model = (_cast_module(copy.deepcopy(model), self.precision.compute_dtype)
                                if self.precision.mixed else model)
         self.step_count = 0
@@ -180,6 +184,14 @@ class Learner:
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
+
+    def to(self, device: str | torch.device) -> Learner:
+        """Move the model (and its mixed-precision compute copy) to ``device``; problems
+        given to :meth:`step` / :meth:`solve` must then live there too."""
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        self._compute_model.to(self.device)
+        return self
 
     @torch.no_grad()
     def init_construction(self, noise: float = 0.0, seed: int = 0) -> Learner:
@@ -207,7 +219,7 @@ class Learner:
         self.model.load_state_dict(state)
         gen = make_generator(seed)
         for p in self.model.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
         return self
 
     # ------------------------------------------------------------------ forward
@@ -299,8 +311,10 @@ class Learner:
             raise ValueError(f"tol must be > 0, got {tol}")
         if not self.objective.iterative:
             x = self.step(A, b, x0)
-            self.last_solve = SolveInfo(1, torch.ones(A.shape[0], dtype=torch.bool),
-                                        torch.zeros(A.shape[0], dtype=torch.bool))
+            self.last_solve = SolveInfo(1, torch.ones(A.shape[0], dtype=torch.bool,
+                                                      device=A.device),
+                                        torch.zeros(A.shape[0], dtype=torch.bool,
+                                                    device=A.device))
             return x[0] if unbatched else x
         x = self._iterate(A, b, x0, iters, tol, max_iters)
         return x[0] if unbatched else x
@@ -312,11 +326,12 @@ class Learner:
             tol = 10 * torch.finfo(self.dtype).eps
         limit = iters if iters is not None else max_iters
         batch = A.shape[0]
-        active = torch.ones(batch, dtype=torch.bool)
-        converged = torch.zeros(batch, dtype=torch.bool)
-        diverged = torch.zeros(batch, dtype=torch.bool)
-        best = torch.full((batch,), math.inf, dtype=self.dtype)
-        stale = torch.zeros(batch, dtype=torch.long)
+        on = {"device": A.device}
+        active = torch.ones(batch, dtype=torch.bool, **on)
+        converged = torch.zeros(batch, dtype=torch.bool, **on)
+        diverged = torch.zeros(batch, dtype=torch.bool, **on)
+        best = torch.full((batch,), math.inf, dtype=self.dtype, **on)
+        stale = torch.zeros(batch, dtype=torch.long, **on)
         x = x.clone()
         k = 0
         while k < limit and active.any():
@@ -390,7 +405,7 @@ class Learner:
               pool: tuple[torch.Tensor, ...] | None) -> tuple[torch.Tensor, ...]:
         """``(A, b, x, label)`` for ``batch`` problems: fresh, or indices into ``pool``."""
         if pool is not None:
-            idx = torch.randint(pool[0].shape[0], (batch,), generator=gen)
+            idx = torch.randint(pool[0].shape[0], (batch,), generator=gen).to(self.device)
             return tuple(t[idx] for t in pool)
         problems = family.sample(batch, gen, self.dtype)
         A, b, x_star = problems.A, problems.b, problems.x_star
@@ -403,7 +418,8 @@ class Learner:
                                  "(noise = 0)")
             x_star = A.new_zeros(A.shape[0], A.shape[2])  # iterates drawn around 0
         x = self.objective.sample_iterate(x_star, gen)
-        return A, b, x, self.objective.label(A, b, x, x_star)
+        batch_ = (A, b, x, self.objective.label(A, b, x, x_star))
+        return tuple(t.to(self.device) for t in batch_)
 
     def _loss_backward(self, batch: tuple[torch.Tensor, ...]) -> float:
         A, b, x, label = batch
@@ -491,7 +507,10 @@ class Learner:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         if log_every < 1 or checkpoint_every < 1:
             raise ValueError("log_every and checkpoint_every must be >= 1")
-        dist = distributed or init_distributed(device="cpu")
+        dist = distributed or init_distributed(
+            device=None if self.device.type == "cuda" else self.device)  # cuda:LOCAL_RANK
+        if dist.device != self.device:
+            self.to(dist.device)
         gen = make_generator(seed)
         self._train = self._init_training(dist)
         start_step = 0
@@ -529,7 +548,8 @@ class Learner:
                     group["lr"] = lr
                 adaptive = t["lr"].adaptive_due(self.step_count)
                 loss, cos = self._train_step(mine, dist, adaptive)
-                loss = float(dist.all_reduce_mean(torch.tensor(loss, dtype=torch.float64)))
+                loss = float(dist.all_reduce_mean(
+                    torch.tensor(loss, dtype=torch.float64, device=dist.device)))
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"training loss became {loss} at step "
                                              f"{self.step_count}")

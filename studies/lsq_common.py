@@ -58,9 +58,11 @@ def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "
           init_noise: float | None = None, seed: int = 0, log_every: int = 25,
           eval_batch: int = 256, minutes: float | None = None) -> tuple[Learner, list[dict],
                                                                         float]:
-    """Fit a learner: from the default init, or (``init_noise`` not None) from the exact GD
-    construction plus that noise. Returns ``(learner, metric records, seconds)``."""
-    learner = Learner(arch, target, recipe, n=family.n, d=family.d, seed=seed)
+    """Fit a learner (on CUDA when available): from the default init, or (``init_noise`` not
+    None) from the exact GD construction plus that noise. Returns ``(learner moved to the
+    CPU for evaluation, metric records, seconds)``."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    learner = Learner(arch, target, recipe, n=family.n, d=family.d, seed=seed, device=device)
     if init_noise is not None:
         learner.init_construction(init_noise, seed=seed)
     start = time.monotonic()
@@ -68,7 +70,7 @@ def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "
         lambda _l, _r: time.monotonic() - start > 60 * minutes]
     records = learner.fit(family, steps, seed=seed, log_every=log_every,
                           eval_batch=eval_batch, callbacks=stop)
-    return learner, records, time.monotonic() - start
+    return learner.to("cpu"), records, time.monotonic() - start
 
 
 def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
