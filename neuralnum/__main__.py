@@ -170,7 +170,7 @@ def _solve(args: argparse.Namespace, learner: Learner) -> dict[str, dict[str, An
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns what was printed as data (used by tests)."""
     args = _build_parser().parse_args(argv)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    torch.set_num_threads(1 if getattr(args, "device", "cpu") == "cpu" else torch.get_num_threads())
     if args.command == "train":
         learner = _train(args)
         return {"steps": learner.step_count}

@@ -50,7 +50,7 @@ def parse(name: str, doc: str | None, argv: Sequence[str] | None = None) -> argp
     args = p.parse_args(argv)
     args.out = Path(args.out)
     args.out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(min(torch.get_num_threads(), 2))
+    torch.set_num_threads(torch.get_num_threads() if args.full else 1)
     return args
 
 

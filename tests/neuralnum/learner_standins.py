@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import pytest
 import torch
 
 from neuralnum.tokens import TokenLayout
@@ -46,3 +47,13 @@ class ScaledGradient(torch.nn.Module):
         out = tokens.clone()
         out[..., self.layout.x_slice] = (x - g).expand(-1, tokens.shape[1], -1)
         return out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Run on one intra-op thread: on a shared 2-core machine, multi-threaded kernels
+    spin-wait on busy cores and run orders of magnitude slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

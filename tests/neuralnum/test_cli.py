@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.__main__ import main, parse_overrides
 from neuralnum.learner import Learner

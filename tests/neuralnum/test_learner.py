@@ -13,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from learner_standins import ScaledGradient
+from learner_standins import ScaledGradient, one_thread  # noqa: F401 (autouse fixture)
 
 import neuralnum
 from neuralnum import reference

@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.runtime import (
     CheckpointError,
