@@ -46,6 +46,8 @@ __all__ = [
     "ScaledFamily",
     "SpectrumFamily",
     "family_from_name",
+    "from_singular_values",
+    "geometric_spectrum",
     "random_orthogonal",
 ]
 
@@ -106,6 +108,30 @@ def random_orthogonal(
     return q * signs.unsqueeze(-2)
 
 
+def geometric_spectrum(
+    cond: float, r: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``r`` singular values log-spaced from ``cond`` down to 1, ``(r,)`` float64."""
+    if r == 1:
+        return torch.ones(1, dtype=torch.float64, device=device)
+    s = torch.logspace(0, math.log10(cond), r, dtype=torch.float64, device=device)
+    s[-1] = cond  # exact end point
+    return s.flip(0)
+
+
+def from_singular_values(
+    s: torch.Tensor, n: int, d: int, generator: torch.Generator
+) -> torch.Tensor:
+    """``U diag(s) Vᵀ`` with Haar-random orthonormal ``U: (n, r)``, ``V: (d, r)``.
+
+    ``s: (batch, r)`` float64, ``r <= min(n, d)`` → ``(batch, n, d)`` float64.
+    """
+    batch, r = s.shape
+    u = random_orthogonal(batch, n, r, generator)
+    v = random_orthogonal(batch, d, r, generator)
+    return (u * s.unsqueeze(1)) @ v.transpose(1, 2)
+
+
 def _normal(shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor:
     return torch.randn(shape, generator=generator, dtype=torch.float64,
                        device=generator.device)
@@ -121,7 +147,7 @@ class ProblemFamily:
     """Base class: shared fields, sampling of ``x*`` and ``b``, OOD shifts.
 
     Subclasses implement :meth:`matrices` (float64 ``A`` before ``scale``) and may
-    override :meth:`rank` when ``A`` is rank-deficient by construction.
+    override :meth:`matrix_rank` when ``A`` is rank-deficient by construction.
     """
 
     n: int = 20
@@ -144,7 +170,7 @@ class ProblemFamily:
         """Design matrices ``(batch, n, d)`` in float64, before ``scale``."""
         raise NotImplementedError
 
-    def rank(self) -> int:
+    def matrix_rank(self) -> int:
         """The rank of every ``A`` the family draws (``min(n, d)`` unless overridden)."""
         return min(self.n, self.d)
 
@@ -161,9 +187,9 @@ class ProblemFamily:
         check_dtype(dtype)
         A = self.scale * self.matrices(batch, generator)
         x_star = _normal((batch, self.d), generator)
-        if self.rank() < self.d:  # keep only the row-space part: the minimum-norm solution
+        if self.matrix_rank() < self.d:  # keep only the row-space part: the minimum-norm solution
             _, _, vh = torch.linalg.svd(A, full_matrices=False)
-            basis = vh[:, : self.rank(), :]
+            basis = vh[:, : self.matrix_rank(), :]
             x_star = torch.einsum("brd,br->bd", basis, torch.einsum("brd,bd->br", basis, x_star))
         b = torch.einsum("bnd,bd->bn", A, x_star)
         if self.noise > 0:
@@ -238,7 +264,7 @@ class SpectrumFamily(ProblemFamily):
         elif r == 1:
             s = torch.ones(batch, 1, **kw)
         elif self.spectrum == "geometric":
-            s = torch.logspace(0, math.log10(self.cond), r, **kw).expand(batch, r)
+            s = geometric_spectrum(self.cond, r, generator.device).expand(batch, r)
         elif self.spectrum == "linear":
             s = torch.linspace(1, self.cond, r, **kw).expand(batch, r)
         else:
@@ -249,11 +275,7 @@ class SpectrumFamily(ProblemFamily):
         return s.sort(dim=1, descending=True).values
 
     def matrices(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        r = min(self.n, self.d)
-        s = self.sigmas(batch, generator)
-        u = random_orthogonal(batch, self.n, r, generator)
-        v = random_orthogonal(batch, self.d, r, generator)
-        return (u * s.unsqueeze(1)) @ v.transpose(1, 2)
+        return from_singular_values(self.sigmas(batch, generator), self.n, self.d, generator)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,33 +326,30 @@ class HeavyTailedFamily(ProblemFamily):
 
 @dataclass(frozen=True, kw_only=True)
 class RankDeficientFamily(ProblemFamily):
-    """``A = U diag(σ) Vᵀ`` of rank ``rank_`` < min(n, d), σ log-spaced on ``[1, cond]``.
+    """``A = U diag(σ) Vᵀ`` of rank ``rank`` < min(n, d), σ log-spaced on ``[1, cond]``.
 
     ``x_star`` is the minimum-norm solution (in the row space of ``A``). Solvers must
     truncate singular values below their ``rcond`` to find it.
     """
 
-    rank_: int = 3
+    rank: int = 3
     cond: float = 5.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        r = self.rank_
+        r = self.rank
         if not isinstance(r, int) or isinstance(r, bool) or not 1 <= r < min(self.n, self.d):
-            raise ValueError(f"rank_ must be an int in [1, min(n, d)) = "
+            raise ValueError(f"rank must be an int in [1, min(n, d)) = "
                              f"[1, {min(self.n, self.d)}), got {r!r}")
         if not (math.isfinite(self.cond) and self.cond >= 1):
             raise ValueError(f"cond must be finite and >= 1, got {self.cond!r}")
 
-    def rank(self) -> int:
-        return self.rank_
+    def matrix_rank(self) -> int:
+        return self.rank
 
     def matrices(self, batch: int, generator: torch.Generator) -> torch.Tensor:
-        low = SpectrumFamily(n=self.rank_, d=self.rank_, cond=self.cond, spectrum="geometric")
-        s = low.sigmas(batch, generator)
-        u = random_orthogonal(batch, self.n, self.rank_, generator)
-        v = random_orthogonal(batch, self.d, self.rank_, generator)
-        return (u * s.unsqueeze(1)) @ v.transpose(1, 2)
+        s = geometric_spectrum(self.cond, self.rank, generator.device).expand(batch, -1)
+        return from_singular_values(s, self.n, self.d, generator)
 
 
 #: name -> (family class, default fields). ``family_from_name`` overrides the defaults.

@@ -6,6 +6,7 @@
   ``dps`` decimal digits of the exactly converted input, correctly rounded to the input
   dtype to within one ulp). All three drop singular values below ``rcond·σ_max``, so they
   solve the same (truncated) problem; the mpmath path is the judge of precision claims.
+* :func:`condition_number` — ``σ_max/σ_min`` over the singular values kept by ``rcond``.
 * :func:`sensitivity` — the first-order condition number of the least-squares solution,
   ``κ·(2 + (κ+1)·‖r‖/(‖A‖‖x‖))`` (Higham, *Accuracy and Stability*, Thm 20.1): a backward
   stable solver in unit roundoff ``u`` has relative error ``≲ c·u·sensitivity`` — the
@@ -17,6 +18,7 @@ Shapes: ``A: (B, n, d)``, ``b: (B, n)``, solutions ``x: (B, d)``; float32 or flo
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import mpmath
@@ -26,7 +28,15 @@ import torch
 
 from neuralnum.validation import check_finite, check_problem, check_tensor
 
-__all__ = ["METHODS", "digits", "lstsq", "mse", "relative_error", "sensitivity"]
+__all__ = [
+    "METHODS",
+    "condition_number",
+    "digits",
+    "lstsq",
+    "mse",
+    "relative_error",
+    "sensitivity",
+]
 
 Method = Literal["scipy", "numpy", "mpmath"]
 METHODS: tuple[str, ...] = ("scipy", "numpy", "mpmath")
@@ -56,7 +66,7 @@ def _mpmath_lstsq(a: np.ndarray, b: np.ndarray, rcond: float, dps: int) -> np.nd
     x = ctx.matrix(a.shape[1], 1)
     bm = ctx.matrix(b.astype(np.float64).tolist())
     for i in range(s.rows):
-        if s[i] <= cutoff or s[i] == 0:
+        if s[i] <= cutoff:  # also skips σ = 0
             continue
         coeff = ctx.fdot((u[j, i], bm[j]) for j in range(u.rows)) / s[i]
         for k in range(vh.cols):
@@ -100,6 +110,18 @@ def lstsq(
     return torch.from_numpy(np.stack(xs)).to(dtype=A.dtype, device=A.device)
 
 
+def condition_number(A: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
+    """``κ = σ_max/σ_min`` per problem, ``(B,)`` float64, over the singular values above
+    ``rcond·σ_max`` (default as in :func:`lstsq`), so rank-deficient ``A`` get their
+    effective condition number."""
+    _, n, d = check_tensor(A, "A", 3).shape
+    check_finite(A, "A")
+    rcond = _check_rcond(rcond, A.dtype, n, d)
+    s = torch.linalg.svdvals(A.double())
+    smax = s[:, :1]
+    return smax[:, 0] / torch.where(s > rcond * smax, s, torch.full_like(s, math.inf)).amin(1)
+
+
 def sensitivity(
     A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, rcond: float | None = None
 ) -> torch.Tensor:
@@ -110,13 +132,10 @@ def sensitivity(
     solution. A backward-stable solver with unit roundoff ``u`` has relative forward error
     ``≲ c(n, d)·u·sensitivity`` to first order (Higham 2002, Thm 20.1).
     """
-    _, n, d = check_problem(A, b, x)
-    rcond = _check_rcond(rcond, A.dtype, n, d)
+    check_problem(A, b, x)
+    kappa = condition_number(A, rcond)
     A64, b64, x64 = A.double(), b.double(), x.double()
-    s = torch.linalg.svdvals(A64)
-    smax = s[:, 0]
-    smin = torch.where(s > rcond * smax.unsqueeze(1), s, torch.full_like(s, float("inf")))
-    kappa = smax / smin.amin(dim=1)
+    smax = torch.linalg.matrix_norm(A64, ord=2)
     r = (b64 - torch.einsum("bnd,bd->bn", A64, x64)).norm(dim=1)
     ratio = r / (smax * x64.norm(dim=1))
     ratio = torch.where(r == 0, torch.zeros_like(ratio), ratio)

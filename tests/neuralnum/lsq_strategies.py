@@ -35,7 +35,7 @@ def small_families(draw: st.DrawFn, consistent: bool = False) -> ProblemFamily:
     if name == "ill_conditioned":
         fields["cond"] = 1e3
     if name == "rank_deficient":
-        fields["rank_"] = draw(st.integers(min_value=1, max_value=min(n, d) - 1))
+        fields["rank"] = draw(st.integers(min_value=1, max_value=min(n, d) - 1))
     if name == "heavy_tailed":
         fields["df"] = 3
     if name == "scaled":

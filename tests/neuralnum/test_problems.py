@@ -94,7 +94,7 @@ def test_random_orthogonal_has_orthonormal_columns(rows, cols, seed):
 
 @given(st.integers(min_value=1, max_value=3), seeds, dtypes)
 def test_rank_deficient_has_the_asked_rank(rank, seed, dtype):
-    family = RankDeficientFamily(n=6, d=4, rank_=rank, cond=10.0)
+    family = RankDeficientFamily(n=6, d=4, rank=rank, cond=10.0)
     p = family.sample(2, generator(seed), dtype)
     s = torch.linalg.svdvals(p.A.double())
     tol = 30 * torch.finfo(dtype).eps * s[:, :1]
@@ -111,7 +111,7 @@ def test_x_star_is_the_minimum_norm_solution(family, seed):
     p = family.sample(2, generator(seed))
     x_ref = lstsq(p.A, p.b, "mpmath", dps=30)
     s = torch.linalg.svdvals(p.A)
-    kappa = s[:, 0] / s[:, family.rank() - 1]
+    kappa = s[:, 0] / s[:, family.matrix_rank() - 1]
     err = (p.x_star - x_ref).norm(dim=1) / x_ref.norm(dim=1)
     assert (err <= 100 * kappa * torch.finfo(torch.float64).eps).all()
 
@@ -180,8 +180,8 @@ def test_bad_configuration_raises():
         SpectrumFamily(n=4, d=2, singular_values=(1.0,))
     with pytest.raises(ValueError, match="spectrum"):
         SpectrumFamily(spectrum="cubic")
-    with pytest.raises(ValueError, match="rank_"):
-        RankDeficientFamily(n=4, d=3, rank_=3)
+    with pytest.raises(ValueError, match="rank must"):
+        RankDeficientFamily(n=4, d=3, rank=3)
     with pytest.raises(ValueError, match="df"):
         HeavyTailedFamily(df=0)
     with pytest.raises(ValueError, match="row_decades"):

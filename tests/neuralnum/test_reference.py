@@ -42,7 +42,7 @@ def test_mpmath_solution_satisfies_the_minimum_norm_conditions(family, seed, dty
     x = lstsq(p.A, p.b, "mpmath", dps=30).double()
     A, b = p.A.double(), p.b.double()
     _, s, vh = torch.linalg.svd(A, full_matrices=True)
-    rank = family.rank()
+    rank = family.matrix_rank()
     null = vh[:, rank:, :]
     r = torch.einsum("bnd,bd->bn", A, x) - b
     u = unit_roundoff(dtype)
