@@ -3,13 +3,20 @@
 Public entry points (call these, never a kernel directly):
 
 * :func:`monarch_matmul` ``(x, R, L)`` — Monarch multiply ``y = P L Pᵀ R x``.
-* :func:`long_conv` ``(u, k)`` — FFT long convolution (causal or bidirectional).
+* :func:`long_conv` ``(u, k, pre_gate=None, post_gate=None)`` — FFT long convolution
+  (causal or bidirectional), optionally gated: ``post_gate ⊙ conv(pre_gate ⊙ u, k)``.
 
-Backends: see :mod:`kernels.dispatch`. This package imports nothing else of ours.
+Backends: see :mod:`kernels.dispatch`. The Triton modules are imported on the first
+Triton call (so ``TRITON_INTERPRET=1`` can be set before). This package imports nothing
+else of ours.
 """
 
-from kernels.dispatch import current_backend, use_backend
-from kernels.long_conv_reference import long_conv_reference
+from __future__ import annotations
+
+import torch
+
+from kernels.dispatch import current_backend, use_backend, use_triton
+from kernels.long_conv_reference import check_long_conv_args, long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
 
 __all__ = [
@@ -22,11 +29,34 @@ __all__ = [
 ]
 
 
-def monarch_matmul(x, R, L):  # Triton path added by the kernels issue
-    """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout."""
+def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout.
+
+    Runs the fused Triton kernel (:mod:`kernels.monarch_triton`) when the dispatcher
+    chooses Triton, the two-``bmm`` reference otherwise. Differentiable either way.
+    """
+    if use_triton(x, R, L):
+        from kernels.monarch_triton import monarch_matmul_triton
+
+        return monarch_matmul_triton(x, R, L)
     return monarch_matmul_reference(x, R, L)
 
 
-def long_conv(u, k):  # Triton path added by the kernels issue
-    """FFT long convolution; see :mod:`kernels.long_conv_reference`."""
-    return long_conv_reference(u, k)
+def long_conv(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | None = None,
+              post_gate: torch.Tensor | None = None) -> torch.Tensor:
+    """``post_gate ⊙ conv(pre_gate ⊙ u, k)``; see :mod:`kernels.long_conv_reference`.
+
+    ``u: (B, H, L)``, ``k: (H, L)`` causal or ``(H, 2L)`` bidirectional, gates ``(B, H, L)``
+    or ``None``. Runs the Monarch-DFT Triton kernel (:mod:`kernels.long_conv_triton`) when
+    the dispatcher chooses Triton and ``L`` is a power of two in ``[256, 8192]``; other
+    lengths fall back to the reference under ``"auto"`` and raise ``ValueError`` when
+    ``"triton"`` is forced. Differentiable in all inputs.
+    """
+    check_long_conv_args(u, k, pre_gate, post_gate)
+    gates = [g for g in (pre_gate, post_gate) if g is not None]
+    if use_triton(u, k, *gates):
+        from kernels.long_conv_triton import long_conv_triton, supports_length
+
+        if supports_length(u.shape[-1]) or current_backend() == "triton":
+            return long_conv_triton(u, k, pre_gate, post_gate)
+    return long_conv_reference(u, k, pre_gate, post_gate)

@@ -2,6 +2,8 @@
 
 import os
 
+import pytest
+import torch
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(
@@ -10,3 +12,14 @@ settings.register_profile(
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 os.environ.setdefault("NEURALNUM_PROGRESS", "0")
+
+
+@pytest.fixture
+def single_thread():
+    """Run a test of tiny tensor ops on one intra-op thread (restored afterwards): on a
+    shared, loaded 2-core machine, OpenMP barriers across 2 threads can make small
+    matmuls 100× slower than one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

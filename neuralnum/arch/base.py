@@ -38,8 +38,8 @@ def check_positive_int(value: object, name: str) -> int:
 class TokenModel(nn.Module):
     """Base class: configuration, input checks, optional width projections.
 
-    Subclasses build their layers after ``super().__init__`` and implement
-    :meth:`mix` ``(h: (B, L, width)) -> (B, L, width)``.
+    Subclasses build ``self.layers`` (an ``nn.ModuleList``) after ``super().__init__``,
+    call :meth:`projections`, and override :meth:`mix` if they need more than the layers.
     """
 
     def __init__(
@@ -107,7 +107,11 @@ class TokenModel(nn.Module):
         return tokens
 
     def mix(self, h: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """``(B, L, width)`` → ``(B, L, width)``: by default the residual layers in
+        ``self.layers`` applied in order."""
+        for layer in self.layers:
+            h = layer(h)
+        return h
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, same dtype."""

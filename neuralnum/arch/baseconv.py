@@ -39,7 +39,7 @@ def causal_conv_direct(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     pos = torch.arange(length, device=z.device)
     lag = pos[:, None] - pos[None, :]  # (t, s)
     toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0).to(k.dtype)  # (H, t, s)
-    return torch.einsum("bsh,hts->bth", z, toeplitz)
+    return (toeplitz @ z.permute(2, 1, 0)).permute(2, 1, 0)  # (H, t, s) @ (H, s, B)
 
 
 class BaseConvLayer(nn.Module):
@@ -118,10 +118,3 @@ class BaseConv(TokenModel):
             for _ in range(self.n_layers)
         )
         self.projections()
-
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h)
-        return h
-
-

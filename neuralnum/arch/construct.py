@@ -47,12 +47,12 @@ __all__ = [
 ]
 
 
-def _check_eta(eta: object) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, int | float):
-        raise TypeError(f"eta must be a float, got {type(eta).__name__}")
-    if not (math.isfinite(eta) and eta > 0):
-        raise ValueError(f"eta must be finite and > 0, got {eta}")
-    return float(eta)
+def _check_positive(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
 
 
 def _zero_(model: nn.Module) -> None:
@@ -82,7 +82,7 @@ def construct_baseconv_gd(
     ``layout = TokenLayout(n, d, 4d+1)`` required; parameters are frozen.
     """
     n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
-    eta, dtype = _check_eta(eta), check_dtype(dtype)
+    eta, dtype = _check_positive(eta, "eta"), check_dtype(dtype)
     layout = TokenLayout(n, d, width=4 * d + 1)
     a = torch.arange(d)
     x = a + d + 1
@@ -126,7 +126,7 @@ def construct_linear_attention_gd(
     """
     n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
     steps = check_positive_int(steps, "steps")
-    eta, dtype = _check_eta(eta), check_dtype(dtype)
+    eta, dtype = _check_positive(eta, "eta"), check_dtype(dtype)
     if causal and steps > 1:
         raise ValueError("steps > 1 needs causal=False: a causal layer leaves partial sums "
                          "in the x slots of all but the last token")
@@ -185,7 +185,7 @@ class SoftmaxProduct(nn.Module):
     def __init__(self, m: int, eps: float, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.m = check_positive_int(m, "m")
-        self.eps = _check_eta(eps)
+        self.eps = _check_positive(eps, "eps")
         self.dtype = check_dtype(dtype)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

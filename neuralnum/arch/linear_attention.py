@@ -7,6 +7,8 @@ One layer on ``u: (B, L, width)`` with ``n_heads`` heads of ``head_dim`` channel
     non-causal:  A   = Q (Kᵀ V)                                 (O(L·head_dim²))
     out = u + W_o A + b_o            [ + MLP(out) with a GELU hidden layer if mlp=True ]
 
+``W_o`` starts at N(0, 0.02²) and ``b_o`` at 0, so the unnormalised products start small.
+
 No softmax and no normaliser: without the optional MLP every layer is a degree-3
 polynomial of its input, so products of token entries are represented exactly.
 """
@@ -47,6 +49,9 @@ class LinearAttentionLayer(nn.Module):
         self.k = nn.Linear(width, inner, dtype=dtype)
         self.v = nn.Linear(width, inner, dtype=dtype)
         self.out = nn.Linear(inner, width, dtype=dtype)
+        with torch.no_grad():  # small residual branch at init: no softmax/normaliser
+            self.out.weight.normal_(0.0, 0.02)
+            self.out.bias.zero_()
         self.mlp = Mlp(width, dtype=dtype) if mlp else None
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
@@ -106,8 +111,3 @@ class LinearAttention(TokenModel):
             for _ in range(self.n_layers)
         )
         self.projections()
-
-    def mix(self, h: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            h = layer(h)
-        return h

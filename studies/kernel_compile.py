@@ -1,0 +1,120 @@
+"""Ahead-of-time compile of the Triton kernels for a GPU target, on a machine without one.
+
+    python -m studies.kernel_compile [--quick | --full] [--arch 90] [--out DIR]
+
+Compiles the fused Monarch kernel (every autotune config, bf16, ``n = 4096``) and the
+Monarch-DFT convolution kernel (every warp count, bf16, over ``L``) for ``sm_<arch>``
+(default 90: H100/H200) and reports, per variant, registers per thread, stack bytes per
+thread (spills), shared memory and whether it fits the SM (227 KB on sm_90). Nothing is
+run: this checks that the kernels compile for the GPU and how heavy they are, not speed.
+Needs Triton's bundled ``ptxas``/``cuobjdump`` and must run without ``TRITON_INTERPRET``.
+Writes ``DIR/kernel_compile.json`` and prints a table. ``--quick``: ``L = 4096`` only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from kernels import _triton_common, long_conv_triton, monarch_triton
+from neuralnum.runtime import progress
+
+SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in)
+
+
+def _resources(cubin: bytes) -> dict:
+    """Registers and stack per thread from ``cuobjdump -res-usage``."""
+    tool = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+    try:
+        out = subprocess.run([str(tool), "-res-usage", f.name], capture_output=True,
+                             text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    match = re.search(r"REG:(\d+)\s+STACK:(\d+)", out)
+    return {"registers": int(match[1]), "stack_bytes": int(match[2])} if match else {}
+
+
+def compile_variant(fn, pointers: dict[str, str], constexprs: dict, warps: int, stages: int,
+                    arch: int) -> dict:
+    """Compile ``fn`` (a JITFunction); ``pointers`` maps pointer args to ``"*bf16"`` etc."""
+    names = fn.arg_names
+    signature = {n: pointers.get(n) or ("constexpr" if n in constexprs else "i32")
+                 for n in names}
+    source = ASTSource(fn=fn, signature=signature,
+                       constexprs={(names.index(k),): v for k, v in constexprs.items()})
+    start = time.perf_counter()
+    compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32),
+                              options={"num_warps": warps, "num_stages": stages})
+    shared = compiled.metadata.shared
+    return {"num_warps": warps, "num_stages": stages, "shared_bytes": shared,
+            "fits": shared <= SHARED_LIMIT.get(arch, 101376),
+            "compile_s": round(time.perf_counter() - start, 1), **_resources(compiled.asm["cubin"])}
+
+
+def monarch_variants(arch: int) -> list[dict]:
+    ptrs = {n: "*bf16" for n in ("x_ptr", "w1_ptr", "w2_ptr", "z_ptr", "t_ptr")}
+    rows = []
+    for bn, bm, be, ba, warps, stages in progress(monarch_triton.GPU_CONFIGS, desc="monarch"):
+        blocks = {"BLOCK_N": bn, "BLOCK_M": bm, "BLOCK_E": be, "BLOCK_A": ba}
+        const = {"B1_PAD": 64, "STORE_T": True, "UPCAST": False, "ACC": tl.float32,
+                 "PRECISION": "tf32", **blocks}
+        rows.append({"kernel": "monarch n=4096 bf16", **blocks, **compile_variant(
+            monarch_triton._fused_two_stage_kernel.fn, ptrs, const, warps, stages, arch)})
+    return rows
+
+
+def conv_variants(lengths: tuple[int, ...], arch: int) -> list[dict]:
+    ptrs = {n: "*bf16" for n in ("u_ptr", "pre_ptr", "post_ptr", "y_ptr", "c_ptr")}
+    ptrs |= {n: "*fp32" for n in ("sr_ptr", "si_ptr", "f1r_ptr", "f1i_ptr", "f2r_ptr",
+                                  "f2i_ptr", "tr_ptr", "ti_ptr")}
+    rows = []
+    for length in progress(lengths, desc="long conv"):
+        n1, n2 = long_conv_triton.split(2 * length)
+        const = {"N1": n1, "N2": n2, "HAS_PRE": True, "HAS_POST": True, "STORE_C": False,
+                 "COMPUTE": tl.float32, "PRECISION": "tf32", "UPCAST": False}
+        for warps in long_conv_triton.GPU_WARPS:
+            rows.append({"kernel": f"long_conv L={length} bf16", "N1": n1, "N2": n2,
+                         **compile_variant(long_conv_triton._conv_kernel, ptrs, const,
+                                           warps, 1, arch)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="L = 4096 only (default)")
+    size.add_argument("--full", action="store_true", help="L = 256 … 8192 (several minutes)")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
+    parser.add_argument("--out", type=Path, default=Path("runs/kernel_compile"))
+    args = parser.parse_args(argv)
+    if _triton_common.INTERPRETED:
+        parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
+    lengths = (256, 1024, 4096, 8192) if args.full else (4096,)
+    result = {"arch": args.arch, "triton": triton.__version__,
+              "monarch": monarch_variants(args.arch), "conv": conv_variants(lengths, args.arch)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "kernel_compile.json").write_text(json.dumps(result, indent=2))
+    cols = ("kernel", "num_warps", "num_stages", "registers", "stack_bytes", "shared_bytes",
+            "fits", "compile_s")
+    print(f"sm_{args.arch}, Triton {triton.__version__}")
+    print(" | ".join(cols))
+    for row in result["monarch"] + result["conv"]:
+        print(" | ".join(str(row.get(c, "—")) for c in cols))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Monarch vs dense ``nn.Linear``: FLOP ratio beside measured speed-up, and where time goes.
+
+    python -m studies.monarch_speed [--quick|--full] [--out DIR] [--threads T] [--batch B]
+
+For each ``n`` (square, no bias, float32; ``nblocks`` = the largest divisor of ``n`` not
+above ``√n``, the classic Monarch where ``n`` is a square: FLOP ratio 32× at 4096) it
+times the forward pass (no grad) and forward+backward (input and weight gradients) of
+``MonarchLinear`` and of ``nn.Linear``, alternating the two so that background load hits
+both alike (each timing window repeats the faster layer so that it lasts as long as one
+dense call). Reported: the minimum over repeats (least contaminated); the JSON also keeps
+the median. It then profiles one Monarch forward (``torch.profiler``) and prints each
+ATen op's share: batched matmuls versus the permutes/copies of the reference path.
+Speed-ups are given on wall time and on process CPU time (the latter leaves out time
+spent descheduled by other processes, not their cache or core-sharing effects).
+
+Timings on a shared machine are contaminated by other processes: the study records the
+thread count and the 1-minute load average beside the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neuralnum.runtime import progress
+from structured.layers import MonarchLinear
+from studies.study_io import figure, save_figure, study_parser, write_report
+
+NAME = "monarch_speed"
+PAPER = "Dao et al. 2022: 2n^1.5 vs n^2 multiply-adds, 32x fewer FLOPs at n = 4096"
+
+
+def _time(fn: Callable[[], object], calls: int) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds per call over ``calls`` back-to-back calls.
+
+    cpu = this process's CPU time (all threads).
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - wall) / calls, (time.process_time() - cpu) / calls
+
+
+def _forward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    def run() -> object:
+        with torch.no_grad():
+            return layer(x)
+    return run
+
+
+def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    x = x.detach().requires_grad_()
+
+    def run() -> object:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).sum().backward()
+        return x.grad
+    return run
+
+
+def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
+    """Warm up, then alternate the callables ``repeats`` times.
+
+    Each timing window loops a callable enough times to last about as long as one call of
+    the slowest, so all are exposed alike to background load (a lone short call would
+    more often hit a quiet moment and look faster). Per callable: min and median wall
+    seconds per call, min CPU seconds per call, and the calls per window.
+    """
+    single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
+    longest = max(single.values())
+    calls = {name: max(1, round(longest / t)) for name, t in single.items()}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            times[name].append(_time(fn, calls[name]))
+    return {name: {"min_s": min(w for w, _ in t), "median_s": statistics.median(w for w, _ in t),
+                   "cpu_min_s": min(c for _, c in t), "calls_per_window": calls[name]}
+            for name, t in times.items()}
+
+
+def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
+    """Self CPU time per ATen op of one Monarch forward (ops above 1% of the total)."""
+    run = _forward(layer, x)
+    run()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3,
+             "share": e.self_cpu_time_total / total} for e in events]
+    rows.sort(key=lambda r: -r["self_ms"])
+    return [r for r in rows if r["share"] > 0.01]
+
+
+def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
+    """Time every size with ``threads`` torch threads (restored afterwards)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        results = [_measure(n, batch, repeats) for n in progress(sizes, desc="sizes")]
+    finally:
+        torch.set_num_threads(previous)
+    return {"study": NAME, "threads": threads, "repeats": repeats,
+            "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
+            "paper": PAPER, "results": results}
+
+
+def _measure(n: int, batch: int, repeats: int) -> dict:
+    """One size: FLOP ratio, raced timings of both modes, Monarch forward op profile."""
+    gen = torch.Generator().manual_seed(0)
+    nblocks = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
+    torch.manual_seed(n)
+    dense = nn.Linear(n, n, bias=False)
+    monarch = MonarchLinear(n, n, nblocks, bias=False)
+    x = torch.randn(batch, n, generator=gen)
+    flop_ratio = dense.weight.numel() / monarch.monarch.num_params()
+    row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
+    for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
+        t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
+        row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"],
+                     "cpu_speedup": t["dense"]["cpu_min_s"] / t["monarch"]["cpu_min_s"]}
+    row["profile_forward"] = _profile(monarch, x)
+    return row
+
+
+def _print(report: dict) -> None:
+    print(f"threads={report['threads']} repeats={report['repeats']} "
+          f"load_avg_1min={report['load_average_1min']:.1f} (shared machine: timings are "
+          f"contaminated by other processes; cpu = process CPU time, which leaves out "
+          f"time spent descheduled but not cache or core sharing)")
+    print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} | {'fwd dense':>9} {'monarch':>8} {'wall':>5} "
+          f"{'cpu':>5} | {'f+b dense':>9} {'monarch':>8} {'wall':>5} {'cpu':>5}")
+    for r in report["results"]:
+        cells = []
+        for mode in ("forward", "forward_backward"):
+            m = r[mode]
+            dense_ms, monarch_ms = m["dense"]["min_s"] * 1e3, m["monarch"]["min_s"] * 1e3
+            cells.append(f"{dense_ms:>7.1f}ms {monarch_ms:>6.1f}ms "
+                         f"{m['speedup']:>4.1f}x {m['cpu_speedup']:>4.1f}x")
+        print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>5.1f}x | {cells[0]} | {cells[1]}")
+    for r in report["results"]:
+        ops = ", ".join(f"{p['op']} {100 * p['share']:.0f}%" for p in r["profile_forward"])
+        print(f"n={r['n']} Monarch forward time by op: {ops}")
+    print(f"paper: {report['paper']}")
+
+
+def _plot(report: dict, path: Path) -> None:
+    rows = report["results"]
+    ns = [r["n"] for r in rows]
+    fig, ax = figure()
+    ax.plot(ns, [r["flop_ratio"] for r in rows], "k--o", label="FLOP ratio")
+    for mode, marker in (("forward", "o"), ("forward_backward", "s")):
+        for key, style in (("speedup", "-"), ("cpu_speedup", ":")):
+            ax.plot(ns, [r[mode][key] for r in rows], style + marker,
+                    label=f"{mode.replace('_', '+')} ({'wall' if key == 'speedup' else 'CPU'})")
+    ax.set(xscale="log", yscale="log", xlabel="n (nblocks ≈ √n)", ylabel="dense / Monarch",
+           title=f"Monarch vs dense, batch {rows[0]['batch']}, {report['threads']} thread(s)")
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.legend()
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = study_parser(NAME, __doc__, quick_help="3 repeats (default: 7)",
+                          full_help="15 repeats, n up to 8192")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: the machine is shared)")
+    parser.add_argument("--batch", type=int, default=1024)
+    args = parser.parse_args(argv)
+    sizes = [1024, 2048, 4096] + ([8192] if args.full else [])
+    repeats = 3 if args.quick else 15 if args.full else 7
+    report = run_study(sizes, args.batch, repeats, args.threads)
+    _print(report)
+    write_report(args.out, NAME, report)
+    _plot(report, args.out / f"{NAME}.png")
+    return report
+
+
+if __name__ == "__main__":
+    main()

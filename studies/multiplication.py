@@ -1,0 +1,302 @@
+"""The softmax precision limit: who can learn to multiply to roundoff?
+
+Trains BaseConv, linear attention and a softmax Transformer — the same parameter budget
+(the Transformer's width is chosen to match BaseConv's count), the same optimizer (Adam,
+ε = 1e-16, cosine LR decay, gradient clipping), the same fresh batches, float64 by
+default — on the two smallest tasks that need high-precision products:
+
+* ``product`` — two in-context scalars: tokens ``[p, 0, 0]``, ``[0, q, 0]`` with
+  ``p, q ~ N(0, 1)``, target ``p·q`` in channel 2 of the last token (2 layers, width 16);
+* ``gd_term`` — one GD step's ``Aᵀ(Ax − b)/n`` on the paper's problems (``n = 20``,
+  ``d = 5``, Gaussian ``A``, ``b = A x*``, ``x ~ N(0, I)``): tokens of
+  ``TokenLayout(20, 5, width=21)``, target ``x − Aᵀ(Ax − b)/n`` read at the last token,
+  so the error is entirely the error of the gradient term (3 layers at width 21 = 4d+1,
+  where both polynomial models can represent the step exactly).
+
+It reports each model's MSE floor (the best held-out MSE over the last quarter of
+training) and the softmax/polynomial ratio, plots MSE vs step (log scale), and evaluates
+hand-built models: the exact GD constructions of :mod:`neuralnum.arch.construct` on
+``gd_term`` (one step, and iterated from ``x₀ = 0`` to compare with the paper's exact-GD
+level) and :class:`~neuralnum.arch.construct.SoftmaxProduct` on ``product`` across
+its score scale ``ε`` (error ``≈ ε²(pq)³/12 + O(u/ε)``: MSE ``~ε⁴`` against ``~u²/ε²``,
+best ``~u^{4/3}`` instead of the polynomial models' ``~u²``).
+
+    python -m studies.multiplication [--quick|--full] [--out DIR] [--dtype float64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from neuralnum.arch import TokenModel, build_model
+from neuralnum.arch.construct import (
+    SoftmaxProduct,
+    apply_gd_model,
+    construct_baseconv_gd,
+    construct_linear_attention_gd,
+)
+from neuralnum.problems import GaussianFamily
+from neuralnum.runtime import make_generator, progress
+from neuralnum.targets import GDStep, OptimalStep
+from neuralnum.tokens import TokenLayout
+
+ARCHS = ("baseconv", "linear_attention", "transformer")
+POLYNOMIAL = ("baseconv", "linear_attention")
+PAPER = {  # REFERENCES.md §1 (float32, their scale), for comparison only
+    "product": "softmax fails to multiply precisely (no MSE reported)",
+    "gd_term": "learned BaseConv/LA single GD iterate ≈ 1e-13; softmax iterates ≈ 1e-2; "
+               "exact GD ≈ 5e-15; in-context Transformers plateau ≈ 1e-5",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    steps: dict[str, int]  # per task
+    batch: dict[str, int]  # per task
+    lr: float = 1e-2
+    evals: int = 20  # held-out evaluations per run
+    eval_batch: int = 512
+    gd_problems: int = 16  # problems for the iterated exact constructions
+    gd_iters: int = 200
+    seed: int = 0
+
+
+QUICK = Config(steps={"product": 1000, "gd_term": 600}, batch={"product": 256, "gd_term": 64})
+FULL = Config(steps={"product": 50000, "gd_term": 50000},
+              batch={"product": 1024, "gd_term": 1024}, evals=100, eval_batch=4096,
+              gd_problems=256)
+
+
+# --------------------------------------------------------------------------- tasks
+@dataclass(frozen=True)
+class Task:
+    """A supervised map ``tokens (B, L, d_model) → target``; ``readout`` picks the output.
+
+    The polynomial models run at ``poly_width`` channels; the Transformer's width is the
+    one whose parameter count is closest to BaseConv's.
+    """
+
+    name: str
+    d_model: int
+    seq_len: int
+    n_layers: int
+    poly_width: int
+    sample: Callable[[int, torch.Generator, torch.dtype], tuple[torch.Tensor, torch.Tensor]]
+    readout: Callable[[torch.Tensor], torch.Tensor]
+
+
+def _product_sample(batch, gen, dtype):
+    """Two tokens ``[p, 0, 0]``, ``[0, q, 0]``; target ``p·q`` (last token, channel 2)."""
+    pq = torch.randn(batch, 2, generator=gen, dtype=torch.float64)
+    tokens = torch.zeros(batch, 2, 3, dtype=torch.float64)
+    tokens[:, 0, 0], tokens[:, 1, 1] = pq[:, 0], pq[:, 1]
+    return tokens.to(dtype), (pq[:, 0] * pq[:, 1]).to(dtype)
+
+
+GD_LAYOUT = TokenLayout(20, 5, width=21)  # 4d+1: room for the exact BaseConv
+GD_FAMILY = GaussianFamily(n=20, d=5)
+
+
+def _gd_sample(batch, gen, dtype):
+    problems = GD_FAMILY.sample(batch, gen, torch.float64)
+    x = torch.randn(batch, 5, generator=gen, dtype=torch.float64)
+    target = GDStep(1 / 20)(problems.A, problems.b, x)
+    return GD_LAYOUT.encode(problems.A, problems.b, x).to(dtype), target.to(dtype)
+
+
+TASKS = {
+    "product": Task("product", 3, 2, 2, 16, _product_sample, lambda out: out[:, -1, 2]),
+    "gd_term": Task("gd_term", GD_LAYOUT.width, 20, 3, GD_LAYOUT.width, _gd_sample,
+                    lambda out: out[:, -1, GD_LAYOUT.x_slice]),
+}
+
+
+# --------------------------------------------------------------------------- models
+def make_model(arch: str, task: Task, dtype: torch.dtype) -> TokenModel:
+    """Polynomial models at ``task.poly_width``; the Transformer matched to BaseConv's size."""
+    if arch in POLYNOMIAL:
+        return build_model(arch, task.d_model, task.n_layers, task.seq_len, dtype,
+                           width=task.poly_width)
+    budget = make_model("baseconv", task, dtype).num_parameters()
+    candidates = (build_model(arch, task.d_model, task.n_layers, task.seq_len, dtype,
+                              width=w, n_heads=2) for w in range(4, 129, 2))
+    return min(candidates, key=lambda m: abs(m.num_parameters() - budget))
+
+
+def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
+    return float((pred.double() - target.double()).square().mean())
+
+
+def train(arch: str, task: Task, cfg: Config, dtype: torch.dtype) -> dict:
+    """Train one model; returns its curve, floor and size."""
+    torch.manual_seed(cfg.seed)
+    model = make_model(arch, task, dtype)
+    gen = make_generator(cfg.seed)
+    eval_tokens, eval_target = task.sample(cfg.eval_batch, make_generator(cfg.seed + 1), dtype)
+    steps, batch = cfg.steps[task.name], cfg.batch[task.name]
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-16)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    curve: list[tuple[int, float]] = []
+    eval_every = max(1, steps // cfg.evals)
+    start = time.perf_counter()
+    for step in progress(range(steps + 1), desc=f"{task.name}/{arch}"):
+        if step % eval_every == 0 or step == steps:
+            with torch.no_grad():
+                curve.append((step, mse(task.readout(model(eval_tokens)), eval_target)))
+        if step == steps:
+            break
+        tokens, target = task.sample(batch, gen, dtype)
+        loss = (task.readout(model(tokens)) - target).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    tail = [m for s, m in curve if s >= 0.75 * steps]
+    finite = [m for m in tail if math.isfinite(m)]
+    return {"arch": arch, "task": task.name, "dtype": str(dtype).removeprefix("torch."),
+            "params": model.num_parameters(), "width": model.width,
+            "floor": min(finite) if finite else float("nan"),
+            "seconds": time.perf_counter() - start, "curve": curve}
+
+
+# --------------------------------------------------------------------------- constructions
+def constructed_gd(dtype: torch.dtype, batch: int, seed: int) -> dict[str, float]:
+    """MSE of the exact GD constructions on ``gd_term`` (η = 1/n)."""
+    tokens, target = _gd_sample(batch, make_generator(seed + 1), torch.float64)
+    A, b, x = GD_LAYOUT.decode(tokens)
+    A, b, x = A.to(dtype), b.to(dtype), x.to(dtype)
+    return {name: mse(apply_gd_model(build(20, 5, 1 / 20, dtype=dtype), A, b, x), target)
+            for name, build in (("baseconv", construct_baseconv_gd),
+                                ("linear_attention", construct_linear_attention_gd))}
+
+
+def iterated_gd(dtype: torch.dtype, problems: int, iters: int, seed: int) -> dict[str, float]:
+    """MSE against ``x*`` after ``iters`` applications of each exact construction.
+
+    One model per problem with its optimal fixed step ``2/(σ_max² + σ_min²)`` (the paper's
+    ``n = 20``, ``d = 5`` Gaussian problems, ``x₀ = 0``); compare the paper's exact GD ≈ 5e-15.
+    """
+    batch = GD_FAMILY.sample(problems, make_generator(seed + 3), torch.float64)
+    etas = OptimalStep()(batch.A).tolist()
+    A, b = batch.A.to(dtype), batch.b.to(dtype)
+    out = {}
+    for name, build in (("baseconv", construct_baseconv_gd),
+                        ("linear_attention", construct_linear_attention_gd)):
+        finals = []
+        for i, eta in enumerate(etas):
+            model = build(20, 5, eta, dtype=dtype)
+            x = A.new_zeros(1, 5)
+            for _ in range(iters):
+                x = apply_gd_model(model, A[i : i + 1], b[i : i + 1], x)
+            finals.append(x)
+        out[name] = mse(torch.cat(finals), batch.x_star)
+    return out
+
+
+def softmax_product_sweep(dtype: torch.dtype, batch: int, seed: int) -> list[tuple[float, float]]:
+    """``(ε, MSE)`` of :class:`SoftmaxProduct` on the ``product`` task's ``(p, q)``."""
+    tokens, target = _product_sample(batch, make_generator(seed + 2), torch.float64)
+    pq = torch.stack([tokens[:, 0, 0], tokens[:, 1, 1]], dim=-1).view(batch, 1, 2).to(dtype)
+    return [(eps, mse(SoftmaxProduct(1, eps, dtype=dtype)(pq).view(batch), target))
+            for eps in torch.logspace(0, -7, 29, dtype=torch.float64).tolist()]
+
+
+# --------------------------------------------------------------------------- report
+def plot_curves(runs: list[dict], path: Path) -> None:
+    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4))
+    for ax, task in zip(axes, TASKS, strict=True):
+        for run in (r for r in runs if r["task"] == task):
+            steps, values = zip(*run["curve"], strict=True)
+            ax.semilogy(steps, values, label=f"{run['arch']} ({run['params']} params)")
+        ax.set(title=task, xlabel="step", ylabel="held-out MSE")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_sweep(sweeps: dict[str, list], path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for dtype, sweep in sweeps.items():
+        eps, values = zip(*sweep, strict=True)
+        ax.loglog(eps, values, "o-", ms=3, label=f"softmax product, {dtype}")
+        unit = torch.finfo(getattr(torch, dtype)).eps / 2
+        ax.axhline(unit**2, ls=":", color=ax.lines[-1].get_color(), lw=1)
+    ax.set(xlabel="score scale ε", ylabel="MSE vs exact product",
+           title="constructed softmax product (dotted: u²)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (default)")
+    mode.add_argument("--full", action="store_true", help="paper-scale budget (GPU)")
+    parser.add_argument("--out", type=Path, default=Path("runs/multiplication"))
+    parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
+                        help="training dtype for every architecture")
+    args = parser.parse_args(argv)
+    cfg = FULL if args.full else QUICK
+    dtype = getattr(torch, args.dtype)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    runs = [train(arch, task, cfg, dtype) for task in TASKS.values() for arch in ARCHS]
+    floors = {(r["task"], r["arch"]): r["floor"] for r in runs}
+    ratios = {task: floors[(task, "transformer")] / min(floors[(task, a)] for a in POLYNOMIAL)
+              for task in TASKS}
+    constructed = {d: constructed_gd(getattr(torch, d), cfg.eval_batch, cfg.seed)
+                   for d in ("float32", "float64")}
+    iterated = {d: iterated_gd(getattr(torch, d), cfg.gd_problems, cfg.gd_iters, cfg.seed)
+                for d in ("float32", "float64")}
+    sweeps = {d: softmax_product_sweep(getattr(torch, d), cfg.eval_batch, cfg.seed)
+              for d in ("float32", "float64")}
+    best_softmax = {d: min(sweep, key=lambda p: p[1]) for d, sweep in sweeps.items()}
+
+    print(f"\nTrained models ({args.dtype}; steps {cfg.steps}, batch {cfg.batch}; Adam "
+          f"lr={cfg.lr} eps=1e-16, cosine decay, clip 1.0; Transformer sized to BaseConv)")
+    print(f"{'task':9} {'arch':17} {'params':>7} {'MSE floor':>10} {'sec':>6}  paper")
+    for r in runs:
+        print(f"{r['task']:9} {r['arch']:17} {r['params']:7d} {r['floor']:10.2e} "
+              f"{r['seconds']:6.1f}  {PAPER[r['task']] if r['arch'] == 'transformer' else ''}")
+    for task, ratio in ratios.items():
+        print(f"softmax / best polynomial floor on {task}: {ratio:.2e}")
+    for d, c in constructed.items():
+        print(f"constructed GD step ({d}): " + ", ".join(f"{k} MSE {v:.2e}" for k, v in c.items()))
+    for d, c in iterated.items():
+        print(f"constructed GD iterated {cfg.gd_iters}x from 0 ({d}), MSE vs x*: "
+              + ", ".join(f"{k} {v:.2e}" for k, v in c.items()) + "   [paper: exact GD ≈ 5e-15]")
+    for d, (eps, value) in best_softmax.items():
+        unit = torch.finfo(getattr(torch, d)).eps / 2
+        print(f"constructed softmax product ({d}): best MSE {value:.2e} at eps={eps:.1e} "
+              f"(u^2 = {unit**2:.1e}, u^(4/3) = {unit**(4 / 3):.1e})")
+
+    plot_curves(runs, args.out / "mse_vs_step.png")
+    plot_sweep(sweeps, args.out / "softmax_product_eps.png")
+    result = {"config": asdict(cfg), "dtype": args.dtype, "runs": runs,
+              "ratio_softmax_over_polynomial": ratios, "constructed_gd_mse": constructed,
+              "iterated_constructed_gd_mse_vs_xstar": iterated,
+              "softmax_product_sweep": sweeps, "paper": PAPER}
+    (args.out / "multiplication.json").write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}/multiplication.json, mse_vs_step.png, softmax_product_eps.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Backend choice: reference on CPU by default, Triton when forced or on CUDA tensors."""
+
+import importlib
+
+import pytest
+import torch
+
+import kernels
+from kernels import current_backend, use_backend
+from kernels.dispatch import use_triton
+
+
+def test_triton_modules_run_interpreted():
+    from kernels import _triton_common, monarch_triton
+
+    assert _triton_common.INTERPRETED
+    assert type(monarch_triton._fused_two_stage_kernel.fn).__name__ == "InterpretedFunction"
+
+
+def _spy(monkeypatch, module, name):
+    """Replace ``module.name`` by a wrapper recording its calls."""
+    calls = []
+    original = getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def _monarch_args():
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(3, 8, generator=g), torch.randn(2, 4, 4, generator=g),
+            torch.randn(4, 2, 2, generator=g))
+
+
+def _conv_args():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(1, 2, 256, generator=g), torch.randn(2, 256, generator=g)
+
+
+# (public dispatcher, Triton module, its entry point, arguments)
+CASES = {
+    "monarch": ("monarch_matmul", "monarch_triton", "monarch_matmul_triton", _monarch_args),
+    "long_conv": ("long_conv", "long_conv_triton", "long_conv_triton", _conv_args),
+}
+
+
+def _run(monkeypatch, case):
+    public, module, entry, make_args = CASES[case]
+    calls = _spy(monkeypatch, importlib.import_module(f"kernels.{module}"), entry)
+    return calls, lambda: getattr(kernels, public)(*make_args())
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_auto_on_cpu_runs_reference(monkeypatch, case):
+    calls, call = _run(monkeypatch, case)
+    monkeypatch.delenv("NEURALNUM_KERNELS", raising=False)
+    assert current_backend() == "auto" and not use_triton(torch.zeros(1))
+    call()
+    assert calls == []
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("how", ["context", "env"])
+def test_override_runs_triton(monkeypatch, how, case):
+    calls, call = _run(monkeypatch, case)
+    if how == "env":
+        monkeypatch.setenv("NEURALNUM_KERNELS", "triton")
+        call()
+    else:
+        with use_backend("triton"):
+            call()
+    assert calls == [CASES[case][2]]
+
+
+def test_reference_override_beats_env(monkeypatch):
+    from kernels import monarch_triton
+
+    calls = _spy(monkeypatch, monarch_triton, "monarch_matmul_triton")
+    monkeypatch.setenv("NEURALNUM_KERNELS", "triton")
+    with use_backend("reference"):
+        kernels.monarch_matmul(*_monarch_args())
+    assert calls == []
+
+
+def test_unknown_backend_raises(monkeypatch):
+    with pytest.raises(ValueError, match="backend"), use_backend("cuda"):
+        pass
+    monkeypatch.setenv("NEURALNUM_KERNELS", "fast")
+    with pytest.raises(ValueError, match="backend"):
+        current_backend()

@@ -1,0 +1,162 @@
+"""Architectures: shapes, dtypes, causality, convolution paths, registry and bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralnum.arch import MODELS, BaseConv, LinearAttention, build_model
+from neuralnum.arch.baseconv import causal_conv_direct
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+DTYPES = [torch.float32, torch.float64]
+OPTIONS = {
+    "baseconv": [{}, {"width": 12}, {"short_conv": 3}],
+    "linear_attention": [{}, {"width": 12, "n_heads": 3}, {"mlp": True}],
+    "transformer": [{}, {"width": 12, "n_heads": 2}],
+}
+CASES = [(name, opts) for name, options in OPTIONS.items() for opts in options]
+
+
+def _tokens(batch: int, length: int, width: int, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, width, generator=gen, dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "opts"), CASES)
+def test_shapes_dtypes_and_gradients(name, opts, dtype):
+    torch.manual_seed(0)
+    model = build_model(name, 7, 2, 9, dtype, **opts)
+    assert isinstance(model, MODELS[name])
+    tokens = _tokens(3, 9, 7, dtype).requires_grad_(True)
+    out = model(tokens)
+    assert out.shape == (3, 9, 7) and out.dtype == dtype
+    out.square().sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("name", "opts"), CASES)
+def test_causal_models_ignore_the_future(name, opts, dtype):
+    torch.manual_seed(1)
+    model = build_model(name, 5, 2, 8, dtype, **opts)
+    tokens = _tokens(2, 8, 5, dtype)
+    changed = tokens.clone()
+    changed[:, 5:] += 1.0
+    out, out_changed = model(tokens), model(changed)
+    assert torch.equal(out[:, :5], out_changed[:, :5])
+    assert not torch.allclose(out[:, 5:], out_changed[:, 5:])
+    # a prefix gives the prefix of the outputs (shorter sequences are allowed)
+    torch.testing.assert_close(model(tokens[:, :4]), out[:, :4])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_noncausal_linear_attention_sees_everything(dtype):
+    torch.manual_seed(2)
+    causal = LinearAttention(5, 1, seq_len=6, dtype=dtype)
+    full = LinearAttention(5, 1, seq_len=6, dtype=dtype, causal=False)
+    full.load_state_dict(causal.state_dict())
+    tokens = _tokens(2, 6, 5, dtype)
+    changed = tokens.clone()
+    changed[:, -1] += 1.0
+    assert not torch.allclose(full(tokens)[:, 0], full(changed)[:, 0])
+    # at the last position both orders of summation compute the same polynomial
+    tol = 100 * torch.finfo(dtype).eps
+    torch.testing.assert_close(full(tokens)[:, -1], causal(tokens)[:, -1], rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transformer_noncausal_sees_everything(dtype):
+    torch.manual_seed(3)
+    model = build_model("transformer", 5, 1, 6, dtype, causal=False)
+    tokens = _tokens(2, 6, 5, dtype)
+    changed = tokens.clone()
+    changed[:, -1] += 1.0
+    assert not torch.allclose(model(tokens)[:, 0], model(changed)[:, 0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fft_and_direct_convolutions_agree(dtype):
+    torch.manual_seed(4)
+    direct = BaseConv(4, 2, seq_len=40, dtype=dtype, conv_mode="direct")
+    fft = BaseConv(4, 2, seq_len=40, dtype=dtype, conv_mode="fft")
+    auto = BaseConv(4, 2, seq_len=40, dtype=dtype, fft_threshold=16)
+    fft.load_state_dict(direct.state_dict())
+    auto.load_state_dict(direct.state_dict())
+    tokens = _tokens(2, 40, 4, dtype)
+    tol = 1e3 * torch.finfo(dtype).eps
+    torch.testing.assert_close(fft(tokens), direct(tokens), rtol=tol, atol=tol)
+    torch.testing.assert_close(auto(tokens), direct(tokens), rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_direct_convolution_definition(dtype):
+    z = _tokens(2, 6, 3, dtype)
+    k = _tokens(1, 3, 6, dtype, seed=1)[0]
+    expected = torch.stack(
+        [sum(k[:, t - s] * z[:, s] for s in range(t + 1)) for t in range(6)], dim=1)
+    torch.testing.assert_close(causal_conv_direct(z, k), expected)
+
+
+def test_polynomial_models_are_polynomials():
+    """Without MLP, scaling the input by c scales BaseConv's added term by a polynomial
+    in c: a 1-layer BaseConv without biases is exactly homogeneous of degree 2."""
+    torch.manual_seed(5)
+    model = BaseConv(4, 1, seq_len=5, dtype=torch.float64)
+    with torch.no_grad():
+        model.layers[0].gate.bias.zero_()
+    tokens = _tokens(2, 5, 4, torch.float64)
+    delta = model(tokens) - tokens
+    torch.testing.assert_close(model(3 * tokens) - 3 * tokens, 9 * delta, rtol=1e-13,
+                               atol=1e-13)
+
+
+# --------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_bad_tokens_are_rejected(name):
+    model = build_model(name, 5, 1, 6)
+    with pytest.raises(TypeError, match=r"tokens must be a torch\.Tensor"):
+        model([[0.0] * 5] * 6)
+    with pytest.raises(ValueError, match="tokens must have 3 dimensions"):
+        model(torch.zeros(6, 5))
+    with pytest.raises(TypeError, match=r"tokens\.dtype"):
+        model(torch.zeros(1, 6, 5, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"tokens\.dtype"):
+        model(torch.zeros(1, 6, 5, dtype=torch.float16))
+    with pytest.raises(ValueError, match="d_model=5"):
+        model(torch.zeros(1, 6, 4))
+    with pytest.raises(ValueError, match="seq_len=6"):
+        model(torch.zeros(1, 7, 5))
+    with pytest.raises(ValueError, match="empty"):
+        model(torch.zeros(0, 6, 5))
+    bad = torch.zeros(1, 6, 5)
+    bad[0, 3, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        model(bad)
+
+
+def test_bad_configuration_is_rejected():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        build_model("mamba", 5, 1, 6)
+    with pytest.raises(ValueError, match="n_layers must be >= 1"):
+        build_model("baseconv", 5, 0, 6)
+    with pytest.raises(TypeError, match="d_model must be an int"):
+        build_model("baseconv", 5.0, 1, 6)
+    with pytest.raises(ValueError, match="seq_len must be >= 1"):
+        build_model("linear_attention", 5, 1, 0)
+    with pytest.raises(TypeError, match="dtype"):
+        build_model("transformer", 5, 1, 6, torch.float16)
+    with pytest.raises(ValueError, match="divisible"):
+        build_model("transformer", 5, 1, 6, n_heads=2)
+    with pytest.raises(ValueError, match="divisible"):
+        build_model("linear_attention", 5, 1, 6, n_heads=2)
+    with pytest.raises(ValueError, match="conv_mode"):
+        build_model("baseconv", 5, 1, 6, conv_mode="spectral")
+    with pytest.raises(ValueError, match="short_conv"):
+        build_model("baseconv", 5, 1, 6, short_conv=-1)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        build_model("baseconv", 5, 1, 6, n_heads=2)
