@@ -136,8 +136,10 @@ def dft_factors(n1: int, n2: int, dtype: torch.dtype, device: torch.device):
 
 # Warp counts the compile study (studies.kernel_compile) compares.
 GPU_WARPS = (4, 8, 16)
-# Warps of the three-pass kernels (small tiles), from the same study: see num_warps.
-PASS_WARPS = 4
+# Warps of the three-pass kernels, from the same study at L = 16384 (sm_90, bf16): the
+# column GEMM tiles need no more than 4 warps (no spills); the row pass (a 16×128 tile times
+# 128×128 DFT blocks) spills 1.5 KB per thread with 4 warps and nothing with 8.
+PASS_WARPS = {"columns": 4, "rows": 8}
 
 
 def num_warps(n: int) -> int:
@@ -392,7 +394,8 @@ def _columns_forward(x, strides, gate, gate_strides, rows: int, channels: int, t
         x, x if gate is None else gate, ar, ai, f1r, f1i, tr, ti, channels, taps,
         *strides, *gate_strides, N1=p.n1, N2=p.n2, IN_ROWS=in_rows, BLOCK_M=p.block_m,
         BLOCK_K=p.block_k, BLOCK_C=p.block_c, HAS_GATE=gate is not None,
-        COMPUTE=acc_dtype(f1r.dtype), PRECISION=precision, num_warps=PASS_WARPS, num_stages=1)
+        COMPUTE=acc_dtype(f1r.dtype), PRECISION=precision, num_warps=PASS_WARPS["columns"],
+        num_stages=1)
     return ar, ai
 
 
@@ -402,7 +405,7 @@ def _rows(scratch, spectrum, channels: int, scale: float, p: Plan, factors, prec
     sr, si = (ar, ai) if spectrum is None else spectrum
     _rows_kernel[(ar.shape[0], p.n1 // p.block_r)](
         ar, ai, sr, si, *factors[2:], channels, scale, N1=p.n1, N2=p.n2, BLOCK_R=p.block_r,
-        SPECTRUM=spectrum is None, PRECISION=precision, num_warps=PASS_WARPS, num_stages=1)
+        SPECTRUM=spectrum is None, PRECISION=precision, num_warps=PASS_WARPS["rows"], num_stages=1)
 
 
 def filter_spectrum(k: torch.Tensor, length: int, dtype: torch.dtype, p: Plan):
@@ -455,7 +458,7 @@ def _conv(u, spectrum, pre, post, store_c: bool, p: Plan):
     _columns_inverse_kernel[(rows, p.n1 // 2 // p.block_m, p.n2 // p.block_c)](
         *scratch, post_arg, y, c_arg, *factors[:2], channels, *_strides(post),
         N1=p.n1, N2=p.n2, BLOCK_M=p.block_m, BLOCK_K=p.block_k, BLOCK_C=p.block_c,
-        num_warps=PASS_WARPS, **gated)
+        num_warps=PASS_WARPS["columns"], **gated)
     return y, c
 
 
