@@ -78,12 +78,12 @@ def monarch_variants(arch: int) -> list[dict]:
     return rows
 
 
-def _conv_pointers(io: str) -> dict[str, str]:
+def _conv_pointers(io: str, compute: str = "*fp32") -> dict[str, str]:
     """Pointer types of the convolution kernels: ``io`` (``"*bf16"``/``"*fp32"``) for the
-    activations and gates, fp32 for spectra, scratch and DFT factors."""
+    activations and gates, ``compute`` for spectra, scratch and DFT factors."""
     ptrs = {n: io for n in ("u_ptr", "x_ptr", "gate_ptr", "pre_ptr", "post_ptr", "y_ptr",
                             "c_ptr")}
-    return ptrs | {n: "*fp32" for n in ("sr_ptr", "si_ptr", "ar_ptr", "ai_ptr", "cr_ptr",
+    return ptrs | {n: compute for n in ("sr_ptr", "si_ptr", "ar_ptr", "ai_ptr", "cr_ptr",
                                         "ci_ptr", "f1r_ptr", "f1i_ptr", "f2r_ptr", "f2i_ptr",
                                         "tr_ptr", "ti_ptr")}
 
