@@ -297,6 +297,16 @@ def _conv_kernel(u_ptr, sr_ptr, si_ptr, pre_ptr, post_ptr, y_ptr, c_ptr,
 
 
 @triton.jit
+def _column_tile(H, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Program ``(row, i, j)`` of a column pass: ``row = b·H + h``, tile rows ``rm`` (block
+    ``i`` of ``BLOCK_M``) and columns ``rc`` (block ``j`` of ``BLOCK_C``)."""
+    row = tl.program_id(0)
+    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return row, row // H, row % H, rm, rc
+
+
+@triton.jit
 def _columns_forward_kernel(x_ptr, gate_ptr, ar_ptr, ai_ptr, f1r_ptr, f1i_ptr, tr_ptr, ti_ptr,
                             H, TAPS, sx_b, sx_h, sx_l, sg_b, sg_h, sg_l,
                             N1: tl.constexpr, N2: tl.constexpr, IN_ROWS: tl.constexpr,
@@ -305,11 +315,7 @@ def _columns_forward_kernel(x_ptr, gate_ptr, ar_ptr, ai_ptr, f1r_ptr, f1i_ptr, t
                             COMPUTE: tl.constexpr, PRECISION: tl.constexpr):
     """Pass 1, tile ``(f1 block, n2 block)`` of row ``(b, h)``: ``((F_N1 · X) ⊙ T)`` with
     ``X[n1, n2] = (gate ⊙ x)[N2·n1 + n2]`` (zero for ``n1 ≥ IN_ROWS`` or ``t ≥ TAPS``)."""
-    row = tl.program_id(0)
-    b = row // H
-    h = row % H
-    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row, b, h, rm, rc = _column_tile(H, BLOCK_M, BLOCK_C)
     acc_r = tl.zeros((BLOCK_M, BLOCK_C), dtype=COMPUTE)
     acc_i = tl.zeros((BLOCK_M, BLOCK_C), dtype=COMPUTE)
     for k0 in range(0, IN_ROWS, BLOCK_K):
@@ -354,11 +360,7 @@ def _columns_inverse_kernel(cr_ptr, ci_ptr, post_ptr, y_ptr, c_ptr, f1r_ptr, f1i
                             UPCAST: tl.constexpr):
     """Pass 3, tile ``(t1 block, n2 block)`` of row ``(b, h)``, ``t1 < N1/2``:
     ``y = post ⊙ Re(conj(F_N1) · C)`` (and ``c`` without ``post``) at ``t = N2·t1 + n2``."""
-    row = tl.program_id(0)
-    b = row // H
-    h = row % H
-    rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
-    rc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
+    row, b, h, rm, rc = _column_tile(H, BLOCK_M, BLOCK_C)
     y = tl.zeros((BLOCK_M, BLOCK_C), dtype=COMPUTE)
     for k0 in range(0, N1, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
