@@ -15,14 +15,14 @@ inverse column product only uses the top half of ``conj(F_N1)``.
 
 Two execution plans (:func:`plan`), same tile layout and same arithmetic:
 
-* **one pass** (``N ≤ ONE_PASS_MAX_N``, ``N1 ≥ N2`` balanced): one program of
+* **one pass** (``N ≤ ONE_PASS_MAX_N``, half that in float64; ``N1 ≥ N2`` balanced): one program of
   :func:`_conv_kernel` convolves one ``(batch, channel)`` row entirely on chip — load
   ``u`` (⊙ ``pre_gate``), column + row stage, ⊙ filter spectrum ``k̂/N``, inverse row +
   column stage, ⊙ ``post_gate``, store (optionally also the un-post-gated result ``c``).
 * **three passes** (longer rows, which no longer fit one SM's shared memory — ``L = 16384``
-  needs ~384 KB on sm_90): ``N2 = ROW_WIDTH`` and ``N1 = N/N2`` grows with ``N``; the
-  column stages become tiled GEMMs with a loop over ``N1`` and the row tile lives in a
-  global scratch buffer between launches:
+  needs ~384 KB on sm_90): ``N2 = ROW_WIDTH`` (half in float64) and ``N1 = N/N2`` grows
+  with ``N``; the column stages become tiled GEMMs with a loop over ``N1`` and the row
+  tile lives in a global scratch buffer between launches:
   1. :func:`_columns_forward_kernel`, per ``(row, f1 block, n2 block)``:
      ``A = (F_N1 · (pre ⊙ u)) ⊙ T`` → scratch;
   2. :func:`_rows_kernel`, per ``(row, f1 block)``: ``C = ((A · F_N2) ⊙ k̂/N) · conj(F_N2)
@@ -69,13 +69,15 @@ __all__ = ["MAX_LENGTH", "MIN_LENGTH", "LongConv", "Plan", "long_conv_triton", "
 # entries) and the O(N·N1) column-stage work reasonable.
 MIN_LENGTH, MAX_LENGTH = 256, 65536
 
-# Longest row (N = 2L) convolved by one program on chip. N = 32768 (L = 16384) would need
-# ~384 KB of shared memory on sm_90, more than an H100/H200 SM has (studies.kernel_compile).
-# Read at call time: tests lower it to run the three-pass plan at small N.
+# Longest row (N = 2L) convolved by one program on chip, for 4-byte (float32) compute.
+# N = 32768 (L = 16384) would need ~384 KB of shared memory on sm_90, more than an
+# H100/H200 SM has (studies.kernel_compile). Read at call time: tests lower it to run the
+# three-pass plan at small N.
 ONE_PASS_MAX_N = 16384
-# N2 of the three-pass plan (the row-pass tile is BLOCK_R × ROW_WIDTH), and its tile sizes:
-# m = column-pass output rows, k = column-pass reduction chunk, c = column-pass columns,
-# r = row-pass rows. All powers of two ≥ 16 (tl.dot). Also read at call time.
+# N2 of the three-pass plan for float32 compute (the row-pass tile is BLOCK_R × ROW_WIDTH),
+# and its tile sizes: m = column-pass output rows, k = column-pass reduction chunk,
+# c = column-pass columns, r = row-pass rows. All powers of two ≥ 16 (tl.dot). Also read
+# at call time. float64 compute halves ONE_PASS_MAX_N and ROW_WIDTH (see plan).
 ROW_WIDTH = 128
 PASS_BLOCKS = {"m": 64, "k": 32, "c": 32, "r": 16}
 
@@ -105,14 +107,18 @@ class Plan:
     block_r: int = 0
 
 
-def plan(length: int) -> Plan:
-    """The plan for sequence length ``L`` (``N = 2L``), from :data:`ONE_PASS_MAX_N`,
-    :data:`ROW_WIDTH` and :data:`PASS_BLOCKS` as they are now."""
+def plan(length: int, compute: torch.dtype = torch.float32) -> Plan:
+    """The plan for sequence length ``L`` (``N = 2L``) and compute dtype (float32 or
+    float64), from :data:`ONE_PASS_MAX_N`, :data:`ROW_WIDTH` and :data:`PASS_BLOCKS` as
+    they are now. float64 tiles take twice the bytes, so its one-pass limit and row width
+    are halved (sm_90 compiles: the one-pass kernel at ``L = 4096`` needs 192 KB of shared
+    memory in float64, the row pass 272 KB at ``N2 = 128`` and 72 KB at ``N2 = 64``)."""
+    wide = compute == torch.float64
     n = 2 * length
     n1, n2 = split(n)
-    if n <= ONE_PASS_MAX_N:
+    if n <= (ONE_PASS_MAX_N // 2 if wide else ONE_PASS_MAX_N):
         return Plan(n1, n2, True)
-    n2 = min(ROW_WIDTH, n2)       # ≤ split's N2, so N1 = N/N2 ≥ 32 and N1/2 ≥ 16
+    n2 = min(max(16, ROW_WIDTH // 2) if wide else ROW_WIDTH, n2)  # ≤ split's N2: N1/2 ≥ 16
     n1 = n // n2
     b = PASS_BLOCKS
     return Plan(n1, n2, False, block_m=min(b["m"], n1 // 2), block_k=min(b["k"], n1 // 2),
@@ -469,9 +475,9 @@ class LongConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, k, pre, post):
-        length = u.shape[-1]
-        ctx.plan = p = plan(length)
-        spectrum = filter_spectrum(k, length, _compute_dtype(u, k), p)
+        length, compute = u.shape[-1], _compute_dtype(u, k)
+        ctx.plan = p = plan(length, compute)
+        spectrum = filter_spectrum(k, length, compute, p)
         keep_c = post is not None and ctx.needs_input_grad[3]
         y, c = _conv(u, spectrum, pre, post, store_c=keep_c, p=p)
         ctx.save_for_backward(u, k, pre, post, c, *spectrum)

@@ -4,11 +4,11 @@
 
 Compiles the fused Monarch kernel (every autotune config, bf16, ``n = 4096``) and the
 Monarch-DFT convolution kernels over ``L`` (the one-pass kernel, bf16, every warp count;
-past ``ONE_PASS_MAX_N`` the three pass kernels, bf16 and fp32, with the module's warps,
-``--full``: 4 and 8) for ``sm_<arch>``
-(default 90: H100/H200) and reports, per variant, registers per thread, stack bytes per
-thread (spills), shared memory and whether it fits the SM (227 KB on sm_90). Nothing is
-run: this checks that the kernels compile for the GPU and how heavy they are, not speed.
+past ``ONE_PASS_MAX_N`` the three pass kernels, bf16, fp32 and fp64, with the module's
+warps, ``--full``: 4 and 8) for ``sm_<arch>`` (default 90: H100/H200) and reports, per
+variant, registers per thread, stack bytes per thread (spills), shared memory and whether
+it fits the SM (227 KB on sm_90). Nothing is run: this checks that the kernels compile for
+the GPU and how heavy they are, not speed.
 Needs Triton's bundled ``ptxas``/``cuobjdump`` and must run without ``TRITON_INTERPRET``.
 Writes ``DIR/kernel_compile.json`` and prints a table. ``--quick``: ``L = 4096, 16384``.
 """
@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -88,9 +89,10 @@ def _conv_pointers(io: str, compute: str = "*fp32") -> dict[str, str]:
                                         "tr_ptr", "ti_ptr")}
 
 
-def _pass_kernels(p: long_conv_triton.Plan, precision: str) -> list[tuple[str, object, dict]]:
+def _pass_kernels(p: long_conv_triton.Plan, precision: str,
+                  compute: tl.dtype = tl.float32) -> list[tuple[str, object, dict]]:
     """The three-pass kernels (name, JITFunction, compile-time constants) for plan ``p``."""
-    gated = {"COMPUTE": tl.float32, "PRECISION": precision}
+    gated = {"COMPUTE": compute, "PRECISION": precision}
     blocks = {"BLOCK_M": p.block_m, "BLOCK_K": p.block_k, "BLOCK_C": p.block_c}
     sizes = {"N1": p.n1, "N2": p.n2}
     return [
@@ -103,27 +105,35 @@ def _pass_kernels(p: long_conv_triton.Plan, precision: str) -> list[tuple[str, o
     ]
 
 
+# activation dtype → (torch compute dtype, Triton compute dtype, tl.dot precision)
+CONV_DTYPES = {"bf16": (torch.float32, tl.float32, "tf32"),
+               "fp32": (torch.float32, tl.float32, "ieee"),
+               "fp64": (torch.float64, tl.float64, "ieee")}
+
+
 def conv_variants(lengths: tuple[int, ...], arch: int, all_warps: bool = False) -> list[dict]:
-    """Compile the convolution kernels of each length's plan, bf16 activations: the
-    one-pass kernel for every warp count in ``GPU_WARPS``; or each of the three pass kernels,
-    for bf16 and fp32 activations, with the warps the module uses (``all_warps``: 4 and 8).
-    (fp32 IEEE dots run on CUDA cores; the big one-pass tiles are not compiled for them.)"""
+    """Compile the convolution kernels of each length's plan: the one-pass kernel (bf16
+    activations) for every warp count in ``GPU_WARPS``; or each of the three pass kernels,
+    for bf16, fp32 and fp64 activations, with the warps the module uses (``all_warps``: 4
+    and 8). (fp32/fp64 IEEE dots run on CUDA cores; the one-pass kernel is compiled for
+    bf16 only.)"""
     jobs = [(n, io) for n in lengths
-            for io in (("bf16",) if long_conv_triton.plan(n).one_pass else ("bf16", "fp32"))]
+            for io in (("bf16",) if long_conv_triton.plan(n).one_pass else CONV_DTYPES)]
     rows = []
     for length, io in progress(jobs, desc="long conv"):
-        ptrs = _conv_pointers(f"*{io}")
-        precision = "tf32" if io == "bf16" else "ieee"
-        p = long_conv_triton.plan(length)
+        torch_compute, compute, precision = CONV_DTYPES[io]
+        ptrs = _conv_pointers(f"*{io}", "*fp64" if io == "fp64" else "*fp32")
+        p = long_conv_triton.plan(length, torch_compute)
         if p.one_pass:
             const = {"N1": p.n1, "N2": p.n2, "HAS_PRE": True, "HAS_POST": True,
-                     "STORE_C": False, "COMPUTE": tl.float32, "PRECISION": precision,
+                     "STORE_C": False, "COMPUTE": compute, "PRECISION": precision,
                      "UPCAST": False}
             variants = [("one pass", long_conv_triton._conv_kernel, const, w)
                         for w in long_conv_triton.GPU_WARPS]
         else:
             used = long_conv_triton.PASS_WARPS
-            variants = [(name, fn, const, w) for name, fn, const in _pass_kernels(p, precision)
+            variants = [(name, fn, const, w)
+                        for name, fn, const in _pass_kernels(p, precision, compute)
                         for w in ((4, 8) if all_warps else (used[name.split("_")[0]],))]
         for name, fn, const, warps in variants:
             rows.append({"kernel": f"long_conv L={length} {io} {name}", "N1": p.n1,

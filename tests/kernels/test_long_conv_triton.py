@@ -87,7 +87,7 @@ def _check_against_reference(case, dtype, rel_err):
     (2, 1, 512, False, True),    # causal, gates, N = 1024 = 32 × 32
 ])
 def test_forward_and_backward_match_reference(case, dtype, rel_err):
-    assert _triton_module().plan(case[2]).one_pass
+    assert _triton_module().plan(case[2], dtype).one_pass
     _check_against_reference(case, dtype, rel_err)
 
 
@@ -98,7 +98,7 @@ def test_forward_and_backward_match_reference(case, dtype, rel_err):
 ])
 def test_three_pass_plan_matches_reference(monkeypatch, small, case, dtype, rel_err):
     lct = _force_three_passes(monkeypatch, *SMALL_PASSES[small])
-    p = lct.plan(case[2])
+    p = lct.plan(case[2], dtype)
     assert not p.one_pass and p.n1 * p.n2 == 2 * case[2] and p.n2 <= lct.ROW_WIDTH
     _check_against_reference(case, dtype, rel_err)
 
@@ -108,15 +108,17 @@ def test_three_pass_plan_at_full_length(dtype, rel_err):
     only (the interpreter is slow; backward runs the same kernels, tested above):
     causal in float32, bidirectional in float64."""
     lct = _triton_module()
-    p = lct.plan(16384)
-    assert not p.one_pass and (p.n1, p.n2) == (256, 128) and lct.plan(8192).one_pass
+    p = lct.plan(16384, dtype)
+    assert not p.one_pass and p.n2 == (128 if dtype == torch.float32 else 64)
     u, k, _, post = _inputs(1, 1, 16384, dtype == torch.float64, True, dtype)
     assert rel_err(_triton(u, k, None, post), long_conv_reference(u, k, None, post)) < TOL[dtype]
 
 
-@pytest.mark.parametrize("length", [256, 1024, 8192, 16384, 65536])
-def test_plan_tiles_divide_the_row(length):
-    p = _triton_module().plan(length)
+@pytest.mark.parametrize("length", [256, 1024, 4096, 8192, 16384, 65536])
+def test_plan_tiles_divide_the_row(length, dtype):
+    p = _triton_module().plan(length, dtype)
+    # one pass up to L = 8192 in float32, 4096 in float64 (shared memory, see the module)
+    assert p.one_pass == (length <= (8192 if dtype == torch.float32 else 4096))
     assert p.n1 * p.n2 == 2 * length and min(p.n1, p.n2) >= 16
     if not p.one_pass:
         assert (p.n1 // 2) % p.block_m == 0 and (p.n1 // 2) % p.block_k == 0
