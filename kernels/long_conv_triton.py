@@ -278,7 +278,7 @@ def _conv_kernel(u_ptr, sr_ptr, si_ptr, pre_ptr, post_ptr, y_ptr, c_ptr,
                  COMPUTE: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """One ``(b, h)`` row: ``y = post ⊙ Re(IDFT(DFT(pre ⊙ u) · S_h))[:L]``, ``c`` un-post-gated."""
     HALF: tl.constexpr = N1 // 2
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)                     # pid·L may pass 2^31
     b = pid // H
     h = pid % H
     rh = tl.arange(0, HALF)
@@ -308,7 +308,7 @@ def _conv_kernel(u_ptr, sr_ptr, si_ptr, pre_ptr, post_ptr, y_ptr, c_ptr,
 def _column_tile(H, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Program ``(row, i, j)`` of a column pass: ``row = b·H + h``, tile rows ``rm`` (block
     ``i`` of ``BLOCK_M``) and columns ``rc`` (block ``j`` of ``BLOCK_C``)."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)                     # row·N may pass 2^31
     rm = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     rc = tl.program_id(2) * BLOCK_C + tl.arange(0, BLOCK_C)
     return row, row // H, row % H, rm, rc
@@ -345,7 +345,7 @@ def _rows_kernel(ar_ptr, ai_ptr, sr_ptr, si_ptr, f2r_ptr, f2i_ptr, tr_ptr, ti_pt
                  SPECTRUM: tl.constexpr, PRECISION: tl.constexpr):
     """Pass 2, rows ``f1 block`` of row ``(b, h)``, in place: ``scale · (A · F_N2)`` if
     ``SPECTRUM`` (a filter's spectrum), else ``((A · F_N2) ⊙ S_h) · conj(F_N2) ⊙ conj(T)``."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)                     # row·N may pass 2^31
     tile = ((tl.program_id(1) * BLOCK_R + tl.arange(0, BLOCK_R))[:, None] * N2
             + tl.arange(0, N2)[None, :])
     ar, ai = _load_complex(ar_ptr, ai_ptr, row * N1 * N2 + tile)
