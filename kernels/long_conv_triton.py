@@ -15,8 +15,8 @@ inverse column product only uses the top half of ``conj(F_N1)``.
 
 Two execution plans (:func:`plan`), same tile layout and same arithmetic:
 
-* **one pass** (``N ≤ ONE_PASS_MAX_N``, half that in float64; ``N1 ≥ N2`` balanced): one program of
-  :func:`_conv_kernel` convolves one ``(batch, channel)`` row entirely on chip — load
+* **one pass** (``N ≤ ONE_PASS_MAX_N``, half that in float64; balanced ``N1 ≥ N2``): one
+  program of :func:`_conv_kernel` convolves one ``(batch, channel)`` row on chip — load
   ``u`` (⊙ ``pre_gate``), column + row stage, ⊙ filter spectrum ``k̂/N``, inverse row +
   column stage, ⊙ ``post_gate``, store (optionally also the un-post-gated result ``c``).
 * **three passes** (longer rows, which no longer fit one SM's shared memory — ``L = 16384``
