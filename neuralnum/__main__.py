@@ -124,6 +124,9 @@ def _train(args: argparse.Namespace) -> Learner:
     recipe = parse_overrides(args.overrides, recipe)
     if args.steps is None and args.until_mse is None and args.minutes is None:
         raise SystemExit("train: give --steps, --until-mse or --minutes")
+    if args.steps is None and recipe.lr_decay == "cosine" and not recipe.total_steps:
+        raise SystemExit("train: the cosine LR decay runs over --steps; give --steps, or "
+                         "--set total_steps=N, or --set lr_decay=none")
     family = family_from_name(args.family, n=args.n, d=args.d)
     learner = Learner(args.arch, args.target, recipe, n=args.n, d=args.d,
                       d_model=args.d_model, n_layers=args.n_layers, seed=args.seed,
