@@ -5,9 +5,10 @@
   recipe); writes an atomic checkpoint (resumable with ``--resume``) and JSON-lines metrics.
 * ``solve`` — load a checkpoint, solve held-out problems of a family iteratively and print
   the MSE and digits of the learned solver next to scipy's, both judged by mpmath.
-* ``demo`` — the README's main job: ``train`` BaseConv on defaults then ``solve``. On a
-  CPU budget of minutes it refines the exact GD construction perturbed by noise 1e-5
-  (``--init construct``); training from scratch (``--init random``) needs GPU-scale steps.
+* ``demo`` — the README's main job: train a linear-attention GD step from a random init
+  on the default recipe (1000 steps, minutes on a CPU), then ``solve``. ``--arch
+  baseconv`` learns far more slowly from scratch on a CPU budget; ``--init construct``
+  refines the exact GD construction plus ``--init-noise`` instead.
 """
 
 from __future__ import annotations
@@ -99,12 +100,12 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--checkpoint", required=True)
     _add_problem_args(solve)
     _add_solve_args(solve)
-    demo = sub.add_parser("demo", help="train BaseConv on defaults, then solve (main job)")
+    demo = sub.add_parser("demo", help="learn a GD step from scratch, then solve (main job)")
     _add_train_args(demo)
     _add_solve_args(demo)
     demo.add_argument("--out", default="runs/demo/learner.pt")
-    demo.set_defaults(minutes=3.0, steps=1500, init="construct", init_noise=1e-5,
-                      overrides=["lr=1e-6"], log_every=25, problems=32)
+    demo.set_defaults(arch="linear_attention", minutes=5.0, steps=1000, log_every=50,
+                      problems=32)
     return parser
 
 
@@ -123,6 +124,9 @@ def _train(args: argparse.Namespace) -> Learner:
     recipe = parse_overrides(args.overrides, recipe)
     if args.steps is None and args.until_mse is None and args.minutes is None:
         raise SystemExit("train: give --steps, --until-mse or --minutes")
+    if args.steps is None and recipe.lr_decay == "cosine" and not recipe.total_steps:
+        raise SystemExit("train: the cosine LR decay runs over --steps; give --steps, or "
+                         "--set total_steps=N, or --set lr_decay=none")
     family = family_from_name(args.family, n=args.n, d=args.d)
     learner = Learner(args.arch, args.target, recipe, n=args.n, d=args.d,
                       d_model=args.d_model, n_layers=args.n_layers, seed=args.seed,

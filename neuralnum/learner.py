@@ -376,11 +376,11 @@ class Learner:
                 "digits": float(digits(out, label).median())}
 
     # ------------------------------------------------------------------ training
-    def _init_training(self, dist: Distributed) -> dict[str, Any]:
+    def _init_training(self, dist: Distributed, steps: int | None) -> dict[str, Any]:
         params = self.parameters()
         return {
             "optimizer": make_optimizer(params, self.recipe),
-            "lr": LRController(self.recipe),
+            "lr": LRController(self.recipe, steps),
             "batch": BatchSchedule(self.recipe, dist.world_size),
             "filter": GradientFilter(params, self.recipe.grad_ema, self.recipe.grad_ema_coef),
             "average": WeightAverage(params, self.recipe.weight_ema),
@@ -512,7 +512,7 @@ class Learner:
         if dist.device != self.device:
             self.to(dist.device)
         gen = make_generator(seed)
-        self._train = self._init_training(dist)
+        self._train = self._init_training(dist, steps)
         start_step = 0
         if resume and checkpoint is not None and Path(checkpoint).is_file():
             state = self._check_compatible(load_checkpoint(checkpoint), checkpoint)

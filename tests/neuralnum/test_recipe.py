@@ -25,7 +25,7 @@ DTYPES = [torch.float32, torch.float64]
 
 
 @pytest.mark.parametrize("bad, match", [
-    ({"dtype": "float16"}, "dtype"), ({"lr": 0.0}, "lr"), ({"lr_decay": "cosine"}, "total"),
+    ({"dtype": "float16"}, "dtype"), ({"lr": 0.0}, "lr"),
     ({"lr_decay": "linear"}, "lr_decay"), ({"grad_ema": 1.0}, "grad_ema"),
     ({"batch_size": 64, "max_batch_size": 32}, "max_batch_size"), ({"warmup": -1}, "warmup"),
     ({"adaptive_factor": 1.5}, "adaptive_factor"), ({"batch_growth": 0.5}, "batch_growth"),
@@ -71,7 +71,7 @@ def test_optimizer_uses_recipe_eps_and_betas():
 
 
 def test_lr_warmup_cosine_and_step():
-    ramp = LRController(Recipe(lr=1.0, warmup=4, adaptive_every=0))
+    ramp = LRController(Recipe(lr=1.0, warmup=4, adaptive_every=0, lr_decay="none"))
     assert [ramp.lr(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     ctl = LRController(Recipe(lr=1.0, warmup=0, lr_decay="cosine", total_steps=100,
                               adaptive_every=0, min_lr_factor=1e-3))
@@ -81,11 +81,16 @@ def test_lr_warmup_cosine_and_step():
     step = LRController(Recipe(lr=1.0, warmup=0, lr_decay="step", step_every=10,
                                step_factor=0.9, adaptive_every=0))
     assert step.lr(9) == 1.0 and step.lr(25) == pytest.approx(0.81)
+    fit_long = LRController(Recipe(lr=1.0, lr_decay="cosine", min_lr_factor=1e-3), 100)
+    assert fit_long.lr(50) == pytest.approx(ctl.lr(50))  # total_steps=0: the fit's steps
+    with pytest.raises(ValueError, match="total_steps"):
+        LRController(Recipe(lr_decay="cosine"))
 
 
 @given(st.lists(st.floats(-1, 1), min_size=1, max_size=40))
 def test_adaptive_lr_moves_by_factor(cosines):
-    recipe = Recipe(lr=1.0, warmup=0, adaptive_threshold=0.2, adaptive_factor=0.9)
+    recipe = Recipe(lr=1.0, warmup=0, adaptive_every=10, adaptive_threshold=0.2,
+                    adaptive_factor=0.9, lr_decay="none")
     ctl = LRController(recipe)
     expected = 1.0
     for c in cosines:
@@ -97,7 +102,7 @@ def test_adaptive_lr_moves_by_factor(cosines):
 
 def test_plateau_decay_and_state_round_trip():
     ctl = LRController(Recipe(lr=1.0, warmup=0, adaptive_every=0, plateau_patience=3,
-                              plateau_factor=0.5))
+                              plateau_factor=0.5, lr_decay="none"))
     for loss in [1.0, 0.5, 0.6, 0.6, 0.6]:
         ctl.observe(loss)
     assert ctl.lr(0) == 0.5
