@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
 import torch
 
 from neuralnum import reference
 from neuralnum.problems import family_from_name
 from neuralnum.runtime import make_generator
 from neuralnum.targets import GDSteps, OptimalStep
-from studies.lsq_common import PAPER, parse, save_json, table, train_solvers
+from studies.lsq_common import PAPER, parse, train_solvers
+from studies.study_io import figure, format_table, save_figure, write_report
 
 
 def learned_trajectory(learner, A: torch.Tensor, b: torch.Tensor, iters: int) -> list:
@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> dict:
         "learned GD within 10x of exact GD at the final iteration":
             learned[iters] <= 10 * max(exact[iters], 1e-300),
     }
-    print(table(rows, ["iteration", "learned_gd", "exact_gd", "learned/exact",
+    print(format_table(rows, ["iteration", "learned_gd", "exact_gd", "learned/exact",
                        "end_to_end/learned"]))
-    print(table([{"solver": k, "mse_vs_mpmath": v} for k, v in final.items()],
+    print(format_table([{"solver": k, "mse_vs_mpmath": v} for k, v in final.items()],
                 ["solver", "mse_vs_mpmath"]))
     for text, met in targets.items():
         print(f"target {'MET' if met else 'not met'}: {text}")
@@ -82,23 +82,23 @@ def main(argv: list[str] | None = None) -> dict:
           f"(exact GD MSE there: {exact[tracks_until]:.2e})")
     print("paper (float32):", {k: PAPER[k] for k in ("iterated_learned", "exact_gd",
                                                     "end_to_end_transformer")})
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.semilogy(learned, label="learned GD (BaseConv)")
+    fig, ax = figure()
+    arch = (solvers["learned_gd"]["learner"].arch_config or {}).get("name", "custom")
+    ax.semilogy(learned, label=f"learned GD ({arch})")
     ax.semilogy(exact, label="exact GD", linestyle="--")
     ax.axhline(e2e, color="C3", label="end-to-end Transformer")
     ax.axhline(max(scipy_mse, 1e-300), color="k", linestyle=":", label="scipy gelsd")
     ax.set(xlabel="iteration", ylabel=f"MSE vs mpmath ({dtype_name})",
            title="error vs iteration")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "iterative_error_vs_iteration.png", dpi=120)
+    save_figure(fig, args.out / "iterative_error_vs_iteration.png")
     payload = {"mode": "full" if args.full else "quick", "dtype": dtype_name, "problems": batch,
                "rows": rows, "final": final, "targets": targets, "paper": PAPER,
                "within_10x_of_exact_through_iteration": tracks_until,
                "curves": {"learned_gd": learned, "exact_gd": exact},
                "training": {k: {"seconds": v["seconds"], "last": v["records"][-1]}
                             for k, v in solvers.items()}}
-    save_json(args.out, "iterative", payload)
+    write_report(args.out, "iterative", payload)
     return payload
 
 

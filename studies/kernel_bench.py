@@ -21,7 +21,6 @@ a failing row is recorded with its error and the run continues. Writes
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
@@ -36,6 +35,7 @@ import torch
 import kernels
 from kernels import long_conv_reference, monarch_matmul_reference, use_backend
 from neuralnum.runtime import make_generator, progress
+from studies.study_io import figure_row, save_figure, study_parser, write_report
 
 TARGETS = {"fused_vs_bmm": 1.5, "fraction_of_flop_ratio": 0.6, "conv_vs_fft": 2.0}
 
@@ -270,12 +270,7 @@ def markdown(result: dict) -> str:
 
 
 def plot(result: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = figure_row(2, (10, 4))
     panels = ((axes[0], result["monarch"], "n", ("triton_ms", "bmm_ms", "dense_ms"),
                "Monarch multiply (forward)"),
               (axes[1], [r for r in result["conv"] if not r["gated"]], "L",
@@ -288,26 +283,21 @@ def plot(result: dict, path: Path) -> None:
         ax.set(xlabel=x, ylabel="ms (median)", title=title)
         ax.legend()
     fig.suptitle(f"{result['mode']}: {result['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def _save(result: dict, out: Path) -> str:
     """Write ``kernel_bench.json`` and ``kernel_bench.md``; return the Markdown."""
-    (out / "kernel_bench.json").write_text(json.dumps(result, indent=2, default=str))
+    write_report(out, "kernel_bench", result)
     table = markdown(result)
     (out / "kernel_bench.md").write_text(table)
     return table
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    speed = parser.add_mutually_exclusive_group()
-    speed.add_argument("--quick", action="store_true", help="small CPU grid (default)")
-    speed.add_argument("--full", action="store_true", help="larger CPU grid")
-    speed.add_argument("--gpu", action="store_true", help="correctness + timing on CUDA")
-    parser.add_argument("--out", type=Path, default=Path("runs/kernel_bench"))
+    parser = study_parser("kernel_bench", __doc__, quick_help="small CPU grid (default)",
+                          full_help="larger CPU grid",
+                          modes={"gpu": "correctness + timing on CUDA"})
     args = parser.parse_args(argv)
     if args.gpu and not torch.cuda.is_available():
         parser.error("--gpu needs a CUDA device (torch.cuda.is_available() is False)")

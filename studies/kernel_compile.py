@@ -15,8 +15,6 @@ Writes ``DIR/kernel_compile.json`` and prints a table. ``--quick``: ``L = 4096, 
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import subprocess
@@ -32,6 +30,7 @@ from triton.compiler import ASTSource
 
 from kernels import _triton_common, long_conv_triton, monarch_triton
 from neuralnum.runtime import progress
+from studies.study_io import study_parser, write_report
 
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in)
 
@@ -142,13 +141,10 @@ def conv_variants(lengths: tuple[int, ...], arch: int, all_warps: bool = False) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true",
-                      help="L = 4096 (one pass) and 16384 (three passes) (default)")
-    size.add_argument("--full", action="store_true", help="L = 256 … 65536 (several minutes)")
+    parser = study_parser("kernel_compile", __doc__,
+                          quick_help="L = 4096 (one pass) and 16384 (three passes) (default)",
+                          full_help="L = 256 … 65536 (several minutes)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
-    parser.add_argument("--out", type=Path, default=Path("runs/kernel_compile"))
     args = parser.parse_args(argv)
     if _triton_common.INTERPRETED:
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
@@ -156,8 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"arch": args.arch, "triton": triton.__version__,
               "monarch": monarch_variants(args.arch),
               "conv": conv_variants(lengths, args.arch, all_warps=args.full)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernel_compile.json").write_text(json.dumps(result, indent=2))
+    write_report(args.out, "kernel_compile", result)
     cols = ("kernel", "num_warps", "num_stages", "registers", "stack_bytes", "shared_bytes",
             "fits", "compile_s")
     print(f"sm_{args.arch}, Triton {triton.__version__}")

@@ -14,20 +14,15 @@ gradients with the ``torch.fft`` reference in the same dtype (the GPU check of
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 from pathlib import Path
 
 os.environ["TRITON_INTERPRET"] = "1"  # before kernels.long_conv_triton is imported
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
 from studies.kernel_bench import check_correctness
+from studies.study_io import figure, save_figure, study_parser, write_report
 
 LENGTHS = {"quick": (256, 8192, 16384), "full": (256, 8192, 16384, 32768, 65536)}
 DTYPES = (torch.float32, torch.float64)
@@ -49,7 +44,7 @@ def run(lengths: tuple[int, ...]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure((6, 4))
     for dtype in sorted({r["dtype"] for r in rows}):
         pts = [(r["L"], r["max_rel_err"]) for r in rows if r["dtype"] == dtype]
         ax.loglog(*zip(*pts, strict=True), "o-", base=2, label=f"{dtype} (Triton vs torch.fft)")
@@ -57,21 +52,16 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set(xlabel="L", ylabel="max relative error (y and gradients)",
            title="Monarch-DFT long convolution, interpreter")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="L = 256, 8192, 16384 (default)")
-    size.add_argument("--full", action="store_true", help="also L = 32768, 65536")
-    parser.add_argument("--out", type=Path, default=Path("runs/long_conv_lengths"))
+    parser = study_parser("long_conv_lengths", __doc__,
+                          quick_help="L = 256, 8192, 16384 (default)",
+                          full_help="also L = 32768, 65536")
     args = parser.parse_args(argv)
     rows = run(LENGTHS["full" if args.full else "quick"])
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "long_conv_lengths.json").write_text(json.dumps(rows, indent=2))
+    write_report(args.out, "long_conv_lengths", rows)
     plot(rows, args.out / "long_conv_lengths.png")
     cols = ("L", "dtype", "passes", "N1", "N2", "max_rel_err", "tol", "ok")
     print(" | ".join(cols))

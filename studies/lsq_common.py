@@ -1,7 +1,7 @@
 """Shared plumbing of the least-squares studies (recipe, iterative, ood).
 
-``parse(name, doc)`` gives ``--quick/--full/--out``; :func:`train` fits one learner and
-times it; :func:`table` prints rows; :func:`save_json` writes ``DIR/<name>.json``;
+``parse(name, doc)`` gives ``--quick/--full/--out/--seed`` (on
+:func:`studies.study_io.study_parser`); :func:`train` fits one learner and times it;
 :data:`PAPER` holds Liu et al. (2025)'s reported numbers (REFERENCES.md §1) to print
 beside ours.
 """
@@ -9,22 +9,17 @@ beside ours.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")
 
 import torch
 
 from neuralnum.learner import Learner
 from neuralnum.recipe import Recipe
+from studies.study_io import study_parser
 
-__all__ = ["PAPER", "parse", "save_json", "table", "train"]
+__all__ = ["PAPER", "parse", "train", "train_solvers"]
 
 #: Reported levels of Liu et al. 2025 (float32), REFERENCES.md section 1.
 PAPER: dict[str, str] = {
@@ -37,18 +32,12 @@ PAPER: dict[str, str] = {
 }
 
 
-def parse(name: str, doc: str | None, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--quick`` (default; minutes on 2 CPU cores) or ``--full`` (paper scale, GPU);
-    ``--out`` (default ``runs/<name>``); ``--seed``."""
-    p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--quick", dest="full", action="store_false", default=False)
-    mode.add_argument("--full", dest="full", action="store_true")
-    p.add_argument("--out", default=f"runs/{name}")
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    args.out = Path(args.out)
+def parse(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``--quick`` (default; minutes on 2 CPU cores, one torch thread) or ``--full`` (paper
+    scale, GPU, all threads); ``--out`` (default ``runs/<name>``); ``--seed``."""
+    parser = study_parser(name, doc)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads() if args.full else 1)
     return args
@@ -71,26 +60,6 @@ def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "
     records = learner.fit(family, steps, seed=seed, log_every=log_every,
                           eval_batch=eval_batch, callbacks=stop)
     return learner.to("cpu"), records, time.monotonic() - start
-
-
-def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A fixed-width text table of ``rows`` (floats in %.3g / %.2e)."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
-        return str(v)
-
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
-    return "\n".join(lines)
-
-
-def save_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
 
 
 def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[str, Any]:

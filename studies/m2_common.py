@@ -6,7 +6,6 @@ Not a study itself; ``studies.m2_lm``, ``m2_bert``, ``m2_vision`` and ``mqar`` u
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import statistics
@@ -21,6 +20,14 @@ import torch
 from neuralnum.runtime import MetricsLog, progress, seeded
 from structured.models import ModelConfig, build_model, count_parameters
 from structured.train import TrainConfig, train
+from studies.study_io import (
+    figure,
+    figure_row,
+    format_table,
+    save_figure,
+    study_parser,
+    write_report,
+)
 
 __all__ = [
     "compare_language_models",
@@ -31,20 +38,14 @@ __all__ = [
     "param_count",
     "plot_curves",
     "plot_throughput",
-    "print_table",
     "study_args",
     "train_run",
-    "write_json",
 ]
 
 
 def study_args(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``."""
-    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (default)")
-    mode.add_argument("--full", action="store_true", help="paper-like scale (GPU)")
-    parser.add_argument("--out", type=Path, default=Path("runs") / name)
+    parser = study_parser(name, doc)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is least disturbed on a shared machine)")
     args = parser.parse_args(argv)
@@ -122,34 +123,10 @@ def forward_throughput(configs: dict[str, ModelConfig], lengths: Sequence[int], 
     return rows
 
 
-def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> None:
-    """A plain fixed-width table of ``columns`` (floats to 4 significant digits)."""
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
-        return str(v)
-    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)))
-    for row in cells:
-        print("  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)))
-
-
-def write_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return path
-
-
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path, *, title: str,
                 key: str = "val_loss", ylabel: str = "held-out loss (nats)") -> Path:
     """Training loss (left) and held-out ``key`` (right) of several runs in one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure_row(2, (10, 4))
     for label, run in runs.items():
         recs = run["records"]
         left.plot([r["step"] for r in recs], [r["loss"] for r in recs], lw=0.8,
@@ -160,20 +137,13 @@ def plot_curves(runs: dict[str, dict[str, Any]], path: Path, *, title: str,
     right.set(xlabel="step", ylabel=ylabel)
     left.legend()
     right.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
 def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence[str]) -> Path:
     """Tokens/s against sequence length (log-log), one line per model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = figure((6, 4))
     for label in labels:
         ax.plot([r["seq_len"] for r in rows], [r[f"{label}_tok_per_s"] for r in rows], "o-",
                 label=label)
@@ -185,9 +155,7 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence
     ax.set(xlabel="sequence length", ylabel="tokens / s",
            title="forward throughput, batch 1 (CPU)")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
     return path
 
 
@@ -231,8 +199,9 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
                 "train_s": run["wall_s"]} for label, run in runs.items()]
     print(f"\n{name}: quality at equal tokens ({base.task}, {args.out}; target loss_vs_tf ≤ "
           f"1.05):")
-    print_table(quality, ["model", "params", "mlp_hidden", "tokens", "val_loss", "loss_vs_tf",
-                          "perplexity", "bits_per_byte", "val_acc", "train_s"])
+    print(format_table(quality, ["model", "params", "mlp_hidden", "tokens", "val_loss",
+                                 "loss_vs_tf", "perplexity", "bits_per_byte", "val_acc",
+                                 "train_s"]))
 
     rows = forward_throughput(configs, lengths, repeats=5)
     m2_labels = [label for label in configs if label != tf_label]
@@ -251,8 +220,8 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
             "quality": summary[label]["loss_vs_tf"] <= 1.05,
             "throughput": (summary[label]["speedup_at_4096"] or 0) >= 3.0}
     print(f"\nForward throughput, batch 1 ({load_note(args.threads)}):")
-    print_table(rows, ["seq_len", *(f"{label}_tok_per_s" for label in configs),
-                       *(f"{label}_speedup" for label in m2_labels)])
+    print(format_table(rows, ["seq_len", *(f"{label}_tok_per_s" for label in configs),
+                              *(f"{label}_speedup" for label in m2_labels)]))
     for label, row in summary.items():
         print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
               f"{row['speedup_at_4096']:.2f}x (target ≥ 3x), loss vs {tf_label} "
@@ -268,5 +237,5 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                  for k, v in runs.items()},
     }
-    write_json(args.out, name, payload)
+    write_report(args.out, name, payload)
     return payload

@@ -20,7 +20,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from structured.train import TrainConfig
-from studies.m2_common import plot_curves, print_table, study_args, train_run, write_json
+from studies.m2_common import plot_curves, study_args, train_run
+from studies.study_io import format_table, write_report
 
 NAME = "m2_vision"
 PAPER = {"M2-ViT-b": {"imagenet_top1": 79.5, "params_M": 45},
@@ -50,8 +51,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     vit, m2 = rows
     met = m2["test_acc_mean"] >= vit["test_acc_mean"] and m2["params"] < vit["params"]
     print(f"\nDigits (8x8, 1437 train / 360 test), {len(seeds)} seeds, {base.steps} steps:")
-    print_table(rows, ["model", "params", "test_acc_mean", "test_acc_min", "test_acc_max",
-                       "test_loss_mean", "seeds"])
+    print(format_table(rows, ["model", "params", "test_acc_mean", "test_acc_min",
+                              "test_acc_max", "test_loss_mean", "seeds"]))
     print(f"M2-ViT params / ViT params: {m2['params'] / vit['params']:.3f}; "
           f"target (≥ accuracy with fewer params) met: {met}")
     print(f"paper (ImageNet): {PAPER}")
@@ -62,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                "target_met": met,
                "runs": {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v]
                         for k, v in results.items()}}
-    write_json(args.out, NAME, payload)
+    write_report(args.out, NAME, payload)
     return payload
 
 

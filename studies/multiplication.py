@@ -26,18 +26,12 @@ best ``~u^{4/3}`` instead of the polynomial models' ``~u²``).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
 from neuralnum.arch import TokenModel, build_model
@@ -51,6 +45,7 @@ from neuralnum.problems import GaussianFamily
 from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDStep, OptimalStep
 from neuralnum.tokens import TokenLayout
+from studies.study_io import figure, figure_row, save_figure, study_parser, write_report
 
 ARCHS = ("baseconv", "linear_attention", "transformer")
 POLYNOMIAL = ("baseconv", "linear_attention")
@@ -217,20 +212,18 @@ def softmax_product_sweep(dtype: torch.dtype, batch: int, seed: int) -> list[tup
 
 # --------------------------------------------------------------------------- report
 def plot_curves(runs: list[dict], path: Path) -> None:
-    fig, axes = plt.subplots(1, len(TASKS), figsize=(11, 4))
+    fig, axes = figure_row(len(TASKS), (11, 4))
     for ax, task in zip(axes, TASKS, strict=True):
         for run in (r for r in runs if r["task"] == task):
             steps, values = zip(*run["curve"], strict=True)
             ax.semilogy(steps, values, label=f"{run['arch']} ({run['params']} params)")
         ax.set(title=task, xlabel="step", ylabel="held-out MSE")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_sweep(sweeps: dict[str, list], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = figure((5.5, 4))
     for dtype, sweep in sweeps.items():
         eps, values = zip(*sweep, strict=True)
         ax.loglog(eps, values, "o-", ms=3, label=f"softmax product, {dtype}")
@@ -239,17 +232,11 @@ def plot_sweep(sweeps: dict[str, list], path: Path) -> None:
     ax.set(xlabel="score scale ε", ylabel="MSE vs exact product",
            title="constructed softmax product (dotted: u²)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help="minutes on 2 CPU cores (default)")
-    mode.add_argument("--full", action="store_true", help="paper-scale budget (GPU)")
-    parser.add_argument("--out", type=Path, default=Path("runs/multiplication"))
+    parser = study_parser("multiplication", __doc__)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                         help="training dtype for every architecture")
     args = parser.parse_args(argv)
@@ -293,7 +280,7 @@ def main(argv: list[str] | None = None) -> dict:
               "ratio_softmax_over_polynomial": ratios, "constructed_gd_mse": constructed,
               "iterated_constructed_gd_mse_vs_xstar": iterated,
               "softmax_product_sweep": sweeps, "paper": PAPER}
-    (args.out / "multiplication.json").write_text(json.dumps(result, indent=1))
+    write_report(args.out, "multiplication", result)
     print(f"wrote {args.out}/multiplication.json, mse_vs_step.png, softmax_product_eps.png")
     return result
 

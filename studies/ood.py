@@ -16,14 +16,14 @@ from __future__ import annotations
 
 import math
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from neuralnum.evaluate import error_metrics
 from neuralnum.problems import family_from_name
 from neuralnum.reference import lstsq
 from neuralnum.runtime import make_generator
-from studies.lsq_common import PAPER, parse, save_json, table, train_solvers
+from studies.lsq_common import PAPER, parse, train_solvers
+from studies.study_io import figure, format_table, save_figure, write_report
 
 SHIFTS: dict[str, dict] = {
     "in-distribution": {},
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
             row[f"{key}_mse"] = metrics["mse"]
             row[f"{key}_diverged"] = metrics["diverged"]
         rows.append(row)
-        print(table([row], list(row)).splitlines()[-1], flush=True)
+        print(format_table([row], list(row)).splitlines()[-1], flush=True)
     ind = rows[0]
     for row in rows:
         for key in solvers:
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
     min_mse_ratio = min(r["mse_ratio"] for r in rows)
     targets = {"learned GD's gap >= 1e4x smaller than the end-to-end Transformer's "
                "(median over shifts)": median_ratio >= 1e4}
-    print(table(rows, ["shift", "learned_gd_mse", "learned_gd_gap", "end_to_end_mse",
+    print(format_table(rows, ["shift", "learned_gd_mse", "learned_gd_gap", "end_to_end_mse",
                        "end_to_end_gap", "gap_ratio", "mse_ratio"]))
     print("worst gap:", {k: f"{v:.3g}" for k, v in worst.items()},
           f"median gap ratio (end-to-end / learned): {median_ratio:.3g}; smallest OOD MSE "
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     for text, met in targets.items():
         print(f"target {'MET' if met else 'not met'}: {text}")
     print("paper:", PAPER["headline"])
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = figure((7, 4))
     pos = np.arange(len(shifted_rows))
     for i, key in enumerate(solvers):
         ax.bar(pos + 0.4 * i, [max(r[f"{key}_gap"], 1e-300) for r in shifted_rows], 0.4,
@@ -90,15 +90,14 @@ def main(argv: list[str] | None = None) -> dict:
     ax.set_xticks(pos + 0.2, [r["shift"] for r in shifted_rows], rotation=30)
     ax.set(ylabel="OOD MSE / in-distribution MSE", title="generalization gap")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "ood_gaps.png", dpi=120)
+    save_figure(fig, args.out / "ood_gaps.png")
     payload = {"mode": "full" if args.full else "quick", "problems": batch, "rows": rows,
                "worst_gap": worst, "median_gap_ratio": median_ratio,
                "min_mse_ratio": min_mse_ratio, "targets": targets,
                "paper": PAPER,
                "training": {k: {"seconds": v["seconds"], "last": v["records"][-1]}
                             for k, v in solvers.items()}}
-    save_json(args.out, "ood", payload)
+    write_report(args.out, "ood", payload)
     return payload
 
 

@@ -15,11 +15,10 @@ Writes ``recipe.json`` and ``recipe_mse_vs_step.png``.
 
 from __future__ import annotations
 
-import matplotlib.pyplot as plt
-
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import ABLATIONS, Recipe
-from studies.lsq_common import PAPER, parse, save_json, table, train
+from studies.lsq_common import PAPER, parse, train
+from studies.study_io import figure_row, format_table, save_figure, write_report
 
 
 def variants(dtype: str, ablate: bool, base: dict) -> dict[str, Recipe]:
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "one_step_mse": last["mse"], "best_mse": min(r["mse"] for r in records),
                          "digits": last["digits"], "seconds": round(seconds, 1)})
             curves[f"{arch}/{dtype}/{name}"] = [(r["step"], r["mse"]) for r in records]
-            print(table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
+            print(format_table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
     ratios = {}
     for arch, dtype, _ in grid:
         get = {r["recipe"]: r["one_step_mse"] for r in rows
@@ -67,25 +66,24 @@ def main(argv: list[str] | None = None) -> dict:
         "float64 BaseConv one-step MSE <= 1e-20": bc.get("float64", float("inf")) <= 1e-20,
         "full recipe >= 1e4x lower MSE than baseline": all(v >= 1e4 for v in ratios.values()),
     }
-    print(table(rows, ["arch", "dtype", "recipe", "steps", "one_step_mse", "best_mse",
+    print(format_table(rows, ["arch", "dtype", "recipe", "steps", "one_step_mse", "best_mse",
                        "digits", "seconds"]))
     print("baseline/full one-step MSE:", {k: f"{v:.3g}" for k, v in ratios.items()})
     for text, met in targets.items():
         print(f"target {'MET' if met else 'not met'}: {text}")
     print(f"paper (float32, ~1-2.5M steps on GPU): {PAPER['one_step_learned']}")
-    fig, axes = plt.subplots(1, len(grid), figsize=(5 * len(grid), 4), squeeze=False)
-    for ax, (arch, dtype, _) in zip(axes[0], grid, strict=True):
+    fig, axes = figure_row(len(grid), (5 * len(grid), 4))
+    for ax, (arch, dtype, _) in zip(axes, grid, strict=True):
         for key, pts in curves.items():
             if key.startswith(f"{arch}/{dtype}/"):
                 ax.semilogy(*zip(*pts, strict=True), label=key.split("/")[-1])
         ax.set(title=f"{arch} {dtype}", xlabel="step", ylabel="held-out one-step MSE")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(args.out / "recipe_mse_vs_step.png", dpi=120)
+    save_figure(fig, args.out / "recipe_mse_vs_step.png")
     payload = {"mode": "full" if args.full else "quick", "init_noise": noise, "steps": steps,
                "rows": rows, "ratios_baseline_over_full": ratios, "targets": targets,
                "paper": PAPER, "curves": curves}
-    save_json(args.out, "recipe", payload)
+    write_report(args.out, "recipe", payload)
     return payload
 
 

@@ -18,17 +18,11 @@ iteration per family, log scale, the contraction bound ``ρ^k`` dashed).
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 
 from neuralnum.problems import family_from_name
@@ -41,6 +35,7 @@ from neuralnum.reference import (
 )
 from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDSteps, OptimalStep, contraction_factor
+from studies.study_io import figure, save_figure, study_parser, write_report
 
 FAMILIES = ("gaussian", "spectrum", "noisy", "scaled", "heavy_tailed", "rank_deficient",
             "underdetermined", "ill_conditioned")
@@ -139,7 +134,7 @@ def print_table(rows: list[dict], cfg: Config) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = figure((8, 5))
     for i, r in enumerate(rows):
         color = f"C{i}"
         curve = torch.tensor(r["curve"]).clamp(min=1e-17)
@@ -153,17 +148,12 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylim(1e-17, 10)
     ax.set_title("GD on least squares; dashed: contraction bound ρ^k")
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="small batch (default)")
-    size.add_argument("--full", action="store_true", help="larger batch, more GD steps")
-    parser.add_argument("--out", type=Path, default=Path("runs/reference"))
+    parser = study_parser("reference", __doc__, quick_help="small batch (default)",
+                          full_help="larger batch, more GD steps")
     parser.add_argument("--seed", type=int, default=None, help="override the config seed")
     args = parser.parse_args(argv)
     cfg = CONFIGS["full" if args.full else "quick"]
@@ -180,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
     plot(rows, args.out / "reference_gd.png")
     result = {"config": asdict(cfg), "tolerance": TOL, "seconds": elapsed,
               "paper_exact_gd_mse": PAPER_EXACT_GD_MSE, "families": rows}
-    (args.out / "reference.json").write_text(json.dumps(result, indent=1))
+    write_report(args.out, "reference", result)
     print(f"wrote {args.out / 'reference.json'} and {args.out / 'reference_gd.png'} "
           f"({elapsed:.1f} s)")
     return result

@@ -1,48 +1,82 @@
 """What every study's command line and output share.
 
 ``study_parser`` builds ``--quick | --full`` and ``--out DIR`` (default ``runs/<name>``);
-``write_report`` writes ``DIR/<name>.json``; ``figure`` / ``save_figure`` make and write a
-matplotlib figure with the Agg backend (no display needed).
+``format_table`` lays rows out as a fixed-width text table; ``write_report`` writes
+``DIR/<name>.json``; ``figure`` / ``figure_row`` / ``save_figure`` make and write
+matplotlib figures with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["figure", "save_figure", "study_parser", "write_report"]
+__all__ = ["figure", "figure_row", "format_table", "save_figure", "study_parser", "write_report"]
 
 
-def study_parser(name: str, doc: str, quick_help: str, full_help: str) -> argparse.ArgumentParser:
-    """An ``ArgumentParser`` with the shared ``--quick``/``--full`` and ``--out`` options."""
-    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}",
-                                     description=doc.strip().splitlines()[0])
+def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores (default)",
+                 full_help: str = "paper scale (GPU)",
+                 modes: dict[str, str] | None = None) -> argparse.ArgumentParser:
+    """An ``ArgumentParser`` with the shared ``--quick``/``--full`` and ``--out`` options;
+    ``modes`` adds more mutually exclusive flags (name → help); ``doc`` (the study's
+    module docstring) is shown by ``--help``."""
+    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help=quick_help)
     mode.add_argument("--full", action="store_true", help=full_help)
+    for flag, text in (modes or {}).items():
+        mode.add_argument(f"--{flag}", action="store_true", help=text)
     parser.add_argument("--out", type=Path, default=Path("runs") / name,
                         help=f"output directory (default runs/{name})")
     return parser
 
 
-def write_report(out: Path, name: str, report: dict[str, Any]) -> Path:
-    """Write ``report`` as ``out/<name>.json`` (creating ``out``); returns the path."""
+def _format_cell(value: Any) -> str:
+    """Floats to 4 significant digits, thousands separated from 1e4, exponent outside."""
+    if not isinstance(value, float) or value == 0:
+        return str(value)
+    if 1e-2 <= abs(value) < 1e4:
+        return f"{value:.4g}"
+    return f"{value:,.0f}" if 1e4 <= abs(value) < 1e9 else f"{value:.2e}"
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """``columns`` of ``rows`` as a right-aligned fixed-width text table (header first)."""
+    cells = [[_format_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = [[*columns], *cells]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True))
+                     for line in lines)
+
+
+def write_report(out: Path, name: str, report: Any) -> Path:
+    """Write ``report`` as ``out/<name>.json`` (creating ``out``; values JSON cannot hold
+    are written as ``str``); returns the path."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.json"
-    path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(report, indent=2, default=str))
     return path
 
 
-def figure(figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
-    """A ``(fig, ax)`` pair drawn with the Agg backend."""
+def figure_row(ncols: int, figsize: tuple[float, float]) -> tuple[Any, list[Any]]:
+    """A figure with a row of ``ncols`` axes, drawn with the Agg backend (no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=figsize)
+    fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
+    return fig, list(axes[0])
+
+
+def figure(figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
+    """A ``(fig, ax)`` pair drawn with the Agg backend."""
+    fig, (ax,) = figure_row(1, figsize)
+    return fig, ax
 
 
 def save_figure(fig: Any, path: Path) -> Path:
