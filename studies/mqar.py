@@ -17,6 +17,10 @@ rate is chosen on the validation draw (the one :func:`structured.train.evaluate`
 seed + 1) and the reported accuracy is measured on a separate test draw (seed + 1001)
 that played no part in the choice. Both are printed.
 
+M2's implicit filters carry Hyena's exponential decay: at the default, channels have
+decayed to 1% between 0.3·L and 1.5·L, so half of them barely reach keys more than L/2
+back. The row "M2 slow decay" is the same model with decay to 1% between 1.5·L and 6·L.
+
 Zoology (Arora et al. 2023) reports attention solving MQAR at every width tested while
 gated convolutions (H3/Hyena/BaseConv) need widths that grow with the number of
 key-value pairs; the question here is where M2's data-dependent gates place it.
@@ -32,6 +36,7 @@ from torch import nn
 
 from neuralnum.arch import build_model as build_arch
 from neuralnum.runtime import seeded
+from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import (
@@ -47,6 +52,7 @@ from studies.m2_common import (
 
 NAME = "mqar"
 TEST_SEED_OFFSET = 1000      # the test draw uses generator seed + 1 + this
+SLOW_DECAY = (1.5, 6.0)      # M2 ablation: filters decay to 1% at 1.5·L … 6·L, not 0.3 … 1.5
 LEARNING_RATES = {"quick": (1e-3, 3e-3, 1e-2), "full": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
@@ -84,6 +90,16 @@ def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     return {"test_loss": metrics["val_loss"], "test_acc": metrics["val_acc"]}
 
 
+def with_filter_decay(model: nn.Module, fast: float, slow: float) -> nn.Module:
+    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L."""
+    for mixer in model.modules():
+        if isinstance(mixer, SequenceMixer):
+            old = mixer.filter
+            mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
+                                          bands=old.bands, fast_decay=fast, slow_decay=slow)
+    return model
+
+
 def builders(base: TrainConfig) -> dict[str, Callable[[], nn.Module]]:
     """A seeded constructor of each model, all matched to softmax attention's size."""
     d, layers, vocab, length = base.d_model, base.n_layers, base.mqar_vocab, base.seq_len
@@ -101,6 +117,7 @@ def builders(base: TrainConfig) -> dict[str, Callable[[], nn.Module]]:
         size(arch_lm("baseconv", n, short_conv=3)) - target))
     return {"softmax attention": lambda: build_model(gpt),
             "M2": lambda: build_model(m2),
+            "M2 slow decay": lambda: with_filter_decay(build_model(m2), *SLOW_DECAY),
             "BaseConv": arch_lm("baseconv", baseconv_layers, short_conv=3),
             "linear attention": arch_lm("linear_attention", layers, n_heads=base.n_heads,
                                         mlp=True)}

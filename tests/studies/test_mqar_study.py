@@ -35,10 +35,22 @@ def test_study_end_to_end(monkeypatch, tmp_path, single_thread):
     monkeypatch.setattr(mqar, "base_config", _tiny)
     monkeypatch.setattr(mqar, "LEARNING_RATES", {"quick": (1e-3, 1e-2), "full": ()})
     report = mqar.main(["--quick", "--out", str(tmp_path)])
-    assert len(report["sweep"]) == 8 and len(report["rows"]) == 4
+    assert len(report["sweep"]) == 10 and len(report["rows"]) == 5
     for row in report["rows"]:
         tried = [r for r in report["sweep"] if r["model"] == row["model"]]
         assert row["val_acc"] == max(r["val_acc"] for r in tried)
         assert row["best_lr"] in (1e-3, 1e-2) and 0 <= row["test_acc"] <= 1
     assert (tmp_path / "mqar.json").exists() and (tmp_path / "mqar_curves.png").exists()
     json.dumps(report)
+
+
+def test_slow_decay_filters_reach_further_back():
+    cfg = mqar.base_config(False)
+    makers = mqar.builders(cfg)
+    rates = {}
+    for label in ("M2", "M2 slow decay"):
+        torch.manual_seed(0)
+        model = makers[label]()
+        mixer = next(m for m in model.modules() if isinstance(m, mqar.SequenceMixer))
+        rates[label] = mixer.filter.decay_rates
+    assert (rates["M2 slow decay"] < rates["M2"]).all()
