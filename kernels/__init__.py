@@ -48,7 +48,7 @@ def long_conv(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | None = 
 
     ``u: (B, H, L)``, ``k: (H, L)`` causal or ``(H, 2L)`` bidirectional, gates ``(B, H, L)``
     or ``None``. Runs the Monarch-DFT Triton kernel (:mod:`kernels.long_conv_triton`) when
-    the dispatcher chooses Triton and ``L`` is a power of two in ``[256, 8192]``; other
+    the dispatcher chooses Triton and ``L`` is a power of two in ``[256, 65536]``; other
     lengths fall back to the reference under ``"auto"`` and raise ``ValueError`` when
     ``"triton"`` is forced. Differentiable in all inputs.
     """

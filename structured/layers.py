@@ -174,9 +174,10 @@ class BlockdiagLinear(nn.Module):
         """``x: (..., in_features)`` → ``(..., out_features)``."""
         _check_input(x, self.in_features)
         dtype = _compute_dtype(x, self.weight.dtype)
-        xb = x.to(dtype).reshape(*x.shape[:-1], self.nblocks, -1)
-        y = torch.einsum("...bi,boi->...bo", xb, self.weight.to(dtype))
-        return _add_bias(y.reshape(*x.shape[:-1], self.out_features), self.bias)
+        bias = None if self.bias is None else self.bias.to(dtype)
+        y = _blockdiag_matmul(x.to(dtype).reshape(-1, self.in_features),
+                              self.weight.to(dtype), bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
 
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same map (block-diagonal weight, bias copied)."""
@@ -185,6 +186,27 @@ class BlockdiagLinear(nn.Module):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"nblocks={self.nblocks}, bias={self.bias is not None}")
+
+
+def _blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor,
+                      bias: torch.Tensor | None) -> torch.Tensor:
+    """``x: (N, b·i)``, ``weight: (b, o, i)``, ``bias: (b·o,)`` or None → ``(N, b·o)``.
+
+    One batched matmul over the ``b`` blocks on the strided view ``(b, N, i)`` of ``x``
+    (no copy of ``x``), the bias added inside it (``baddbmm``). Without autograd the
+    result is written (``out=``) straight into the batch-major ``(N, b, o)`` buffer;
+    with it, one transposing copy of the result.
+    """
+    n, (b, o, i) = x.shape[0], weight.shape
+    xb, wt = x.reshape(n, b, i).transpose(0, 1), weight.transpose(1, 2)
+    args = (xb, wt) if bias is None else (bias.view(b, 1, o), xb, wt)
+    op = torch.bmm if bias is None else torch.baddbmm
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias)
+                                       if t is not None):
+        return op(*args).transpose(0, 1).reshape(n, b * o)
+    y = x.new_empty(n, b, o)
+    op(*args, out=y.transpose(0, 1))
+    return y.view(n, b * o)
 
 
 def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

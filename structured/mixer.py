@@ -207,4 +207,7 @@ class GLUMixer(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         gate, value = self.up(u).split(self.hidden, dim=-1)
-        return self.down(F.gelu(gate) * value)
+        hidden = F.gelu(gate)
+        # in place when nothing needs gelu's output for a backward pass (one buffer less)
+        hidden = hidden.mul_(value) if not hidden.requires_grad else hidden * value
+        return self.down(hidden)

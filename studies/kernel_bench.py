@@ -9,8 +9,9 @@ paths run (Triton needs a GPU; the interpreter is for tests), and the output say
 
 ``--gpu`` (CUDA required) is one short run, a few minutes on an H100/H200: it first checks
 the Triton kernels against the references (forward and backward, fp64/fp32 at small
-sizes, bf16 at benchmark size), then times at the issue's target sizes (``n = 4096``,
-batch 8192, bf16; ``L = 4096``) and prints the speedups next to the targets: fused ≥ 1.5×
+sizes and at ``L = 16384`` (the three-pass convolution plan), bf16 at benchmark size), then
+times at the issue's target sizes (``n = 4096``, batch 8192, bf16; ``L = 4096``; also
+``L = 16384``) and prints the speedups next to the targets: fused ≥ 1.5×
 the two-``bmm`` reference, ≥ 60% of the dense/Monarch FLOP ratio as real speedup over
 cuBLAS dense, Monarch-DFT convolution ≥ 2× ``torch.fft``. Every measurement is guarded:
 a failing row is recorded with its error and the run continues. Writes
@@ -57,7 +58,7 @@ SIZES = {
     "full": Sizes((256, 1024, 4096), 2048, (256, 1024, 4096, 16384), 8, 64,
                   torch.float32, 5),
     # target sizes first: results are saved after every section, so a cut-off run keeps them
-    "gpu": Sizes((4096, 1024), 8192, (4096, 1024, 8192), 8, 768, torch.bfloat16, 0),
+    "gpu": Sizes((4096, 1024), 8192, (4096, 1024, 8192, 16384), 8, 768, torch.bfloat16, 0),
 }
 
 
@@ -184,6 +185,8 @@ def _ratios(row: dict, ours: str, others: tuple[str, ...]) -> dict:
 GPU_CHECKS = (
     ("monarch", torch.float64, (64, 333)), ("monarch", torch.float32, (64, 333)),
     ("conv", torch.float64, (3, 5, 1024)), ("conv", torch.float32, (3, 5, 1024)),
+    # L = 16384 runs the three-pass plan
+    ("conv", torch.float64, (2, 3, 16384)), ("conv", torch.float32, (2, 3, 16384)),
     ("monarch", torch.bfloat16, (4096, 8192)), ("conv", torch.bfloat16, (8, 768, 4096)),
 )
 

@@ -3,12 +3,14 @@
     python -m studies.kernel_compile [--quick | --full] [--arch 90] [--out DIR]
 
 Compiles the fused Monarch kernel (every autotune config, bf16, ``n = 4096``) and the
-Monarch-DFT convolution kernel (every warp count, bf16, over ``L``) for ``sm_<arch>``
-(default 90: H100/H200) and reports, per variant, registers per thread, stack bytes per
-thread (spills), shared memory and whether it fits the SM (227 KB on sm_90). Nothing is
-run: this checks that the kernels compile for the GPU and how heavy they are, not speed.
+Monarch-DFT convolution kernels over ``L`` (the one-pass kernel, bf16, every warp count;
+past ``ONE_PASS_MAX_N`` the three pass kernels, bf16, fp32 and fp64, with the module's
+warps, ``--full``: 4 and 8) for ``sm_<arch>`` (default 90: H100/H200) and reports, per
+variant, registers per thread, stack bytes per thread (spills), shared memory and whether
+it fits the SM (227 KB on sm_90). Nothing is run: this checks that the kernels compile for
+the GPU and how heavy they are, not speed.
 Needs Triton's bundled ``ptxas``/``cuobjdump`` and must run without ``TRITON_INTERPRET``.
-Writes ``DIR/kernel_compile.json`` and prints a table. ``--quick``: ``L = 4096`` only.
+Writes ``DIR/kernel_compile.json`` and prints a table. ``--quick``: ``L = 4096, 16384``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
 import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
@@ -76,35 +79,83 @@ def monarch_variants(arch: int) -> list[dict]:
     return rows
 
 
-def conv_variants(lengths: tuple[int, ...], arch: int) -> list[dict]:
-    ptrs = {n: "*bf16" for n in ("u_ptr", "pre_ptr", "post_ptr", "y_ptr", "c_ptr")}
-    ptrs |= {n: "*fp32" for n in ("sr_ptr", "si_ptr", "f1r_ptr", "f1i_ptr", "f2r_ptr",
-                                  "f2i_ptr", "tr_ptr", "ti_ptr")}
+def _conv_pointers(io: str, compute: str = "*fp32") -> dict[str, str]:
+    """Pointer types of the convolution kernels: ``io`` (``"*bf16"``/``"*fp32"``) for the
+    activations and gates, ``compute`` for spectra, scratch and DFT factors."""
+    ptrs = {n: io for n in ("u_ptr", "x_ptr", "gate_ptr", "pre_ptr", "post_ptr", "y_ptr",
+                            "c_ptr")}
+    return ptrs | {n: compute for n in ("sr_ptr", "si_ptr", "ar_ptr", "ai_ptr", "cr_ptr",
+                                        "ci_ptr", "f1r_ptr", "f1i_ptr", "f2r_ptr", "f2i_ptr",
+                                        "tr_ptr", "ti_ptr")}
+
+
+def _pass_kernels(p: long_conv_triton.Plan, precision: str,
+                  compute: tl.dtype = tl.float32) -> list[tuple[str, object, dict]]:
+    """The three-pass kernels (name, JITFunction, compile-time constants) for plan ``p``."""
+    gated = {"COMPUTE": compute, "PRECISION": precision}
+    blocks = {"BLOCK_M": p.block_m, "BLOCK_K": p.block_k, "BLOCK_C": p.block_c}
+    sizes = {"N1": p.n1, "N2": p.n2}
+    return [
+        ("columns_forward", long_conv_triton._columns_forward_kernel,
+         {**sizes, **blocks, **gated, "IN_ROWS": p.n1 // 2, "HAS_GATE": True}),
+        ("rows", long_conv_triton._rows_kernel,
+         {**sizes, "BLOCK_R": p.block_r, "SPECTRUM": False, "PRECISION": precision}),
+        ("columns_inverse", long_conv_triton._columns_inverse_kernel,
+         {**sizes, **blocks, **gated, "HAS_POST": True, "STORE_C": True, "UPCAST": False}),
+    ]
+
+
+# activation dtype → (torch compute dtype, Triton compute dtype, tl.dot precision)
+CONV_DTYPES = {"bf16": (torch.float32, tl.float32, "tf32"),
+               "fp32": (torch.float32, tl.float32, "ieee"),
+               "fp64": (torch.float64, tl.float64, "ieee")}
+
+
+def conv_variants(lengths: tuple[int, ...], arch: int, all_warps: bool = False) -> list[dict]:
+    """Compile the convolution kernels of each length's plan: the one-pass kernel (bf16
+    activations) for every warp count in ``GPU_WARPS``; or each of the three pass kernels,
+    for bf16, fp32 and fp64 activations, with the warps the module uses (``all_warps``: 4
+    and 8). (fp32/fp64 IEEE dots run on CUDA cores; the one-pass kernel is compiled for
+    bf16 only.)"""
+    jobs = [(n, io) for n in lengths
+            for io in (("bf16",) if long_conv_triton.plan(n).one_pass else CONV_DTYPES)]
     rows = []
-    for length in progress(lengths, desc="long conv"):
-        n1, n2 = long_conv_triton.split(2 * length)
-        const = {"N1": n1, "N2": n2, "HAS_PRE": True, "HAS_POST": True, "STORE_C": False,
-                 "COMPUTE": tl.float32, "PRECISION": "tf32", "UPCAST": False}
-        for warps in long_conv_triton.GPU_WARPS:
-            rows.append({"kernel": f"long_conv L={length} bf16", "N1": n1, "N2": n2,
-                         **compile_variant(long_conv_triton._conv_kernel, ptrs, const,
-                                           warps, 1, arch)})
+    for length, io in progress(jobs, desc="long conv"):
+        torch_compute, compute, precision = CONV_DTYPES[io]
+        ptrs = _conv_pointers(f"*{io}", "*fp64" if io == "fp64" else "*fp32")
+        p = long_conv_triton.plan(length, torch_compute)
+        if p.one_pass:
+            const = {"N1": p.n1, "N2": p.n2, "HAS_PRE": True, "HAS_POST": True,
+                     "STORE_C": False, "COMPUTE": compute, "PRECISION": precision,
+                     "UPCAST": False}
+            variants = [("one pass", long_conv_triton._conv_kernel, const, w)
+                        for w in long_conv_triton.GPU_WARPS]
+        else:
+            used = long_conv_triton.PASS_WARPS
+            variants = [(name, fn, const, w)
+                        for name, fn, const in _pass_kernels(p, precision, compute)
+                        for w in ((4, 8) if all_warps else (used[name.split("_")[0]],))]
+        for name, fn, const, warps in variants:
+            rows.append({"kernel": f"long_conv L={length} {io} {name}", "N1": p.n1,
+                         "N2": p.n2, **compile_variant(fn, ptrs, const, warps, 1, arch)})
     return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = parser.add_mutually_exclusive_group()
-    size.add_argument("--quick", action="store_true", help="L = 4096 only (default)")
-    size.add_argument("--full", action="store_true", help="L = 256 … 8192 (several minutes)")
+    size.add_argument("--quick", action="store_true",
+                      help="L = 4096 (one pass) and 16384 (three passes) (default)")
+    size.add_argument("--full", action="store_true", help="L = 256 … 65536 (several minutes)")
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90")
     parser.add_argument("--out", type=Path, default=Path("runs/kernel_compile"))
     args = parser.parse_args(argv)
     if _triton_common.INTERPRETED:
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
-    lengths = (256, 1024, 4096, 8192) if args.full else (4096,)
+    lengths = (256, 1024, 4096, 8192, 16384, 65536) if args.full else (4096, 16384)
     result = {"arch": args.arch, "triton": triton.__version__,
-              "monarch": monarch_variants(args.arch), "conv": conv_variants(lengths, args.arch)}
+              "monarch": monarch_variants(args.arch),
+              "conv": conv_variants(lengths, args.arch, all_warps=args.full)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "kernel_compile.json").write_text(json.dumps(result, indent=2))
     cols = ("kernel", "num_warps", "num_stages", "registers", "stack_bytes", "shared_bytes",

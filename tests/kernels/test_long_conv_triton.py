@@ -1,4 +1,13 @@
-"""Monarch-DFT long convolution in Triton (interpreted on CPU) against the torch.fft reference."""
+"""Monarch-DFT long convolution in Triton (interpreted on CPU) against the torch.fft reference.
+
+The three-pass plan (rows longer than ``ONE_PASS_MAX_N``) is tested at small ``L`` by
+lowering the threshold (``_force_three_passes``, fixture ``passes``) and, in
+``test_three_pass_plan_matches_reference``, the row width and tile sizes too, so that the
+tile grids and reduction loops run several iterations; one test runs it at its real size,
+``L = 16384``.
+"""
+
+import importlib
 
 import pytest
 import torch
@@ -6,6 +15,14 @@ from conftest import TOL
 
 import kernels
 from kernels import long_conv, long_conv_reference, use_backend
+
+# Small three-pass settings (row width, tile sizes); ONE_PASS_MAX_N = 256 < every N = 2L.
+SMALL_PASSES = {
+    # L = 512: N1 = 64, N2 = 16: 4 (pass 1) / 2 (pass 3) row blocks, K loops of 2–4 chunks
+    "w16": (16, {"m": 16, "k": 16, "c": 16, "r": 16}),
+    # L = 512: N1 = N2 = 32: 2 column blocks per tile row, 2 row-pass blocks
+    "w32": (32, {"m": 16, "k": 16, "c": 16, "r": 16}),
+}
 
 
 def _inputs(batch, channels, length, bidirectional, gates, dtype, seed=0):
@@ -33,12 +50,28 @@ def _value_and_grads(fn, args, gy):
     return (y, *torch.autograd.grad(y, wanted, gy))
 
 
-@pytest.mark.parametrize("case", [
-    (3, 2, 256, False, False),   # causal, odd batch
-    (1, 3, 256, True, True),     # bidirectional (2L taps), both gates
-    (2, 1, 512, False, True),    # causal, gates, N = 1024 = 32 × 32
-])
-def test_forward_and_backward_match_reference(case, dtype, rel_err):
+def _triton_module():
+    return importlib.import_module("kernels.long_conv_triton")
+
+
+def _force_three_passes(monkeypatch, width=None, blocks=None):
+    lct = _triton_module()
+    monkeypatch.setattr(lct, "ONE_PASS_MAX_N", 256)
+    if width is not None:
+        monkeypatch.setattr(lct, "ROW_WIDTH", width)
+        monkeypatch.setattr(lct, "PASS_BLOCKS", blocks)
+    return lct
+
+
+@pytest.fixture(params=["one", "three"])
+def passes(request, monkeypatch):
+    """Run a test under the one-pass plan and, with its default tiles, the three-pass plan."""
+    if request.param == "three":
+        _force_three_passes(monkeypatch)
+    return request.param
+
+
+def _check_against_reference(case, dtype, rel_err):
     u, k, pre, post = _inputs(*case, dtype)
     gy = torch.randn(u.shape, dtype=dtype, generator=torch.Generator().manual_seed(5))
     got = _value_and_grads(_triton, (u, k, pre, post), gy)
@@ -48,8 +81,53 @@ def test_forward_and_backward_match_reference(case, dtype, rel_err):
         assert rel_err(a, b) < TOL[dtype], i
 
 
+@pytest.mark.parametrize("case", [
+    (3, 2, 256, False, False),   # causal, odd batch
+    (1, 3, 256, True, True),     # bidirectional (2L taps), both gates
+    (2, 1, 512, False, True),    # causal, gates, N = 1024 = 32 × 32
+])
+def test_forward_and_backward_match_reference(case, dtype, rel_err):
+    assert _triton_module().plan(case[2], dtype).one_pass
+    _check_against_reference(case, dtype, rel_err)
+
+
+@pytest.mark.parametrize("small, case", [
+    ("w16", (3, 1, 256, False, False)),   # causal, odd batch
+    ("w16", (1, 2, 512, True, True)),     # bidirectional (2L taps), both gates
+    ("w32", (2, 1, 512, False, True)),    # causal, gates
+])
+def test_three_pass_plan_matches_reference(monkeypatch, small, case, dtype, rel_err):
+    lct = _force_three_passes(monkeypatch, *SMALL_PASSES[small])
+    p = lct.plan(case[2], dtype)
+    assert not p.one_pass and p.n1 * p.n2 == 2 * case[2] and p.n2 <= lct.ROW_WIDTH
+    _check_against_reference(case, dtype, rel_err)
+
+
+def test_three_pass_plan_at_full_length(dtype, rel_err):
+    """``L = 16384`` (past ``ONE_PASS_MAX_N``) with the real row width and tiles, forward
+    only (the interpreter is slow; backward runs the same kernels, tested above):
+    causal in float32, bidirectional in float64."""
+    lct = _triton_module()
+    p = lct.plan(16384, dtype)
+    assert not p.one_pass and p.n2 == (128 if dtype == torch.float32 else 64)
+    u, k, _, post = _inputs(1, 1, 16384, dtype == torch.float64, True, dtype)
+    assert rel_err(_triton(u, k, None, post), long_conv_reference(u, k, None, post)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("length", [256, 1024, 4096, 8192, 16384, 65536])
+def test_plan_tiles_divide_the_row(length, dtype):
+    p = _triton_module().plan(length, dtype)
+    # one pass up to L = 8192 in float32, 4096 in float64 (shared memory, see the module)
+    assert p.one_pass == (length <= (8192 if dtype == torch.float32 else 4096))
+    assert p.n1 * p.n2 == 2 * length and min(p.n1, p.n2) >= 16
+    if not p.one_pass:
+        assert (p.n1 // 2) % p.block_m == 0 and (p.n1 // 2) % p.block_k == 0
+        assert p.n2 % p.block_c == 0 and p.n1 % p.block_r == 0
+        assert min(p.block_m, p.block_k, p.block_c, p.block_r) >= 16
+
+
 @pytest.mark.parametrize("bidirectional", [False, True])
-def test_causal_never_reads_the_future(bidirectional):
+def test_causal_never_reads_the_future(bidirectional, passes):
     u, k, pre, post = _inputs(2, 2, 256, bidirectional, True, torch.float64)
     t = 100
     u2 = u.clone()
@@ -64,7 +142,7 @@ def test_causal_never_reads_the_future(bidirectional):
         assert past < 1e-13 * future
 
 
-def test_non_contiguous_inputs(dtype, rel_err):
+def test_non_contiguous_inputs(dtype, rel_err, passes):
     u, k, pre, post = _inputs(2, 3, 256, True, True, dtype)
     u_nc = u.transpose(0, 1).contiguous().transpose(0, 1)
     k_nc = torch.stack([k, k], dim=-1)[..., 0]
@@ -79,7 +157,7 @@ def test_non_contiguous_inputs(dtype, rel_err):
         assert rel_err(a, b) < TOL[dtype]
 
 
-def test_bfloat16_as_accurate_as_reference(rel_err):
+def test_bfloat16_as_accurate_as_reference(rel_err, passes):
     u, k, pre, post = _inputs(2, 2, 256, False, True, torch.bfloat16)
     exact = long_conv_reference(*(t.double() for t in (u, k, pre, post)))
     y = _triton(u, k, pre, post)
@@ -100,12 +178,12 @@ def test_gated_reference_is_the_direct_sum():
     assert torch.allclose(long_conv_reference(u, k, pre, post), post * direct, atol=1e-12)
 
 
-def test_empty_batch():
+def test_empty_batch(passes):
     u, k, _, _ = _inputs(0, 2, 256, False, False, torch.float32)
     assert _triton(u, k).shape == (0, 2, 256)
 
 
-@pytest.mark.parametrize("length", [128, 384, 16384])
+@pytest.mark.parametrize("length", [128, 384, 131072])
 def test_unsupported_length(monkeypatch, length):
     u, k, _, _ = _inputs(1, 1, length, False, False, torch.float64)
     with pytest.raises(ValueError, match="power of two"):
@@ -129,7 +207,7 @@ def test_bad_inputs_raise(make, err):
             long_conv(*make(u, k, pre, post))
 
 
-def test_sum_backward_with_broadcast_gradient(rel_err):
+def test_sum_backward_with_broadcast_gradient(rel_err, passes):
     """``y.sum()`` hands backward a stride-0 gradient; the kernel reads it through strides."""
     u, k, pre, post = _inputs(2, 2, 256, True, True, torch.float64)
     got = _value_and_grads(_triton, (u, k, pre, post),

@@ -127,3 +127,17 @@ def test_sparsify_names_the_layer_that_does_not_fit_and_handles_root():
     assert isinstance(root, MonarchLinear)
     assert isinstance(densify(root), nn.Linear)
     assert isinstance(densify(BlockdiagLinear(8, 8, 2)), nn.Linear)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_blockdiag_no_grad_path_matches_autograd_path_on_strided_input(dtype, bias):
+    torch.manual_seed(4)
+    layer = BlockdiagLinear(12, 8, 4, bias, dtype=dtype)
+    x = torch.randn(3, 5, 24, dtype=dtype)[..., ::2]     # last-dim stride 2: not a view
+    y_grad = layer(x)
+    assert y_grad.requires_grad
+    with torch.no_grad():
+        y = layer(x)
+    assert y.shape == (3, 5, 8) and y.dtype == dtype and not y.requires_grad
+    assert rel(y, y_grad) < TOL[dtype] and rel(y, layer.to_dense()(x)) < TOL[dtype]

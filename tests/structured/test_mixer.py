@@ -141,6 +141,10 @@ def test_glu_mixer(dtype, kind):
     assert y.shape == u.shape and y.dtype == dtype
     gate, value = mlp.up(u).split(16, dim=-1)
     torch.testing.assert_close(y, mlp.down(torch.nn.functional.gelu(gate) * value))
+    with torch.no_grad():                              # the in-place, out= fast paths
+        y_fast = mlp(u)
+    assert not y_fast.requires_grad
+    torch.testing.assert_close(y_fast, y.detach())
     n_dense = sum(p.numel() for p in GLUMixer(8, 16, linear="dense").parameters())
     n_kind = sum(p.numel() for p in mlp.parameters())
     assert n_kind < n_dense if kind != "dense" else n_kind == n_dense

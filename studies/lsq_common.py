@@ -1,0 +1,118 @@
+"""Shared plumbing of the least-squares studies (recipe, iterative, ood).
+
+``parse(name, doc)`` gives ``--quick/--full/--out``; :func:`train` fits one learner and
+times it; :func:`table` prints rows; :func:`save_json` writes ``DIR/<name>.json``;
+:data:`PAPER` holds Liu et al. (2025)'s reported numbers (REFERENCES.md §1) to print
+beside ours.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import torch
+
+from neuralnum.learner import Learner
+from neuralnum.recipe import Recipe
+
+__all__ = ["PAPER", "parse", "save_json", "table", "train"]
+
+#: Reported levels of Liu et al. 2025 (float32), REFERENCES.md section 1.
+PAPER: dict[str, str] = {
+    "one_step_learned": "≈1e-13 (BaseConv / linear attention, single GD iterate)",
+    "iterated_learned": "1–2e-13 plateau after ~60–70 iterations",
+    "exact_gd": "≈5e-15",
+    "learned_softmax_iterate": "≈1e-2",
+    "end_to_end_transformer": "1e-9 … 1e-5 depending on depth",
+    "headline": "~1e5× lower MSE than end-to-end Transformers; ~1e4× smaller OOD gap",
+}
+
+
+def parse(name: str, doc: str | None, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``--quick`` (default; minutes on 2 CPU cores) or ``--full`` (paper scale, GPU);
+    ``--out`` (default ``runs/<name>``); ``--seed``."""
+    p = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", dest="full", action="store_false", default=False)
+    mode.add_argument("--full", dest="full", action="store_true")
+    p.add_argument("--out", default=f"runs/{name}")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    args.out = Path(args.out)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(torch.get_num_threads() if args.full else 1)
+    return args
+
+
+def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "gd",
+          init_noise: float | None = None, seed: int = 0, log_every: int = 25,
+          eval_batch: int = 256, minutes: float | None = None) -> tuple[Learner, list[dict],
+                                                                        float]:
+    """Fit a learner (on CUDA when available): from the default init, or (``init_noise`` not
+    None) from the exact GD construction plus that noise. Returns ``(learner moved to the
+    CPU for evaluation, metric records, seconds)``."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    learner = Learner(arch, target, recipe, n=family.n, d=family.d, seed=seed, device=device)
+    if init_noise is not None:
+        learner.init_construction(init_noise, seed=seed)
+    start = time.monotonic()
+    stop = [] if minutes is None else [
+        lambda _l, _r: time.monotonic() - start > 60 * minutes]
+    records = learner.fit(family, steps, seed=seed, log_every=log_every,
+                          eval_batch=eval_batch, callbacks=stop)
+    return learner.to("cpu"), records, time.monotonic() - start
+
+
+def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A fixed-width text table of ``rows`` (floats in %.3g / %.2e)."""
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.2e}" if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True))]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def save_json(out: Path, name: str, payload: dict[str, Any]) -> Path:
+    path = out / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return path
+
+
+def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[str, Any]:
+    """The two solvers the iterative and OOD studies compare, trained on ``family``:
+
+    * ``"learned_gd"`` — the GD update learned from the random init. Quick: linear
+      attention, 1000 steps of the default recipe (BaseConv learns too slowly from
+      scratch on a CPU budget). Full: BaseConv, 200k steps.
+    * ``"end_to_end"`` — a softmax Transformer trained to output ``x*`` (quick: 200 steps
+      with batches ≤ 64, far from converged — the paper's reach 1e-9…1e-5; full: 200k).
+
+    Returns ``{name: {"learner", "records", "seconds"}}``.
+    """
+    if full:
+        gd = train("baseconv", Recipe(dtype=dtype, lr=1e-3), family, steps=200_000,
+                   seed=seed, log_every=1000)
+        e2e = train("transformer", Recipe(dtype=dtype, lr=1e-3), family, steps=200_000,
+                    target="solution", seed=seed, log_every=1000)
+    else:
+        gd = train("linear_attention", Recipe(dtype=dtype), family, steps=1000, seed=seed,
+                   eval_batch=128)
+        e2e = train("transformer", Recipe(dtype=dtype, lr=1e-3, max_batch_size=64), family,
+                    steps=200, target="solution", seed=seed, eval_batch=128)
+    return {name: dict(zip(("learner", "records", "seconds"), result, strict=True))
+            for name, result in (("learned_gd", gd), ("end_to_end", e2e))}

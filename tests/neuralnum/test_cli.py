@@ -1,0 +1,65 @@
+"""python -m neuralnum: train / solve / demo end to end on tiny settings."""
+
+import json
+
+import pytest
+import torch
+from learner_standins import one_thread  # noqa: F401 (autouse fixture)
+
+from neuralnum.__main__ import main, parse_overrides
+from neuralnum.learner import Learner
+from neuralnum.recipe import Recipe
+
+TINY = ["--n", "6", "--d", "2", "--log-every", "2", "--eval-batch", "8", "--set", "batch_size=8",
+        "--set", "max_batch_size=8"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_train_then_solve(tmp_path, dtype, capsys):
+    ckpt = tmp_path / "l.pt"
+    out = main(["train", "--arch", "baseconv", "--dtype", dtype, "--steps", "4",
+                "--init", "construct", "--init-noise", "1e-6", "--set", "lr=1e-7",
+                "--out", str(ckpt), *TINY])
+    assert out["steps"] == 4 and ckpt.is_file()
+    records = [json.loads(s) for s in ckpt.with_suffix(".jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4]
+    learner = Learner.load(ckpt)
+    assert learner.recipe.dtype == dtype and learner.n == 6
+    report = main(["solve", "--checkpoint", str(ckpt), "--n", "6", "--d", "2",
+                   "--problems", "4", "--iters", "200", "--judge", "scipy"])
+    text = capsys.readouterr().out
+    assert "learned" in text and "scipy" in text
+    # a near-exact GD step (weights perturbed by 1e-6), iterated on κ ≤ 5 problems
+    assert report["learned"]["rel_error"] < 1e-3
+    assert report["learned"]["diverged"] == 0
+    assert report["scipy"]["rel_error"] < 1e3 * torch.finfo(learner.dtype).eps
+
+
+def test_resume_continues_to_the_same_steps(tmp_path):
+    ckpt = tmp_path / "l.pt"
+    common = ["train", "--out", str(ckpt), "--checkpoint-every", "2", *TINY]
+    main([*common, "--steps", "2"])
+    out = main([*common, "--steps", "4", "--resume"])
+    assert out["steps"] == 4
+    steps = [json.loads(s)["step"] for s in ckpt.with_suffix(".jsonl").read_text().splitlines()]
+    assert steps == [2, 4]
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    main(["demo", "--steps", "2", "--problems", "4", "--judge", "scipy", "--iters", "50",
+          "--out", str(tmp_path / "d.pt"), *TINY])
+    summary = json.loads((tmp_path / "demo.json").read_text())
+    assert summary["steps"] == 2 and set(summary) >= {"learned", "scipy"}
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="recipe field"):
+        parse_overrides(["bogus=1"], Recipe())
+    with pytest.raises(ValueError, match="true/false"):
+        parse_overrides(["fresh=maybe"], Recipe())
+    assert parse_overrides(["fresh=false", "betas=0.8,0.9", "lr=0.5"], Recipe()) == Recipe(
+        fresh=False, betas=(0.8, 0.9), lr=0.5)
+    with pytest.raises(SystemExit):
+        main(["train", "--arch", "nope"])
+    with pytest.raises(SystemExit):
+        main(["train", "--n", "6", "--d", "2"])  # no --steps / --until-mse / --minutes

@@ -1,0 +1,19 @@
+"""The default recipe learns the GD update from a random init (not the construction)."""
+
+import torch
+
+from neuralnum.learner import Learner
+from neuralnum.problems import SpectrumFamily
+from neuralnum.recipe import Recipe
+
+
+def test_linear_attention_learns_gd_from_random_init(single_thread):
+    family = SpectrumFamily(n=20, d=5, cond=5)
+    recipe = Recipe()  # the default: LR 1e-2, cosine over the fit, batch 256
+    learner = Learner("linear_attention", "gd", recipe, n=20, d=5, seed=0)
+    records = learner.fit(family, 500, log_every=500, eval_batch=64, show_progress=False)
+    A, b, x, label = learner._draw(family, 64, torch.Generator().manual_seed(7), None)
+    untrained = Learner("linear_attention", "gd", recipe, n=20, d=5, seed=0)
+    start, final = untrained.evaluate(A, b, x, label), learner.evaluate(A, b, x, label)
+    assert records[-1]["step"] == 500
+    assert final["mse"] < 1e-4 * start["mse"], (start, final)
