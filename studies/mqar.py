@@ -44,15 +44,16 @@ from studies.m2_common import (
     matched,
     param_count,
     plot_curves,
-    print_table,
     study_args,
     train_run,
-    write_json,
 )
+from studies.study_io import format_table, write_report
 
 NAME = "mqar"
 TEST_SEED_OFFSET = 1000      # the test draw uses generator seed + 1 + this
 SLOW_DECAY = (1.5, 6.0)      # M2 ablation: filters decay to 1% at 1.5·L … 6·L, not 0.3 … 1.5
+#: The grid stops at 1e-2: at 3e-2 (quick task) BaseConv diverges to NaN and both M2 rows
+#: collapse to chance, while softmax attention gains nothing (0.302 vs 0.306).
 LEARNING_RATES = {"quick": (1e-3, 3e-3, 1e-2), "full": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
@@ -149,17 +150,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"\nMQAR: seq_len {base.seq_len}, {base.mqar_num_kv} key-value pairs, vocab "
           f"{base.mqar_vocab} (chance {chance:.3f}), d_model {base.d_model}, "
           f"{base.steps} steps x {base.batch_size}; learning-rate sweep (chosen on val_acc):")
-    print_table(sweep, ["model", "lr", "val_acc", "test_acc", "train_s"])
+    print(format_table(sweep, ["model", "lr", "val_acc", "test_acc", "train_s"]))
     print(f"({load_note(args.threads)})\n\nBest learning rate per model (test draw unseen "
           "by the choice):")
-    print_table(rows, ["model", "params", "best_lr", "val_acc", "test_acc", "test_loss"])
+    print(format_table(rows, ["model", "params", "best_lr", "val_acc", "test_acc",
+                              "test_loss"]))
     plot_curves(runs, args.out / "mqar_curves.png", title="MQAR query accuracy (best lr)",
                 key="val_acc", ylabel="validation query accuracy")
     payload = {"mode": "full" if args.full else "quick", "chance": chance, "rows": rows,
                "sweep": sweep,
                "runs": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                         for k, v in runs.items()}}
-    write_json(args.out, NAME, payload)
+    write_report(args.out, NAME, payload)
     return payload
 
 
