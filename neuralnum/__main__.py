@@ -6,7 +6,7 @@
 * ``solve`` — load a checkpoint, solve held-out problems of a family iteratively and print
   the MSE and digits of the learned solver next to scipy's, both judged by mpmath.
 * ``demo`` — the README's main job: train a linear-attention GD step from a random init
-  on the default recipe (1000 steps, minutes on a CPU), then ``solve``. ``--arch
+  on the default recipe (6000 steps, under two minutes on a CPU), then ``solve``. ``--arch
   baseconv`` learns far more slowly from scratch on a CPU budget; ``--init construct``
   refines the exact GD construction plus ``--init-noise`` instead.
 """
@@ -104,7 +104,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train_args(demo)
     _add_solve_args(demo)
     demo.add_argument("--out", default="runs/demo/learner.pt")
-    demo.set_defaults(arch="linear_attention", minutes=5.0, steps=1000, log_every=50,
+    demo.set_defaults(arch="linear_attention", minutes=5.0, steps=6000, log_every=100,
                       problems=32)
     return parser
 
