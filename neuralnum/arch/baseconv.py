@@ -20,9 +20,9 @@ the gate is its bias ``c₁``), the filters of all layers but the last are a del
 (``k[t] = 1/seq_len``: a sum over positions), each plus ``0.01·randn/√seq_len``; ``c₁``
 and ``W₂`` keep their random defaults. This is the shape of a computation "form
 products at each position, then sum them" (the GD gradient ``Σᵢ aᵢ(aᵢᵀx − bᵢ)``), with
-no channel routing given. Learning the GD step from scratch on a CPU budget it
-reached ~1e-5 one-step MSE in 1000 steps where ``"random"`` stayed at ~0.3 (n = 20,
-d = 5, κ = 5, float64, the default recipe; see ``studies/recipe.py``).
+no channel routing given. Learning the GD step from scratch (n = 20, d = 5, κ = 5, the
+default recipe, 1000 steps) it reached one-step MSE 5.8e-5 (float64) / 1.6e-4 (float32)
+where ``"random"`` stayed at 0.33; see ``studies/recipe.py``.
 """
 
 from __future__ import annotations
