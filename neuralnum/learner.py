@@ -66,12 +66,13 @@ def default_arch(name: str, d: int) -> tuple[int, int, dict[str, Any]]:
     """Default ``(d_model, n_layers, options)`` of architecture ``name`` for ``d`` unknowns.
 
     The polynomial models default to the shapes of the exact GD constructions
-    (:mod:`neuralnum.arch.construct`): BaseConv 3 layers of width ``4d + 1``; linear
+    (:mod:`neuralnum.arch.construct`): BaseConv 3 layers of width ``4d + 1`` with the
+    ``"delta_sum"`` init (learns from scratch far faster than ``"random"``); linear
     attention 1 layer of width ``2d + 1`` with head dimension ``d + 1``. The end-to-end
     softmax Transformer: 4 layers of width 64, 4 heads, on ``2d + 1``-wide tokens.
     """
     if name == "baseconv":
-        return 4 * d + 1, 3, {}
+        return 4 * d + 1, 3, {"init": "delta_sum"}
     if name == "linear_attention":
         return 2 * d + 1, 1, {"head_dim": d + 1}
     if name == "transformer":

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 DTYPES = [torch.float32, torch.float64]
 OPTIONS = {
-    "baseconv": [{}, {"width": 12}, {"short_conv": 3}],
+    "baseconv": [{}, {"width": 12}, {"short_conv": 3}, {"init": "delta_sum"}],
     "linear_attention": [{}, {"width": 12, "n_heads": 3}, {"mlp": True}],
     "transformer": [{}, {"width": 12, "n_heads": 2}],
 }
@@ -160,3 +160,21 @@ def test_bad_configuration_is_rejected():
         build_model("baseconv", 5, 1, 6, short_conv=-1)
     with pytest.raises(TypeError, match="unexpected keyword"):
         build_model("baseconv", 5, 1, 6, n_heads=2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_baseconv_delta_sum_init(dtype):
+    torch.manual_seed(0)
+    model = BaseConv(7, 3, seq_len=9, dtype=dtype, init="delta_sum")
+    *local, last = model.layers
+    delta = torch.zeros(9, dtype=dtype)
+    delta[0] = 1
+    for layer in model.layers:
+        assert (layer.gate.weight == 0).all() and (layer.gate.bias != 0).all()
+        assert (layer.proj.weight != 0).all()
+    for layer in local:  # position-wise: a delta plus small noise
+        assert (layer.filter - delta).abs().max() < 0.1
+    assert (last.filter - 1 / 9).abs().max() < 0.1  # the causal mean
+    assert last.filter.std(dim=1).min() > 0  # noise breaks the symmetry
+    with pytest.raises(ValueError, match="init"):
+        BaseConv(7, 3, seq_len=9, init="zeros")
