@@ -6,14 +6,14 @@ component switched off (:data:`neuralnum.recipe.ABLATIONS`), and reports the hel
 one-step MSE. Targets (issue 4): float32 BaseConv ≤ 1e-12, float64 ≤ 1e-20, full recipe
 ≥ 1e4× lower MSE than the baseline.
 
-``--quick`` (2 CPU cores, minutes): every run learns from the default random init —
-linear attention (float64, every ablation) and BaseConv (float64, full vs baseline) for
-800 steps at the default LR. ``--full`` (GPU): from the random init, 200k steps, LR
-1e-3, batches up to 1024. BaseConv's default init is ``"delta_sum"``
-(:mod:`neuralnum.arch.baseconv`): on one CPU thread (default recipe, float64, seed 0) it
-reached one-step MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000, where the plain
-``"random"`` init stayed at 0.33 (1000) and 0.052 (2000) — still far from the ≤ 1e-20
-target, which the paper reached with ~1–2.5M GPU steps.
+``--quick`` (one CPU thread, ~8 minutes): every run learns from the default init —
+linear attention (float64, every ablation, 3000 steps) and BaseConv (float64 and float32,
+full vs baseline, 800 steps) at the default LR. ``--full`` (GPU): every architecture,
+dtype and ablation, 200k steps, LR 1e-3, batches up to 1024. BaseConv's default init is
+``"delta_sum"`` (:mod:`neuralnum.arch.baseconv`): on one CPU thread (default recipe,
+float64, seed 0) it reached one-step MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000,
+where the plain ``"random"`` init stayed at 0.33 (1000) and 0.052 (2000) — still far
+from the ≤ 1e-20 target, which the paper reached with ~1–2.5M GPU steps.
 Writes ``recipe.json`` and ``recipe_mse_vs_step.png``.
 """
 
@@ -52,18 +52,19 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse("recipe", __doc__, argv)
     family = family_from_name("spectrum")
     if args.full:
-        steps, noise, log_every = 200_000, None, 1000
+        log_every = 1000
         base = {"lr": 1e-3, "max_batch_size": 1024}
-        grid = [("baseconv", "float64", True), ("baseconv", "float32", True),
-                ("linear_attention", "float64", True), ("linear_attention", "float32", True)]
+        grid = [(arch, dtype, True, 200_000) for arch in ("baseconv", "linear_attention")
+                for dtype in ("float64", "float32")]
     else:
-        steps, noise, log_every = 800, None, 50
+        log_every = 50
         base = {}
-        grid = [("linear_attention", "float64", True), ("baseconv", "float64", False)]
+        grid = [("linear_attention", "float64", True, 3000),
+                ("baseconv", "float64", False, 800), ("baseconv", "float32", False, 800)]
     rows, curves = [], {}
-    for arch, dtype, ablate in grid:
+    for arch, dtype, ablate, steps in grid:
         for name, recipe in variants(dtype, ablate, base).items():
-            _, records, seconds = train(arch, recipe, family, steps=steps, init_noise=noise,
+            _, records, seconds = train(arch, recipe, family, steps=steps,
                                         seed=args.seed, log_every=log_every,
                                         eval_batch=1024 if args.full else 128)
             last = records[-1]
@@ -73,12 +74,12 @@ def main(argv: list[str] | None = None) -> dict:
             curves[f"{arch}/{dtype}/{name}"] = [(r["step"], r["mse"]) for r in records]
             print(format_table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
     ratios = {}
-    for arch, dtype, _ in grid:
+    for arch, dtype, _, _ in grid:
         get = {r["recipe"]: r["one_step_mse"] for r in rows
                if r["arch"] == arch and r["dtype"] == dtype}
         ratios[f"{arch}/{dtype}"] = get["baseline"] / get["full"]
     targets = {}
-    for arch in dict.fromkeys(a for a, _, _ in grid):
+    for arch in dict.fromkeys(entry[0] for entry in grid):
         for dtype, bound in PRECISION_TARGETS.items():
             mse = full_recipe_mse(rows, arch, dtype)
             measured = "not run" if mse is None else f"{mse:.2e}"
@@ -93,14 +94,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"target {'MET' if met else 'not met'}: {text}")
     print(f"paper (float32, ~1-2.5M steps on GPU): {PAPER['one_step_learned']}")
     fig, axes = figure_row(len(grid), (5 * len(grid), 4))
-    for ax, (arch, dtype, _) in zip(axes, grid, strict=True):
+    for ax, (arch, dtype, _, _) in zip(axes, grid, strict=True):
         for key, pts in curves.items():
             if key.startswith(f"{arch}/{dtype}/"):
                 ax.semilogy(*zip(*pts, strict=True), label=key.split("/")[-1])
         ax.set(title=f"{arch} {dtype}", xlabel="step", ylabel="held-out one-step MSE")
         ax.legend(fontsize=7)
     save_figure(fig, args.out / "recipe_mse_vs_step.png")
-    payload = {"mode": "full" if args.full else "quick", "init_noise": noise, "steps": steps,
+    payload = {"mode": "full" if args.full else "quick", "grid": grid,
                "rows": rows, "ratios_baseline_over_full": ratios, "targets": targets,
                "paper": PAPER, "curves": curves}
     write_report(args.out, "recipe", payload)
