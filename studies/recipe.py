@@ -1,19 +1,20 @@
 """One-step MSE of learned GD iterates per architecture × recipe ablation.
 
 Each row trains a learner on the GD update (``Aᵀ(Ax − b)/n``, spectrum family κ = 5,
-n = 20, d = 5) with the full recipe, the plain baseline, or the full recipe with one
-component switched off (:data:`neuralnum.recipe.ABLATIONS`), and reports the held-out
-one-step MSE. Targets (issue 4): float32 BaseConv ≤ 1e-12, float64 ≤ 1e-20, full recipe
-≥ 1e4× lower MSE than the baseline.
+n = 20, d = 5) with the full recipe, the plain baseline, the full recipe with one
+component switched off (:data:`neuralnum.recipe.ABLATIONS`) or with the relative loss
+switched on, and reports the held-out one-step MSE. Targets (issue 4): float32 BaseConv
+≤ 1e-12, float64 ≤ 1e-20, full recipe ≥ 1e4× lower MSE than the baseline.
 
 ``--quick`` (one CPU thread, ~8 minutes): every run learns from the default init —
-linear attention (float64, every ablation, 3000 steps) and BaseConv (float64 and float32,
-full vs baseline, 800 steps) at the default LR. ``--full`` (GPU): every architecture,
-dtype and ablation, 200k steps, LR 1e-3, batches up to 1024. BaseConv's default init is
-``"delta_sum"`` (:mod:`neuralnum.arch.baseconv`): on one CPU thread (default recipe,
-float64, seed 0) it reached one-step MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000,
-where the plain ``"random"`` init stayed at 0.33 (1000) and 0.052 (2000) — still far
-from the ≤ 1e-20 target, which the paper reached with ~1–2.5M GPU steps.
+linear attention (float64, every ablation and the relative loss, 3000 steps) and
+BaseConv (float64 and float32, full vs baseline, 1500 steps) at the default LR.
+``--full`` (GPU): every architecture, dtype and ablation, 200k steps, LR 1e-3, batches
+up to 1024. BaseConv's default init is ``"delta_sum"`` (:mod:`neuralnum.arch.baseconv`):
+on one CPU thread (default recipe + relative loss, float64, seed 0) it reached one-step
+MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000, where the plain ``"random"`` init
+stayed at 0.33 (1000) and 0.052 (2000) — still far from the ≤ 1e-20 target, which the
+paper reached with ~1–2.5M GPU steps.
 Writes ``recipe.json`` and ``recipe_mse_vs_step.png``.
 """
 
@@ -45,6 +46,7 @@ def variants(dtype: str, ablate: bool, base: dict) -> dict[str, Recipe]:
     if ablate:
         out.update({f"-{name}": full.ablation(name) for name in ABLATIONS
                     if name != "float64" or dtype == "float64"})
+        out["+relative_loss"] = full.replace(relative_loss=True)
     return out
 
 
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
         log_every = 50
         base = {}
         grid = [("linear_attention", "float64", True, 3000),
-                ("baseconv", "float64", False, 800), ("baseconv", "float32", False, 800)]
+                ("baseconv", "float64", False, 1500), ("baseconv", "float32", False, 1500)]
     rows, curves = [], {}
     for arch, dtype, ablate, steps in grid:
         for name, recipe in variants(dtype, ablate, base).items():

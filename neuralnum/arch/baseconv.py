@@ -21,8 +21,9 @@ the gate is its bias ``c₁``), the filters of all layers but the last are a del
 and ``W₂`` keep their random defaults. This is the shape of a computation "form
 products at each position, then sum them" (the GD gradient ``Σᵢ aᵢ(aᵢᵀx − bᵢ)``), with
 no channel routing given. Learning the GD step from scratch (n = 20, d = 5, κ = 5, the
-default recipe, 1000 steps) it reached one-step MSE 5.8e-5 (float64) / 1.6e-4 (float32)
-where ``"random"`` stayed at 0.33; see ``studies/recipe.py``.
+default recipe with the relative loss, 1000 steps) it reached one-step MSE 5.8e-5
+(float64) / 1.6e-4 (float32) where ``"random"`` stayed at 0.33; see
+``studies/recipe.py``.
 """
 
 from __future__ import annotations
