@@ -19,7 +19,7 @@ from neuralnum import reference
 from neuralnum.problems import family_from_name
 from neuralnum.runtime import make_generator
 from neuralnum.targets import GDSteps, OptimalStep
-from studies.lsq_common import PAPER, parse, train_solvers
+from studies.lsq_common import PAPER, parse, train_solvers, training_summary
 from studies.study_io import figure, format_table, save_figure, write_report
 
 
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
                "rows": rows, "final": final, "targets": targets, "paper": PAPER,
                "within_10x_of_exact_through_iteration": tracks_until,
                "curves": {"learned_gd": learned, "exact_gd": exact},
-               "training": {k: {"seconds": v["seconds"], "last": v["records"][-1]}
-                            for k, v in solvers.items()}}
+               "training": training_summary(solvers)}
     write_report(args.out, "iterative", payload)
     return payload
 

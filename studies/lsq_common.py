@@ -19,7 +19,7 @@ from neuralnum.learner import Learner
 from neuralnum.recipe import Recipe
 from studies.study_io import study_parser
 
-__all__ = ["PAPER", "parse", "train", "train_solvers"]
+__all__ = ["PAPER", "parse", "train", "train_solvers", "training_summary"]
 
 #: Reported levels of Liu et al. 2025 (float32), REFERENCES.md section 1.
 PAPER: dict[str, str] = {
@@ -44,21 +44,15 @@ def parse(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Na
 
 
 def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "gd",
-          init_noise: float | None = None, seed: int = 0, log_every: int = 25,
-          eval_batch: int = 256, minutes: float | None = None) -> tuple[Learner, list[dict],
-                                                                        float]:
-    """Fit a learner (on CUDA when available): from the default init, or (``init_noise`` not
-    None) from the exact GD construction plus that noise. Returns ``(learner moved to the
-    CPU for evaluation, metric records, seconds)``."""
+          seed: int = 0, log_every: int = 25,
+          eval_batch: int = 256) -> tuple[Learner, list[dict], float]:
+    """Fit a learner from its default init (on CUDA when available). Returns ``(learner
+    moved to the CPU for evaluation, metric records, seconds)``."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     learner = Learner(arch, target, recipe, n=family.n, d=family.d, seed=seed, device=device)
-    if init_noise is not None:
-        learner.init_construction(init_noise, seed=seed)
     start = time.monotonic()
-    stop = [] if minutes is None else [
-        lambda _l, _r: time.monotonic() - start > 60 * minutes]
     records = learner.fit(family, steps, seed=seed, log_every=log_every,
-                          eval_batch=eval_batch, callbacks=stop)
+                          eval_batch=eval_batch)
     return learner.to("cpu"), records, time.monotonic() - start
 
 
@@ -87,3 +81,9 @@ def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[st
                     steps=1500, target="solution", seed=seed, eval_batch=128)
     return {name: dict(zip(("learner", "records", "seconds"), result, strict=True))
             for name, result in (("learned_gd", gd), ("end_to_end", e2e))}
+
+
+def training_summary(solvers: dict[str, Any]) -> dict[str, Any]:
+    """Per solver of :func:`train_solvers`: training seconds and the last metric record."""
+    return {name: {"seconds": entry["seconds"], "last": entry["records"][-1]}
+            for name, entry in solvers.items()}

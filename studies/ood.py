@@ -22,7 +22,7 @@ from neuralnum.evaluate import error_metrics
 from neuralnum.problems import family_from_name
 from neuralnum.reference import lstsq
 from neuralnum.runtime import make_generator
-from studies.lsq_common import PAPER, parse, train_solvers
+from studies.lsq_common import PAPER, parse, train_solvers, training_summary
 from studies.study_io import figure, format_table, save_figure, write_report
 
 SHIFTS: dict[str, dict] = {
@@ -95,8 +95,7 @@ def main(argv: list[str] | None = None) -> dict:
                "worst_gap": worst, "median_gap_ratio": median_ratio,
                "min_mse_ratio": min_mse_ratio, "targets": targets,
                "paper": PAPER,
-               "training": {k: {"seconds": v["seconds"], "last": v["records"][-1]}
-                            for k, v in solvers.items()}}
+               "training": training_summary(solvers)}
     write_report(args.out, "ood", payload)
     return payload
 
