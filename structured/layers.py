@@ -179,6 +179,28 @@ class BlockdiagLinear(nn.Module):
                               self.weight.to(dtype), bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
+    def forward_features_first(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The same map with features first: ``x_t: (in_features, N)`` → ``(out_features, N)``.
+
+        Equals ``self(x_t.T).T`` but comes out contiguous, from one ``baddbmm`` of the
+        ``(nblocks, out/nblocks, in/nblocks)`` weight with the view ``(nblocks,
+        in/nblocks, N)`` of ``x_t`` (no copy when ``x_t`` is a transposed ``(N, in)``
+        tensor). Any row range of the result that whole blocks tile is contiguous too,
+        e.g. the gate and value halves of a GLU.
+        """
+        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 2 or x_t.shape[0] != self.in_features:
+            raise ValueError(f"x_t must be ({self.in_features}, N), got "
+                             f"{getattr(x_t, 'shape', type(x_t).__name__)}")
+        dtype = _compute_dtype(x_t, self.weight.dtype)
+        b, o, i = self.weight.shape
+        x_blocks = x_t.to(dtype).reshape(b, i, -1)
+        weight = self.weight.to(dtype)
+        if self.bias is None:
+            y = torch.bmm(weight, x_blocks)
+        else:
+            y = torch.baddbmm(self.bias.to(dtype).view(b, o, 1), weight, x_blocks)
+        return y.view(self.out_features, -1)
+
     def to_dense(self) -> nn.Linear:
         """An ``nn.Linear`` computing the same map (block-diagonal weight, bias copied)."""
         return _dense_linear(torch.block_diag(*self.weight.detach()), self.bias)

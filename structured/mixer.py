@@ -37,6 +37,7 @@ __all__ = [
     "ImplicitFilter",
     "SequenceMixer",
     "causal_long_conv",
+    "features_first",
     "make_linear",
 ]
 
@@ -55,19 +56,36 @@ def make_linear(kind: str, in_features: int, out_features: int, *, nblocks: int 
     raise ValueError(f"linear kind must be one of {LINEAR_KINDS}, got {kind!r}")
 
 
+def features_first(layer: nn.Module, x_t: torch.Tensor) -> torch.Tensor:
+    """A :func:`make_linear` layer applied features first: ``x_t: (in, N)`` → ``(out, N)``.
+
+    Equals ``layer(x_t.T).T``. Dense and block-diagonal layers compute it as one matmul
+    that reads ``x_t`` where it lies and writes a contiguous result, so channel ranges
+    of the output (a GLU's gate and value, the mixer's ``x1, x2, v``) are contiguous and
+    no transposing copy is made; a Monarch layer returns the transpose of its usual output.
+    """
+    if isinstance(layer, BlockdiagLinear):
+        return layer.forward_features_first(x_t)
+    if isinstance(layer, nn.Linear):
+        if layer.bias is None:
+            return torch.mm(layer.weight, x_t)
+        return torch.addmm(layer.bias[:, None], layer.weight, x_t)
+    return layer(x_t.T).T
+
+
 def _direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """``y[t] = Σ_{s≤t} k[t−s] u[s]`` within each block, ``u: (B, H, m, b)``, ``k: (H, b)``.
 
-    A lower-triangular Toeplitz product: taps above the diagonal are exact zeros, so a
-    later input changes no earlier output, bit for bit.
+    A product with the lower-triangular Toeplitz matrices ``T[h, t, s] = k[h, t − s]``,
+    read as a strided window view of ``k`` zero-padded in front. Taps above the diagonal
+    are exact zeros, so a later (finite) input changes no earlier output, bit for bit.
     """
     b = u.shape[-1]
-    lag = torch.arange(b, device=u.device)[:, None] - torch.arange(b, device=u.device)
-    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0).to(k.dtype)          # (H, b, b)
-    return torch.einsum("hts,bhms->bhmt", toeplitz, u)
+    toeplitz = F.pad(k, (b - 1, 0)).unfold(-1, b, 1).flip(-1)          # (H, b, b)
+    return torch.matmul(u, toeplitz.transpose(-1, -2))
 
 
-def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 32) -> torch.Tensor:
+def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 64) -> torch.Tensor:
     """Causal long convolution ``y[t] = Σ_{s≤t} k[t−s] u[s]``, exactly causal in floating point.
 
     ``u: (B, H, L)``, ``k: (H, L)``; returns ``(B, H, L)`` in ``u``'s dtype. Blocks of
@@ -82,13 +100,15 @@ def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 32) -> to
         raise ValueError(f"need u: (B, H, L) and k: (H, L), got {tuple(u.shape)}, "
                          f"{tuple(k.shape)}")
     batch, channels, length = u.shape
+    block = min(block, length)
     padded = block
     while padded < length:
         padded *= 2
-    u_p = F.pad(u, (0, padded - length))
-    k_p = F.pad(k.to(u.dtype), (0, padded - length))
-    y = _direct_causal_conv(u_p.view(batch, channels, -1, min(block, padded)),
-                            k_p[:, : min(block, padded)]).reshape(batch, channels, padded)
+    u_p = F.pad(u, (0, padded - length)) if padded > length else u
+    k_p = F.pad(k, (0, padded - length)) if padded > length else k
+    k_p = k_p.to(u.dtype)
+    y = _direct_causal_conv(u_p.view(batch, channels, -1, block),
+                            k_p[:, :block]).reshape(batch, channels, padded)
     n = block
     while n < padded:
         pairs = u_p.view(batch, channels, padded // (2 * n), 2, n)
@@ -165,13 +185,36 @@ class SequenceMixer(nn.Module):
         self.filter_rev = None if causal else ImplicitFilter(d_model, order=filter_order)
         self.skip = nn.Parameter(torch.randn(d_model) * 0.02)
         self.out_proj = nn.Linear(d_model, d_model)
+        self._filter_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
 
     def long_filter(self, length: int) -> torch.Tensor:
         """Taps ``(d, L)`` (causal) or ``(d, 2L)``: forward taps then flipped reverse taps.
 
         In the ``2L`` layout tap ``L + j`` multiplies input ``s = t + L − j``, so the
         reverse filter's tap ``m`` (at index ``2L − 1 − m``) reaches ``m + 1`` steps ahead.
+
+        The taps are a function of the filter parameters and ``length`` alone, so without
+        autograd (inference) they are computed once and reused, as long as ``length``,
+        the autocast state and the parameter values stay the same; the check compares a
+        snapshot of the parameters (a few thousand numbers), so it also sees updates made
+        through ``.data``. The returned tensor is then shared: do not modify it in place.
         """
+        if torch.is_grad_enabled():
+            return self._compute_long_filter(length)
+        params = torch.cat([p.reshape(-1) for p in self._filter_parameters()])
+        device = params.device.type
+        autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        key = (length, autocast, params.dtype, params.device)
+        cache = self._filter_cache
+        if cache is None or cache[0] != key or not torch.equal(cache[1], params):
+            cache = self._filter_cache = (key, params, self._compute_long_filter(length))
+        return cache[2]
+
+    def _filter_parameters(self) -> list[torch.Tensor]:
+        filters = [self.filter] if self.filter_rev is None else [self.filter, self.filter_rev]
+        return [p for f in filters for p in f.parameters()]
+
+    def _compute_long_filter(self, length: int) -> torch.Tensor:
         k = self.filter(length)
         if self.filter_rev is None:
             return k
@@ -180,15 +223,15 @@ class SequenceMixer(nn.Module):
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         if u.ndim != 3 or u.shape[-1] != self.d_model:
             raise ValueError(f"u must be (batch, seq, {self.d_model}), got {tuple(u.shape)}")
-        length = u.shape[1]
-        z = self.in_proj(u).transpose(1, 2)                       # (B, 3d, L)
+        batch, length, _ = u.shape
+        z = features_first(self.in_proj, u.reshape(-1, self.d_model).T)     # (3d, B·L)
+        z = z.view(-1, batch, length).transpose(0, 1).contiguous()       # (B, 3d, L)
         z = self.short_conv(z)[..., :length]                      # causal depthwise conv
         x1, x2, v = z.split(self.d_model, dim=1)                  # (B, d, L) each
         v = v * x1
         k = self.long_filter(length).to(v.dtype)
         conv = causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
-        y = conv + self.skip.to(v.dtype)[:, None] * v
-        y = y * x2
+        y = torch.addcmul(conv, self.skip.to(v.dtype)[:, None], v) * x2
         return self.out_proj(y.transpose(1, 2))
 
 
@@ -196,18 +239,32 @@ class GLUMixer(nn.Module):
     """Dimension mixer ``(…, d) → (…, d)``: ``down(gelu(gate(u)) · up(u))``.
 
     ``linear`` picks Monarch, block-diagonal or dense projections (:func:`make_linear`).
+    Tokens go through in chunks of ``chunk_rows``, features first (:func:`features_first`):
+    the gate and value halves are then contiguous, and the ``2·hidden``-wide intermediate
+    of one chunk stays in cache instead of streaming a ``(tokens, 2·hidden)`` buffer
+    through memory.
     """
 
     def __init__(self, d_model: int, hidden: int, *, linear: str = "monarch",
-                 nblocks: int = 4):
+                 nblocks: int = 4, chunk_rows: int = 512):
         super().__init__()
         self.hidden = hidden
+        self.chunk_rows = chunk_rows
         self.up = make_linear(linear, d_model, 2 * hidden, nblocks=nblocks)
         self.down = make_linear(linear, hidden, d_model, nblocks=nblocks)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        gate, value = self.up(u).split(self.hidden, dim=-1)
+        """``u: (..., d)`` → ``(..., d)``, same dtype."""
+        rows = u.reshape(-1, u.shape[-1])
+        chunks = [self._features_first(rows[start: start + self.chunk_rows].T).T
+                  for start in range(0, rows.shape[0], self.chunk_rows)]
+        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+        return out.reshape(u.shape)
+
+    def _features_first(self, x_t: torch.Tensor) -> torch.Tensor:
+        """``x_t: (d, N)`` → ``(d, N)``."""
+        gate, value = features_first(self.up, x_t).split(self.hidden)       # (hidden, N)
         hidden = F.gelu(gate)
         # in place when nothing needs gelu's output for a backward pass (one buffer less)
         hidden = hidden.mul_(value) if not hidden.requires_grad else hidden * value
-        return self.down(hidden)
+        return features_first(self.down, hidden)

@@ -203,7 +203,7 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
                                  "loss_vs_tf", "perplexity", "bits_per_byte", "val_acc",
                                  "train_s"]))
 
-    rows = forward_throughput(configs, lengths, repeats=5)
+    rows = forward_throughput(configs, lengths, repeats=10)
     m2_labels = [label for label in configs if label != tf_label]
     for row in rows:
         for label in m2_labels:

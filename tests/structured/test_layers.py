@@ -141,3 +141,23 @@ def test_blockdiag_no_grad_path_matches_autograd_path_on_strided_input(dtype, bi
         y = layer(x)
     assert y.shape == (3, 5, 8) and y.dtype == dtype and not y.requires_grad
     assert rel(y, y_grad) < TOL[dtype] and rel(y, layer.to_dense()(x)) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+def test_blockdiag_features_first_is_the_transposed_map(dtype, bias):
+    torch.manual_seed(5)
+    layer = BlockdiagLinear(12, 20, 4, bias, dtype=dtype)
+    x = torch.randn(7, 12, dtype=dtype)
+    y_t = layer.forward_features_first(x.T)                  # x.T: a strided view
+    assert y_t.shape == (20, 7) and y_t.dtype == dtype and y_t.is_contiguous()
+    assert rel(y_t, layer(x).T) < TOL[dtype]
+    y_t.square().sum().backward()
+    grads = [p.grad.clone() for p in layer.parameters()]
+    layer.zero_grad()
+    layer(x).square().sum().backward()
+    assert all(rel(g, p.grad) < TOL[dtype] for g, p in zip(grads, layer.parameters(), strict=True))
+    with pytest.raises(ValueError, match="x_t must be \\(12, N\\)"):
+        layer.forward_features_first(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.float().forward_features_first(x.float().T).dtype == torch.bfloat16

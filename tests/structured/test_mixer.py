@@ -11,6 +11,7 @@ from structured.mixer import (
     ImplicitFilter,
     SequenceMixer,
     causal_long_conv,
+    features_first,
     make_linear,
 )
 
@@ -46,6 +47,25 @@ def test_causal_long_conv_matches_direct_convolution(dtype, length):
     y = causal_long_conv(u, k, block=8)
     assert y.dtype == dtype and y.shape == u.shape
     torch.testing.assert_close(y, _direct_conv(u, k), rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def _toeplitz_conv(u, k):
+    """Vectorised O(L²) reference: ``y[t] = Σ_{s≤t} k[t−s] u[s]`` in float64."""
+    lag = torch.arange(u.shape[-1])[:, None] - torch.arange(u.shape[-1])
+    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0)                      # (H, L, L)
+    return torch.einsum("hts,bhs->bht", toeplitz.double(), u.double())
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("length", [64, 300, 1024])
+def test_causal_long_conv_default_blocks_match_toeplitz(dtype, length):
+    g = _gen(length)
+    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
+    k = torch.randn(3, length, generator=g, dtype=dtype) / length ** 0.5
+    y = causal_long_conv(u, k)
+    assert y.dtype == dtype and y.shape == u.shape
+    torch.testing.assert_close(y.double(), _toeplitz_conv(u, k), rtol=TOL[dtype],
+                               atol=TOL[dtype])
 
 
 @given(length=st.integers(2, 80), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
@@ -116,6 +136,53 @@ def test_causal_sequence_mixer_is_causal_bit_for_bit(length, frac, seed):
         assert torch.equal(mixer(u)[:, :t], mixer(v)[:, :t])
 
 
+def _mixer_reference(mixer, u):
+    """The module docstring's formula, token-major, with ``torch.nn.functional`` calls."""
+    length, d = u.shape[1], mixer.d_model
+    z = torch.nn.functional.conv1d(mixer.in_proj(u).transpose(1, 2), mixer.short_conv.weight,
+                                   mixer.short_conv.bias, padding=2, groups=3 * d)[..., :length]
+    x1, x2, v = z.split(d, dim=1)
+    v = v * x1
+    if mixer.causal:
+        conv = _toeplitz_conv(v, mixer.filter(length)).to(u.dtype)
+    else:
+        conv = _direct_conv(v, mixer.filter(length), mixer.filter_rev(length))
+    return mixer.out_proj(((conv + mixer.skip[:, None] * v) * x2).transpose(1, 2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [True, False])
+def test_sequence_mixer_matches_its_formula(dtype, causal):
+    torch.manual_seed(2)
+    mixer = SequenceMixer(4, causal=causal, filter_order=8).to(dtype)
+    u = torch.randn(3, 12, 4, generator=_gen(2), dtype=dtype)
+    expected = _mixer_reference(mixer, u)
+    torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
+    with torch.no_grad():                                  # the cached-filter path
+        torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_filter_cache_follows_length_and_parameter_changes():
+    torch.manual_seed(3)
+    mixer = SequenceMixer(4, causal=True, filter_order=8).double()
+    assert mixer.long_filter(16).requires_grad            # autograd: never cached
+    with torch.no_grad():
+        first = mixer.long_filter(16)
+        assert mixer.long_filter(16) is first             # reused
+        assert mixer.long_filter(8).shape == (4, 8)       # new length, recomputed
+        mixer.filter.mlp[0].weight.data.mul_(2)           # through .data: no version bump
+        changed = mixer.long_filter(8)
+        assert torch.equal(changed, mixer._compute_long_filter(8))
+        mixer.filter.mlp[0].weight.add_(1)                # in place, version bump
+        assert torch.equal(mixer.long_filter(8), mixer._compute_long_filter(8))
+        assert not torch.equal(mixer.long_filter(8), changed)
+        plain = mixer.float().long_filter(8)
+        assert plain.dtype == torch.float32                            # new dtype
+        with torch.autocast("cpu", dtype=torch.bfloat16):              # bf16 matmuls inside
+            assert not torch.equal(mixer.long_filter(8), plain)
+        assert torch.equal(mixer.long_filter(8), plain)                # autocast left
+
+
 def test_bidirectional_mixer_sees_the_future():
     torch.manual_seed(0)
     mixer = SequenceMixer(4, causal=False, filter_order=8).double()
@@ -148,6 +215,23 @@ def test_glu_mixer(dtype, kind):
     n_dense = sum(p.numel() for p in GLUMixer(8, 16, linear="dense").parameters())
     n_kind = sum(p.numel() for p in mlp.parameters())
     assert n_kind < n_dense if kind != "dense" else n_kind == n_dense
+
+
+@pytest.mark.parametrize("kind", ["dense", "monarch", "blockdiag"])
+def test_glu_chunks_and_features_first_change_nothing(kind):
+    torch.manual_seed(1)
+    mlp = GLUMixer(8, 16, linear=kind, nblocks=4, chunk_rows=4).double()
+    u = torch.randn(3, 5, 8, generator=_gen(1), dtype=torch.float64, requires_grad=True)
+    gate, value = mlp.up(u).split(16, dim=-1)
+    expected = mlp.down(torch.nn.functional.gelu(gate) * value)
+    y = mlp(u)                                             # 15 rows: chunks 4, 4, 4, 3
+    torch.testing.assert_close(y, expected, rtol=1e-12, atol=1e-12)
+    grad_u, = torch.autograd.grad(y.square().sum(), u)
+    expected_grad, = torch.autograd.grad(expected.square().sum(), u)
+    torch.testing.assert_close(grad_u, expected_grad, rtol=1e-12, atol=1e-12)
+    x_t = torch.randn(8, 6, dtype=torch.float64)
+    torch.testing.assert_close(features_first(mlp.up, x_t), mlp.up(x_t.T).T)
+    assert features_first(mlp.up, x_t).is_contiguous() == (kind != "monarch")
 
 
 def test_make_linear_rejects_unknown_kind():
