@@ -363,10 +363,7 @@ class GradientFilter:
         return {"ema": [m.clone() for m in self.ema]}
 
     def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
-        if len(state["ema"]) != len(self.ema):
-            raise ValueError("gradient-filter state does not match the parameters")
-        for m, saved in zip(self.ema, state["ema"], strict=True):
-            m.copy_(saved)
+        _copy_saved(self.ema, state["ema"], "gradient-filter")
 
 
 class WeightAverage:
@@ -395,7 +392,12 @@ class WeightAverage:
         return {"average": [a.clone() for a in self.average]}
 
     def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
-        if len(state["average"]) != len(self.average):
-            raise ValueError("weight-average state does not match the parameters")
-        for a, saved in zip(self.average, state["average"], strict=True):
-            a.copy_(saved)
+        _copy_saved(self.average, state["average"], "weight-average")
+
+
+def _copy_saved(tensors: list[torch.Tensor], saved: list[torch.Tensor], what: str) -> None:
+    """Copy checkpointed per-parameter tensors into ``tensors`` (same count required)."""
+    if len(saved) != len(tensors):
+        raise ValueError(f"{what} state does not match the parameters")
+    for tensor, value in zip(tensors, saved, strict=True):
+        tensor.copy_(value)
