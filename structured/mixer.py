@@ -258,8 +258,7 @@ class GLUMixer(nn.Module):
         rows = u.reshape(-1, u.shape[-1])
         chunks = [self._features_first(rows[start: start + self.chunk_rows].T).T
                   for start in range(0, rows.shape[0], self.chunk_rows)]
-        out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
-        return out.reshape(u.shape)
+        return torch.cat(chunks).reshape(u.shape)
 
     def _features_first(self, x_t: torch.Tensor) -> torch.Tensor:
         """``x_t: (d, N)`` → ``(d, N)``."""
