@@ -97,12 +97,10 @@ class SolveInfo:
 
 def _build_arch(name: str, d_model: int, n_layers: int, n: int, dtype: torch.dtype,
                 seed: int, options: dict[str, Any]) -> torch.nn.Module:
-    from neuralnum.arch import build_model
+    from neuralnum.arch import arch_config, build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return build_model(name, d_model=d_model, n_layers=n_layers, seq_len=n, dtype=dtype,
-                           **options)
+    config = arch_config(name, d_model=d_model, n_layers=n_layers, seq_len=n, **options)
+    return build_model(config, dtype=dtype, generator=make_generator(seed))
 
 
 def _cast_module(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:

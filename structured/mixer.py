@@ -11,10 +11,9 @@ The filter ``k`` is implicit: positional features of ``t`` go through a small ML
 sine activations and are modulated by an exponential decay (:class:`ImplicitFilter`).
 The bidirectional variant concatenates a forward filter with a flipped reverse filter into
 a ``2L``-tap filter and makes one :func:`kernels.long_conv` call. The causal variant uses
-an ``L``-tap filter through :func:`causal_long_conv`, which is causal *in floating point*,
-not only in exact arithmetic: a single zero-padded FFT lets every input leak rounding
-noise into every output, so instead each output block receives earlier blocks' taps
-through :func:`kernels.long_conv` calls that never see a later input (O(L log² L)).
+an ``L``-tap filter through :func:`kernels.causal_long_conv`, which is causal *in
+floating point*, not only in exact arithmetic (a single zero-padded FFT would let every
+input leak rounding noise into every output).
 
 Dimension mixer: ``GLU(u) = down(gelu(gate(u)) · up(u))`` with Monarch, block-diagonal or
 dense projections (:func:`make_linear`).
@@ -36,7 +35,6 @@ __all__ = [
     "GLUMixer",
     "ImplicitFilter",
     "SequenceMixer",
-    "causal_long_conv",
     "features_first",
     "make_linear",
 ]
@@ -71,53 +69,6 @@ def features_first(layer: nn.Module, x_t: torch.Tensor) -> torch.Tensor:
             return torch.mm(layer.weight, x_t)
         return torch.addmm(layer.bias[:, None], layer.weight, x_t)
     return layer(x_t.T).T
-
-
-def _direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``y[t] = Σ_{s≤t} k[t−s] u[s]`` within each block, ``u: (B, H, m, b)``, ``k: (H, b)``.
-
-    A product with the lower-triangular Toeplitz matrices ``T[h, t, s] = k[h, t − s]``,
-    read as a strided window view of ``k`` zero-padded in front. Taps above the diagonal
-    are exact zeros, so a later (finite) input changes no earlier output, bit for bit.
-    """
-    b = u.shape[-1]
-    toeplitz = F.pad(k, (b - 1, 0)).unfold(-1, b, 1).flip(-1)          # (H, b, b)
-    return torch.matmul(u, toeplitz.transpose(-1, -2))
-
-
-def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 64) -> torch.Tensor:
-    """Causal long convolution ``y[t] = Σ_{s≤t} k[t−s] u[s]``, exactly causal in floating point.
-
-    ``u: (B, H, L)``, ``k: (H, L)``; returns ``(B, H, L)`` in ``u``'s dtype. Blocks of
-    ``block`` samples are convolved directly (:func:`_direct_causal_conv`); then for
-    ``n = block, 2·block, …`` every block ``2j+1`` of size ``n`` receives the
-    contribution of block ``2j`` with one batched :func:`kernels.long_conv` call whose
-    ``2n``-tap filter ``[k[n:2n], k[0:n]]`` maps offsets ``−(n−1) … n−1`` to taps
-    ``k[1] … k[2n−1]``. Output ``t`` is computed only from inputs ``s ≤ t``;
-    ``L`` is zero-padded at the end to ``block · 2^j``. Cost O(L log² L) per channel.
-    """
-    if u.ndim != 3 or k.ndim != 2 or k.shape != (u.shape[1], u.shape[2]):
-        raise ValueError(f"need u: (B, H, L) and k: (H, L), got {tuple(u.shape)}, "
-                         f"{tuple(k.shape)}")
-    batch, channels, length = u.shape
-    block = min(block, length)
-    padded = block
-    while padded < length:
-        padded *= 2
-    u_p = F.pad(u, (0, padded - length)) if padded > length else u
-    k_p = F.pad(k, (0, padded - length)) if padded > length else k
-    k_p = k_p.to(u.dtype)
-    y = _direct_causal_conv(u_p.view(batch, channels, -1, block),
-                            k_p[:, :block]).reshape(batch, channels, padded)
-    n = block
-    while n < padded:
-        pairs = u_p.view(batch, channels, padded // (2 * n), 2, n)
-        early = pairs[..., 0, :].permute(0, 2, 1, 3).reshape(-1, channels, n)
-        taps = torch.cat([k_p[:, n: 2 * n], k_p[:, :n]], dim=-1)
-        cross = kernels.long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
-        y.view(batch, channels, -1, 2, n)[..., 1, :] += cross
-        n *= 2
-    return y[..., :length]
 
 
 class Sine(nn.Module):
@@ -230,7 +181,7 @@ class SequenceMixer(nn.Module):
         x1, x2, v = z.split(self.d_model, dim=1)                  # (B, d, L) each
         v = v * x1
         k = self.long_filter(length).to(v.dtype)
-        conv = causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
+        conv = kernels.causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
         y = torch.addcmul(conv, self.skip.to(v.dtype)[:, None], v) * x2
         return self.out_proj(y.transpose(1, 2))
 

@@ -6,11 +6,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
+from kernels import causal_conv_direct
 from structured.mixer import (
     GLUMixer,
     ImplicitFilter,
     SequenceMixer,
-    causal_long_conv,
     features_first,
     make_linear,
 )
@@ -26,52 +26,13 @@ def _gen(seed=0):
 
 
 def _direct_conv(u, k_fwd, k_rev=None):
-    """O(L²) reference: y[t] = Σ_{s≤t} k_fwd[t−s] u[s] + Σ_{s>t} k_rev[s−t−1] u[s]."""
-    lag = torch.arange(u.shape[-1])[:, None] - torch.arange(u.shape[-1])      # t − s
-    toeplitz = k_fwd[:, lag.clamp(min=0)] * (lag >= 0)                        # (H, L, L)
-    if k_rev is not None:
-        toeplitz = toeplitz + k_rev[:, (-lag - 1).clamp(min=0)] * (lag < 0)
-    return torch.einsum("hts,bhs->bht", toeplitz, u)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("length", [1, 7, 32, 100])
-def test_causal_long_conv_matches_direct_convolution(dtype, length):
-    g = _gen(length)
-    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
-    k = torch.randn(3, length, generator=g, dtype=dtype)
-    y = causal_long_conv(u, k, block=8)
-    assert y.dtype == dtype and y.shape == u.shape
-    torch.testing.assert_close(y, _direct_conv(u, k), rtol=TOL[dtype], atol=TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("length", [64, 300, 1024])
-def test_causal_long_conv_default_blocks_match_direct_convolution(dtype, length):
-    g = _gen(length)
-    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
-    k = torch.randn(3, length, generator=g, dtype=dtype) / length ** 0.5
-    y = causal_long_conv(u, k)
-    assert y.dtype == dtype and y.shape == u.shape
-    torch.testing.assert_close(y.double(), _direct_conv(u.double(), k.double()), rtol=TOL[dtype],
-                               atol=TOL[dtype])
-
-
-@given(length=st.integers(2, 80), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
-def test_causal_long_conv_is_causal_bit_for_bit(length, frac, seed):
-    t = min(length - 1, int(frac * length))
-    g = _gen(seed)
-    u = torch.randn(1, 2, length, generator=g, dtype=torch.float64)
-    k = torch.randn(2, length, generator=g, dtype=torch.float64)
-    v = u.clone()
-    v[..., t:] = torch.randn(1, 2, length - t, generator=g, dtype=torch.float64) * 1e3
-    assert torch.equal(causal_long_conv(u, k, block=4)[..., :t],
-                       causal_long_conv(v, k, block=4)[..., :t])
-
-
-def test_causal_long_conv_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="k: \\(H, L\\)"):
-        causal_long_conv(torch.zeros(1, 2, 8), torch.zeros(2, 16))
+    """O(L²) reference: y[t] = Σ_{s≤t} k_fwd[t−s] u[s] + Σ_{s>t} k_rev[s−t−1] u[s] (the
+    reverse sum is a causal one on the flipped sequence, taps shifted by one)."""
+    y = causal_conv_direct(u, k_fwd)
+    if k_rev is None:
+        return y
+    shifted = torch.nn.functional.pad(k_rev, (1, 0))[:, : u.shape[-1]]
+    return y + causal_conv_direct(u.flip(-1), shifted).flip(-1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
