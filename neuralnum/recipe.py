@@ -6,7 +6,7 @@ A :class:`Recipe` is a frozen, flat configuration (so an ablation is one
 ``state_dict()`` / ``load_state_dict()`` so a resumed run continues bit-for-bit.
 
 * **Precision** — ``"float32"``, ``"float64"`` or ``"mixed"`` (float64 master weights,
-  float32 forward/backward): :class:`Precision`.
+  float32 forward/backward): :class:`neuralnum.validation.Precision`.
 * **Optimizer** — Adam with tuned ``eps`` (1e-16 as in Liu et al. 2025) and ``betas``:
   :func:`make_optimizer`; an optional L-BFGS finisher (:attr:`Recipe.finisher_steps`).
 * **LR schedule** — warm-up, cosine / step decay, decay on plateau and the adaptive
@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from neuralnum.validation import Precision, parse_precision
 
 __all__ = [
     "ABLATIONS",
@@ -168,7 +170,7 @@ class Recipe:
 
     @property
     def precision(self) -> Precision:
-        return Precision.from_name(self.dtype)
+        return parse_precision(self.dtype, _DTYPES)
 
 
 #: One-flag ablations: the fields that switch each component of the default recipe off.
@@ -184,29 +186,6 @@ ABLATIONS: dict[str, dict[str, Any]] = {
     "cosine_decay": {"lr_decay": "none"},
     "fresh_problems": {"fresh": False},
 }
-
-
-# --------------------------------------------------------------------------- precision
-@dataclass(frozen=True)
-class Precision:
-    """Parameter (master) dtype and compute dtype of a training run."""
-
-    param_dtype: torch.dtype
-    compute_dtype: torch.dtype
-
-    @classmethod
-    def from_name(cls, name: str) -> Precision:
-        if name == "float32":
-            return cls(torch.float32, torch.float32)
-        if name == "float64":
-            return cls(torch.float64, torch.float64)
-        if name == "mixed":
-            return cls(torch.float64, torch.float32)
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {name!r}")
-
-    @property
-    def mixed(self) -> bool:
-        return self.param_dtype != self.compute_dtype
 
 
 # --------------------------------------------------------------------------- optimizer

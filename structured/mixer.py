@@ -21,7 +21,9 @@ dense projections (:func:`make_linear`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +37,7 @@ __all__ = [
     "GLUMixer",
     "ImplicitFilter",
     "SequenceMixer",
+    "cached_filters",
     "features_first",
     "make_linear",
 ]
@@ -136,7 +139,7 @@ class SequenceMixer(nn.Module):
         self.filter_rev = None if causal else ImplicitFilter(d_model, order=filter_order)
         self.skip = nn.Parameter(torch.randn(d_model) * 0.02)
         self.out_proj = nn.Linear(d_model, d_model)
-        self._filter_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._filter_cache: dict[tuple, torch.Tensor] | None = None  # see cached_filters
 
     def long_filter(self, length: int) -> torch.Tensor:
         """Taps ``(d, L)`` (causal) or ``(d, 2L)``: forward taps then flipped reverse taps.
@@ -144,22 +147,21 @@ class SequenceMixer(nn.Module):
         In the ``2L`` layout tap ``L + j`` multiplies input ``s = t + L − j``, so the
         reverse filter's tap ``m`` (at index ``2L − 1 − m``) reaches ``m + 1`` steps ahead.
 
-        The taps are a function of the filter parameters and ``length`` alone, so without
-        autograd (inference) they are computed once and reused, as long as ``length``,
-        the autocast state and the parameter values stay the same; the check compares a
-        snapshot of the parameters (a few thousand numbers), so it also sees updates made
-        through ``.data``. The returned tensor is then shared: do not modify it in place.
+        Inside :func:`cached_filters` and without autograd the taps are computed once per
+        length, dtype, device, autocast state and parameter versions, and the returned
+        tensor is shared (do not modify it in place); otherwise they are recomputed.
         """
-        if torch.is_grad_enabled():
+        if self._filter_cache is None or torch.is_grad_enabled():
             return self._compute_long_filter(length)
-        params = torch.cat([p.reshape(-1) for p in self._filter_parameters()])
-        device = params.device.type
+        params = self._filter_parameters()
+        device = params[0].device.type
         autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        key = (length, autocast, params.dtype, params.device)
-        cache = self._filter_cache
-        if cache is None or cache[0] != key or not torch.equal(cache[1], params):
-            cache = self._filter_cache = (key, params, self._compute_long_filter(length))
-        return cache[2]
+        key = (length, autocast, params[0].dtype, params[0].device,
+               tuple(p._version for p in params))
+        if key not in self._filter_cache:
+            self._filter_cache.clear()  # keep one entry: old versions are dead
+            self._filter_cache[key] = self._compute_long_filter(length)
+        return self._filter_cache[key]
 
     def _filter_parameters(self) -> list[torch.Tensor]:
         filters = [self.filter] if self.filter_rev is None else [self.filter, self.filter_rev]
@@ -184,6 +186,27 @@ class SequenceMixer(nn.Module):
         conv = kernels.causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
         y = torch.addcmul(conv, self.skip.to(v.dtype)[:, None], v) * x2
         return self.out_proj(y.transpose(1, 2))
+
+
+@contextlib.contextmanager
+def cached_filters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inference block: every :class:`SequenceMixer` in ``model`` reuses its filter taps.
+
+    The implicit filter is a function of its parameters and the length alone, so at
+    inference (no autograd) computing it once per length is exact; ``studies.m2_lm``
+    prints the forward speed-up this gives. The cache is keyed on the parameters'
+    version counters, so in-place updates (optimizer steps, ``load_state_dict``) inside
+    the block invalidate it; a write through ``.data`` bypasses the counters and is not
+    seen. The cache is dropped on exit.
+    """
+    mixers = [m for m in model.modules() if isinstance(m, SequenceMixer)]
+    for mixer in mixers:
+        mixer._filter_cache = {}
+    try:
+        yield model
+    finally:
+        for mixer in mixers:
+            mixer._filter_cache = None
 
 
 class GLUMixer(nn.Module):

@@ -1,11 +1,11 @@
 """One training loop for M2 and Transformer models on LM, vision and MQAR tasks.
 
     python -m structured.train --task lm-causal --model m2 --steps 200
-    python -m structured.train --task vision --model transformer --precision bf16
+    python -m structured.train --task vision --model transformer --precision bfloat16
     torchrun --nproc_per_node=2 -m structured.train --task lm-masked --model m2
 
 Read top to bottom: the config, the tasks (data + loss), then :func:`train` — build,
-resume, loop (AdamW, warm-up + cosine LR, gradient clipping, bf16 autocast or fp32/fp64),
+resume, loop (AdamW, warm-up + cosine LR, gradient clipping, bfloat16 autocast or float32/float64),
 evaluate on the held-out split, log JSON lines, checkpoint atomically, plot. Under
 ``torchrun`` every rank draws the same global batch from the same seeded generator and
 trains on its slice inside ``DistributedDataParallel`` (gloo on CPU, NCCL on CUDA); the
@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from neuralnum.arch import count_parameters
 from neuralnum.runtime import (
     CheckpointError,
     Distributed,
@@ -42,18 +43,18 @@ from neuralnum.runtime import (
     progress,
     restore_training_state,
     save_checkpoint,
-    seeded,
     training_state,
 )
+from neuralnum.validation import parse_precision
 from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_batch, text_splits
 from structured.mixer import LINEAR_KINDS
-from structured.models import ModelConfig, build_model, count_parameters
+from structured.models import ModelConfig, build_model
 
 __all__ = ["MODELS", "PRECISIONS", "TASKS", "TrainConfig", "lr_at", "main", "train"]
 
 TASKS = ("lm-causal", "lm-masked", "vision", "mqar")
 MODELS = ("m2", "transformer")
-PRECISIONS = ("fp32", "fp64", "bf16")
+PRECISIONS = ("float32", "float64", "bfloat16")  # names of neuralnum.validation.PRECISIONS
 DEVICES = ("auto", "cpu", "cuda")
 _CHOICES = {"task": TASKS, "model": MODELS, "precision": PRECISIONS, "device": DEVICES,
             "dim_mixer": LINEAR_KINDS}
@@ -90,7 +91,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.99
     grad_clip: float = 1.0
-    precision: str = "fp32"      # fp32 | fp64 | bf16 (autocast, fp32 weights)
+    precision: str = "float32"   # float32 | float64 | bfloat16 (autocast, float32 weights)
     # evaluation and output
     eval_every: int = 50
     eval_batches: int = 4
@@ -124,8 +125,8 @@ class TrainConfig:
 
     @property
     def dtype(self) -> torch.dtype:
-        """Parameter dtype (bf16 keeps fp32 weights and autocasts the forward pass)."""
-        return torch.float64 if self.precision == "fp64" else torch.float32
+        """Parameter dtype (bfloat16 keeps float32 weights and autocasts the forward pass)."""
+        return parse_precision(self.precision, PRECISIONS).param_dtype
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -191,8 +192,9 @@ def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if cfg.precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = parse_precision(cfg.precision, PRECISIONS).autocast
+    if autocast is not None:
+        return torch.autocast(device.type, dtype=autocast)
     return contextlib.nullcontext()
 
 
@@ -242,8 +244,8 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None,
 
     if model is None:
         name = name or cfg.model_config().name
-        with seeded(cfg.seed):
-            model = build_model(cfg.model_config(), dtype=cfg.dtype, device=dist.device)
+        model = build_model(cfg.model_config(), dtype=cfg.dtype, device=dist.device,
+                            generator=make_generator(cfg.seed))
     raw_model = model.to(device=dist.device, dtype=cfg.dtype)
     name = name or type(model).__name__
     n_params = count_parameters(raw_model)

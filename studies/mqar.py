@@ -34,8 +34,9 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from neuralnum.arch import TokenConfig, arch_config, drawing_from
 from neuralnum.arch import build_model as build_arch
-from neuralnum.runtime import seeded
+from neuralnum.runtime import make_generator
 from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import build_model
 from structured.train import Task, TrainConfig, evaluate
@@ -58,15 +59,17 @@ LEARNING_RATES = {"quick": (1e-3, 3e-3, 1e-2), "full": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
 class ArchLM(nn.Module):
-    """A :mod:`neuralnum.arch` body as a token model: embed → body → LayerNorm → head."""
+    """A :mod:`neuralnum.arch` body as a token model: embed → body → LayerNorm → head,
+    weights drawn from ``generator`` (``None``: seed 0)."""
 
-    def __init__(self, name: str, vocab: int, d_model: int, n_layers: int, seq_len: int,
-                 **options: object):
+    def __init__(self, config: TokenConfig, vocab: int, *,
+                 generator: torch.Generator | None = None):
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.body = build_arch(name, d_model, n_layers, seq_len, **options)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
+        with drawing_from(generator) as gen:
+            self.embed = nn.Embedding(vocab, config.d_model)
+            self.body = build_arch(config, generator=gen)
+            self.norm = nn.LayerNorm(config.d_model)
+            self.head = nn.Linear(config.d_model, vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.body(self.embed(idx))))
@@ -91,34 +94,44 @@ def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     return {"test_loss": metrics["val_loss"], "test_acc": metrics["val_acc"]}
 
 
-def with_filter_decay(model: nn.Module, fast: float, slow: float) -> nn.Module:
-    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L."""
-    for mixer in model.modules():
-        if isinstance(mixer, SequenceMixer):
-            old = mixer.filter
-            mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
-                                          bands=old.bands, fast_decay=fast, slow_decay=slow)
+def with_filter_decay(model: nn.Module, fast: float, slow: float, *,
+                      generator: torch.Generator | None = None) -> nn.Module:
+    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L
+    (new weights drawn from ``generator``)."""
+    with drawing_from(generator):
+        for mixer in model.modules():
+            if isinstance(mixer, SequenceMixer):
+                old = mixer.filter
+                mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
+                                              bands=old.bands, fast_decay=fast,
+                                              slow_decay=slow).to(old.mlp[0].weight.dtype)
     return model
 
 
-def builders(base: TrainConfig) -> dict[str, Callable[[], nn.Module]]:
-    """A seeded constructor of each model, all matched to softmax attention's size."""
+#: A model constructor: weights drawn from the generator it is given (``None``: seed 0).
+Builder = Callable[..., nn.Module]
+
+
+def builders(base: TrainConfig) -> dict[str, Builder]:
+    """A constructor of each model, all matched to softmax attention's size."""
     d, layers, vocab, length = base.d_model, base.n_layers, base.mqar_vocab, base.seq_len
     target = param_count(replace(base, model="transformer").model_config())
     m2 = matched(replace(base, model="m2").model_config(), target)
     gpt = replace(base, model="transformer").model_config()
 
-    def arch_lm(name: str, n_layers: int, **options: object) -> Callable[[], nn.Module]:
-        return lambda: ArchLM(name, vocab, d, n_layers, length, **options)
+    def arch_lm(name: str, n_layers: int, **options: object) -> Builder:
+        config = arch_config(name, d_model=d, n_layers=n_layers, seq_len=length, **options)
+        return lambda generator=None: ArchLM(config, vocab, generator=generator)
 
-    def size(make: Callable[[], nn.Module]) -> int:
+    def size(make: Builder) -> int:
         return sum(p.numel() for p in make().parameters())
 
     baseconv_layers = min(range(1, 17), key=lambda n: abs(
         size(arch_lm("baseconv", n, short_conv=3)) - target))
-    return {"softmax attention": lambda: build_model(gpt),
-            "M2": lambda: build_model(m2),
-            "M2 slow decay": lambda: with_filter_decay(build_model(m2), *SLOW_DECAY),
+    return {"softmax attention": lambda generator=None: build_model(gpt, generator=generator),
+            "M2": lambda generator=None: build_model(m2, generator=generator),
+            "M2 slow decay": lambda generator=None: with_filter_decay(
+                build_model(m2, generator=generator), *SLOW_DECAY, generator=generator),
             "BaseConv": arch_lm("baseconv", baseconv_layers, short_conv=3),
             "linear attention": arch_lm("linear_attention", layers, n_heads=base.n_heads,
                                         mlp=True)}
@@ -133,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         best = None
         for lr in lrs:
             cfg = replace(base, lr=lr)
-            with seeded(cfg.seed):
-                model = make()
+            model = make(make_generator(cfg.seed))
             tag = f"{label.replace(' ', '-')}-lr{lr:g}"
             run = train_run(cfg, args.out, tag, model=model, name=f"{label} lr {lr:g}")
             run.update(test_accuracy(model, cfg), lr=lr)

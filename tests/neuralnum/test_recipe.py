@@ -13,7 +13,6 @@ from neuralnum.recipe import (
     BatchSchedule,
     GradientFilter,
     LRController,
-    Precision,
     Recipe,
     WeightAverage,
     cosine_similarity,
@@ -58,10 +57,11 @@ def test_dict_round_trip(lr, eps, batch, dtype, ema):
 
 
 def test_precision():
-    assert Precision.from_name("mixed") == Precision(torch.float64, torch.float32)
-    assert Precision.from_name("mixed").mixed and not Precision.from_name("float32").mixed
-    with pytest.raises(ValueError):
-        Precision.from_name("half")
+    mixed = Recipe(dtype="mixed").precision
+    assert (mixed.param_dtype, mixed.compute_dtype) == (torch.float64, torch.float32)
+    assert mixed.mixed and not Recipe(dtype="float32").precision.mixed
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Recipe(dtype="bfloat16")  # a model precision the recipe does not train in
 
 
 def test_optimizer_uses_recipe_eps_and_betas():

@@ -11,6 +11,7 @@ from structured.mixer import (
     GLUMixer,
     ImplicitFilter,
     SequenceMixer,
+    cached_filters,
     features_first,
     make_linear,
 )
@@ -108,29 +109,43 @@ def test_sequence_mixer_matches_its_formula(dtype, causal):
     u = torch.randn(3, 12, 4, generator=_gen(2), dtype=dtype)
     expected = _mixer_reference(mixer, u)
     torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
-    with torch.no_grad():                                  # the cached-filter path
+    with torch.no_grad(), cached_filters(mixer):           # the cached-filter path
         torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 def test_filter_cache_follows_length_and_parameter_changes():
     torch.manual_seed(3)
     mixer = SequenceMixer(4, causal=True, filter_order=8).double()
-    assert mixer.long_filter(16).requires_grad            # autograd: never cached
     with torch.no_grad():
+        assert mixer.long_filter(16) is not mixer.long_filter(16)  # outside: never cached
+    with cached_filters(mixer), torch.no_grad():
         first = mixer.long_filter(16)
         assert mixer.long_filter(16) is first             # reused
+        assert torch.equal(first, mixer._compute_long_filter(16))
         assert mixer.long_filter(8).shape == (4, 8)       # new length, recomputed
-        mixer.filter.mlp[0].weight.data.mul_(2)           # through .data: no version bump
-        changed = mixer.long_filter(8)
-        assert torch.equal(changed, mixer._compute_long_filter(8))
-        mixer.filter.mlp[0].weight.add_(1)                # in place, version bump
+        before = mixer.long_filter(8)
+        mixer.filter.mlp[0].weight.add_(1)                # in place: a version bump
         assert torch.equal(mixer.long_filter(8), mixer._compute_long_filter(8))
-        assert not torch.equal(mixer.long_filter(8), changed)
+        assert not torch.equal(mixer.long_filter(8), before)
         plain = mixer.float().long_filter(8)
         assert plain.dtype == torch.float32                            # new dtype
         with torch.autocast("cpu", dtype=torch.bfloat16):              # bf16 matmuls inside
             assert not torch.equal(mixer.long_filter(8), plain)
         assert torch.equal(mixer.long_filter(8), plain)                # autocast left
+        with torch.enable_grad():
+            assert mixer.long_filter(8).requires_grad                  # autograd: not cached
+    assert mixer._filter_cache is None                                 # dropped on exit
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_cached_filters_change_no_output(causal):
+    torch.manual_seed(3)
+    mixer = SequenceMixer(4, causal=causal, filter_order=8).double()
+    u = torch.randn(2, 16, 4, generator=_gen(3), dtype=torch.float64)
+    with torch.no_grad():
+        plain = mixer(u)
+        with cached_filters(mixer):
+            assert torch.equal(mixer(u), plain) and torch.equal(mixer(u), plain)
 
 
 def test_bidirectional_mixer_sees_the_future():

@@ -83,7 +83,7 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 @pytest.mark.parametrize("model", ["m2", "transformer"])
 def test_bf16_masked_lm_run_writes_metrics_and_plot(tmp_path, model):
-    cfg = TrainConfig(task="lm-masked", model=model, precision="bf16", steps=2,
+    cfg = TrainConfig(task="lm-masked", model=model, precision="bfloat16", steps=2,
                       eval_every=1, out_dir=str(tmp_path), **{**TINY, "plot": True})
     result = train(cfg)
     assert torch.isfinite(torch.tensor(result["val_loss"]))
@@ -100,7 +100,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     """
     if shutil.which("torchrun") is None:
         pytest.skip("torchrun not on PATH")
-    args = ["--task", "lm-masked", "--model", "m2", "--precision", "fp64", "--steps", "3",
+    args = ["--task", "lm-masked", "--model", "m2", "--precision", "float64", "--steps", "3",
             "--eval-every", "3", "--d-model", "16", "--n-layers", "1", "--seq-len", "16",
             "--batch-size", "4", "--eval-batches", "1", "--warmup-steps", "2", "--device", "cpu",
             "--no-plot"]
@@ -111,7 +111,7 @@ def test_two_process_ddp_matches_single_process(tmp_path):
          *args, "--out-dir", str(tmp_path / "ddp")],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=170, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = TrainConfig(task="lm-masked", precision="fp64", steps=3, eval_every=3,
+    cfg = TrainConfig(task="lm-masked", precision="float64", steps=3, eval_every=3,
                       out_dir=str(tmp_path / "single"), **{**TINY, "plot": False})
     train(cfg)
     ddp, single = (_records(tmp_path / d / "metrics.jsonl") for d in ("ddp", "single"))
