@@ -28,6 +28,7 @@ from neuralnum.evaluate import solve_report
 from neuralnum.learner import ARCHS, Learner
 from neuralnum.problems import FAMILIES, family_from_name
 from neuralnum.recipe import Recipe
+from neuralnum.runtime import cli_defaults
 
 __all__ = ["main", "parse_overrides", "print_report"]
 
@@ -173,6 +174,11 @@ def _solve(args: argparse.Namespace, learner: Learner) -> dict[str, dict[str, An
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the CLI; returns what was printed as data (used by tests)."""
+    with cli_defaults():
+        return _main(argv)
+
+
+def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     args = _build_parser().parse_args(argv)
     torch.set_num_threads(1 if getattr(args, "device", "cpu") == "cpu" else torch.get_num_threads())
     if args.command == "train":

@@ -4,7 +4,9 @@ Both :class:`neuralnum.learner.Learner` and ``structured.train`` build on this m
 nothing here is written twice elsewhere.
 
 * :func:`make_generator` — explicit, seeded ``torch.Generator`` (no global RNG state).
-* :func:`progress` — a tqdm bar shown only on the main process.
+* :func:`progress` — a tqdm bar shown only on the main process; :func:`show_progress`
+  silences bars in a block; :func:`cli_defaults` applies the environment defaults
+  (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``) at a command-line entry point.
 * :class:`MetricsLog` — append-only JSON-lines metrics, truncated on resume.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
   ``os.replace``) and safe load (``torch.load(weights_only=True)``).
@@ -19,6 +21,7 @@ nothing here is written twice elsewhere.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -32,10 +35,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from kernels import env_backend, use_backend
+
 __all__ = [
     "CheckpointError",
     "Distributed",
     "MetricsLog",
+    "cli_defaults",
+    "env_progress",
     "generator_state",
     "init_distributed",
     "load_checkpoint",
@@ -45,6 +52,7 @@ __all__ = [
     "restore_training_state",
     "save_checkpoint",
     "seeded",
+    "show_progress",
     "training_state",
 ]
 
@@ -140,6 +148,33 @@ def restore_training_state(
 
 
 # --------------------------------------------------------------------------- progress
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("progress", default=True)
+
+
+@contextlib.contextmanager
+def show_progress(enabled: bool) -> Iterator[None]:
+    """Show (or silence) every :func:`progress` bar inside the ``with`` block."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def env_progress(environ: Mapping[str, str] = os.environ) -> bool:
+    """``False`` when ``NEURALNUM_PROGRESS=0`` in ``environ`` (for CLI entry points only)."""
+    return environ.get("NEURALNUM_PROGRESS", "1") != "0"
+
+
+@contextlib.contextmanager
+def cli_defaults(environ: Mapping[str, str] = os.environ) -> Iterator[None]:
+    """The documented environment defaults, read once at a command-line entry point:
+    ``NEURALNUM_PROGRESS`` (:func:`show_progress`) and ``NEURALNUM_KERNELS``
+    (:func:`kernels.use_backend`)."""
+    with show_progress(env_progress(environ)), use_backend(env_backend(environ)):
+        yield
+
+
 def progress(
     iterable: Iterable[Any] | None = None,
     *,
@@ -148,17 +183,14 @@ def progress(
     desc: str | None = None,
     enabled: bool = True,
 ) -> tqdm:
-    """A tqdm progress bar; silent when ``enabled`` is False (e.g. non-zero ranks).
-
-    ``NEURALNUM_PROGRESS=0`` in the environment silences every bar (useful in CI logs).
-    """
-    enabled = enabled and os.environ.get("NEURALNUM_PROGRESS", "1") != "0"
+    """A tqdm progress bar; silent when ``enabled`` is False (e.g. non-zero ranks) or
+    inside ``show_progress(False)``."""
     return tqdm(
         iterable,
         total=total,
         initial=initial,
         desc=desc,
-        disable=not enabled,
+        disable=not (enabled and _PROGRESS.get()),
         dynamic_ncols=True,
         mininterval=0.5,
     )

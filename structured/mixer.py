@@ -237,7 +237,4 @@ class GLUMixer(nn.Module):
     def _features_first(self, x_t: torch.Tensor) -> torch.Tensor:
         """``x_t: (d, N)`` → ``(d, N)``."""
         gate, value = features_first(self.up, x_t).split(self.hidden)       # (hidden, N)
-        hidden = F.gelu(gate)
-        # in place when nothing needs gelu's output for a backward pass (one buffer less)
-        hidden = hidden.mul_(value) if not hidden.requires_grad else hidden * value
-        return features_first(self.down, hidden)
+        return features_first(self.down, F.gelu(gate) * value)

@@ -37,6 +37,7 @@ from neuralnum.runtime import (
     CheckpointError,
     Distributed,
     MetricsLog,
+    cli_defaults,
     init_distributed,
     load_checkpoint,
     make_generator,
@@ -365,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
         cfg = parse_config(argv)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    train(cfg)
+    with cli_defaults():
+        train(cfg)
 
 
 if __name__ == "__main__":

@@ -173,7 +173,7 @@ def test_glu_mixer(dtype, kind):
     assert y.shape == u.shape and y.dtype == dtype
     gate, value = mlp.up(u).split(16, dim=-1)
     torch.testing.assert_close(y, mlp.down(torch.nn.functional.gelu(gate) * value))
-    with torch.no_grad():                              # the in-place, out= fast paths
+    with torch.no_grad():                              # the inference path
         y_fast = mlp(u)
     assert not y_fast.requires_grad
     torch.testing.assert_close(y_fast, y.detach())
