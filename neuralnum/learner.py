@@ -1,7 +1,7 @@
 """Train a sequence model on an objective with a recipe, then use it as a solver.
 
 ``Learner(arch, target, recipe)`` wraps a token model ``(B, n, width) → (B, n, width)``
-(a :func:`neuralnum.arch.build_model` name or any ``nn.Module``), an objective
+(a :func:`neuralnum.arch.arch_config` name or any ``nn.Module``), an objective
 (:mod:`neuralnum.objectives`: the GD update rule, or ``x*`` end-to-end) and a
 :class:`~neuralnum.recipe.Recipe`.
 
@@ -114,7 +114,7 @@ def _cast_module(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
 class Learner:
     """A trainable learned solver step (or end-to-end predictor) for ``n × d`` problems.
 
-    ``arch``: a :func:`neuralnum.arch.build_model` name (``d_model``, ``n_layers`` and
+    ``arch``: a :func:`neuralnum.arch.arch_config` name (``d_model``, ``n_layers`` and
     ``arch_options`` default to :func:`default_arch`; weights seeded by ``seed``) or an
     ``nn.Module`` mapping ``(B, n, d_model)`` tokens to the same shape.
     ``target``: a :class:`~neuralnum.targets.GDStep`, an objective, ``"gd"`` or
