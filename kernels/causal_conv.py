@@ -41,11 +41,10 @@ def _toeplitz(k: torch.Tensor) -> torch.Tensor:
 def causal_conv_direct(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Causal convolution of ``u: (B, H, L)`` with ``k: (H, L)`` through the Toeplitz matrix.
 
-    One batched matmul over channels, ``(H, B, L) @ (H, L, L)``. Returns ``(B, H, L)``.
+    One batched matmul over channels, ``(H, L, L) @ (H, L, B)``. Returns ``(B, H, L)``.
     """
     _check(u, k)
-    return torch.matmul(u.transpose(0, 1), _toeplitz(k.to(u.dtype)).transpose(-1, -2)
-                        ).transpose(0, 1)
+    return (_toeplitz(k.to(u.dtype)) @ u.permute(1, 2, 0)).permute(2, 0, 1)
 
 
 def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 64) -> torch.Tensor:
