@@ -20,7 +20,7 @@ import torch
 
 from neuralnum.arch import count_parameters
 from neuralnum.runtime import MetricsLog, make_generator, progress
-from structured.mixer import cached_filters
+from structured.mixer import GLUMixer, cached_filters
 from structured.models import ModelConfig, build_model
 from structured.train import TrainConfig, train
 from studies.study_io import (
@@ -131,6 +131,28 @@ def forward_throughput(configs: dict[str, ModelConfig], lengths: Sequence[int], 
     return rows
 
 
+def glu_layout_speedup(cfg: ModelConfig, *, length: int = 4096, repeats: int = 10) -> float:
+    """Forward speed-up of :class:`structured.mixer.GLUMixer`'s features-first, chunked
+    layout over the plain ``down(gelu(gate) · value)`` on ``(1, length, d)`` tokens (best
+    of ``repeats``, alternated; the two are equal in value and gradient, see
+    ``tests/structured/test_mixer.py``)."""
+    mlp = GLUMixer(cfg.d_model, cfg.mlp_hidden, linear=cfg.dim_mixer, nblocks=cfg.nblocks)
+    u = torch.randn(1, length, cfg.d_model, generator=make_generator(0))
+
+    def plain() -> torch.Tensor:
+        gate, value = mlp.up(u).split(cfg.mlp_hidden, dim=-1)
+        return mlp.down(torch.nn.functional.gelu(gate) * value)
+
+    times: dict[str, list[float]] = {"layout": [], "plain": []}
+    with torch.no_grad():
+        for _ in range(repeats + 1):                        # the first round warms up
+            for name, run in (("layout", lambda: mlp(u)), ("plain", plain)):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return min(times["plain"][1:]) / min(times["layout"][1:])
+
+
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path, *, title: str,
                 key: str = "val_loss", ylabel: str = "held-out loss (nats)") -> Path:
     """Training loss (left) and held-out ``key`` (right) of several runs in one PNG."""
@@ -239,6 +261,9 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
         print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
               f"{row['speedup_at_4096']:.2f}x (target ≥ 3x), loss vs {tf_label} "
               f"{row['loss_vs_tf']:.3f} (target ≤ 1.05)")
+    summary[m2_label]["glu_layout_speedup_at_4096"] = glu_layout_speedup(configs[m2_label])
+    print(f"{m2_label}: the features-first, chunked GLU layout speeds the GLU forward at "
+          f"L=4096 by {summary[m2_label]['glu_layout_speedup_at_4096']:.2f}x")
     if "filter_cache_speedup_at_4096" in summary[m2_label]:
         print(f"{m2_label}: the inference filter cache (structured.mixer.cached_filters) "
               f"speeds the forward pass at L=4096 by "
