@@ -147,9 +147,10 @@ class SequenceMixer(nn.Module):
         In the ``2L`` layout tap ``L + j`` multiplies input ``s = t + L − j``, so the
         reverse filter's tap ``m`` (at index ``2L − 1 − m``) reaches ``m + 1`` steps ahead.
 
-        Inside :func:`cached_filters` and without autograd the taps are computed once per
-        length, dtype, device, autocast state and parameter versions, and the returned
-        tensor is shared (do not modify it in place); otherwise they are recomputed.
+        Inside :func:`cached_filters` and without autograd, the taps of the previous call
+        are returned again while the length, dtype, device, autocast state and parameter
+        versions are the same (a shared tensor: do not modify it in place); otherwise,
+        and always outside the block, they are computed afresh.
         """
         if self._filter_cache is None or torch.is_grad_enabled():
             return self._compute_long_filter(length)
@@ -159,7 +160,7 @@ class SequenceMixer(nn.Module):
         key = (length, autocast, params[0].dtype, params[0].device,
                tuple(p._version for p in params))
         if key not in self._filter_cache:
-            self._filter_cache.clear()  # keep one entry: old versions are dead
+            self._filter_cache.clear()  # one entry: stale versions are never asked again
             self._filter_cache[key] = self._compute_long_filter(length)
         return self._filter_cache[key]
 
