@@ -63,10 +63,11 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, base:
         shown = (f"one of {', '.join(map(str, choices[f.name]))}; " if f.name in choices
                  else "")
         kwargs: dict[str, Any] = {
-            "dest": prefix + f.name, "help": f"{shown}default {default}",
+            "dest": prefix + f.name, "metavar": f.name.upper(),
+            "help": f"{shown}default {default}",
             "default": argparse.SUPPRESS if suppress else default}
         if isinstance(default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
+            kwargs.update(action=argparse.BooleanOptionalAction, metavar=None)
         elif isinstance(default, tuple) and default:
             kwargs.update(nargs=len(default), type=type(default[0]))
         elif isinstance(default, _SCALARS):

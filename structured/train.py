@@ -344,7 +344,8 @@ def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> Pat
 
 # ----------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m structured.train",
+                                     description=__doc__.split("\n\n")[0])
     add_dataclass_arguments(parser, TrainConfig, exclude=("kind", "vocab_size"),
                             choices=_CHOICES)
     parser.add_argument("--threads", type=int, default=0,
