@@ -30,13 +30,15 @@ from neuralnum.objectives import Objective, as_objective, objective_from_dict
 from neuralnum.predictor import (
     ARCHS,
     Predictor,
-    build_arch,
     cast_module,
+    check_weights,
     default_arch,
+    load_construction,
+    named_arch,
     one_step_metrics,
 )
 from neuralnum.recipe import Recipe
-from neuralnum.runtime import CheckpointError, load_checkpoint, make_generator, save_checkpoint
+from neuralnum.runtime import CheckpointError, load_checkpoint, save_checkpoint
 from neuralnum.tokens import TokenLayout
 from neuralnum.validation import check_problem, check_tensor
 
@@ -83,13 +85,10 @@ class Learner:
         self.device = torch.device(device)
         self.arch_config: dict[str, Any] | None = None
         if isinstance(arch, str):
-            default_width, default_layers, default_options = default_arch(arch, d)
-            d_model = d_model or default_width
-            n_layers = n_layers or default_layers
-            options = default_options if arch_options is None else dict(arch_options)
-            model = build_arch(arch, d_model, n_layers, n, self.dtype, seed, options)
-            self.arch_config = {"name": arch, "d_model": d_model, "n_layers": n_layers,
-                                "seed": seed, "options": options}
+            model, self.arch_config = named_arch(arch, n, d, self.dtype, d_model=d_model,
+                                                 n_layers=n_layers, options=arch_options,
+                                                 seed=seed)
+            d_model = self.arch_config["d_model"]
         elif isinstance(arch, nn.Module):
             d_model = d_model or getattr(arch, "d_model", 2 * d + 1)
             model = cast_module(arch, self.dtype)
@@ -139,21 +138,10 @@ class Learner:
         For BaseConv / linear attention learners of the default shape and the update
         objective: the starting point of the precision-refinement studies.
         """
-        from neuralnum.arch import construct
-
-        builders = {"baseconv": construct.construct_baseconv_gd,
-                    "linear_attention": construct.construct_linear_attention_gd}
-        name = (self.arch_config or {}).get("name")
-        if name not in builders or not self.objective.iterative:
-            raise ValueError("init_construction needs a baseconv or linear_attention learner "
-                             "with the update objective")
-        exact = builders[name](self.n, self.d, 1.0 / self.n, dtype=self.dtype)
-        self._check_weights(exact.state_dict(), self.model.state_dict(),
-                            f"the construction of {name}", ValueError)
-        self.model.load_state_dict(exact.state_dict())
-        gen = make_generator(seed)
-        for p in self.model.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+        if not self.objective.iterative:
+            raise ValueError("init_construction needs the update objective")
+        load_construction(self.model, (self.arch_config or {}).get("name"), self.n, self.d,
+                          noise=noise, seed=seed)
         return self
 
     # ------------------------------------------------------------------ forward
@@ -299,14 +287,6 @@ class Learner:
         return save_checkpoint(path, {"format": FORMAT, "config": self.config(),
                                       "model": self.net.state_dict()})
 
-    @staticmethod
-    def _check_weights(weights: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
-                       what: object, error: type[Exception] = CheckpointError) -> None:
-        if set(weights) != set(current) or any(weights[k].shape != current[k].shape
-                                               for k in current):
-            raise error(f"{what} is incompatible: its weights do not match this model's "
-                        f"parameter names/shapes")
-
     def check_compatible(self, state: dict[str, Any], path: object) -> dict[str, Any]:
         """Raise :class:`CheckpointError` unless ``state`` (a loaded checkpoint) holds a
         learner of this shape and objective; returns ``state``."""
@@ -324,7 +304,7 @@ class Learner:
             if a != b:
                 raise CheckpointError(f"{path} is incompatible: {key} = {a!r}, this learner "
                                       f"has {b!r}")
-        self._check_weights(state["model"], self.net.state_dict(), path)
+        check_weights(state["model"], self.net.state_dict(), path, CheckpointError)
         return state
 
     def load_weights(self, path: str | os.PathLike[str]) -> Learner:

@@ -1,7 +1,8 @@
 """The learner's network: a named token model, wrapped to map problems to predictions.
 
-* :func:`default_arch` / :func:`build_arch` — the default shape of each architecture
-  name and the one place a named architecture is built (seeded).
+* :func:`default_arch` / :func:`build_arch` / :func:`named_arch` — the default shape of
+  each architecture name and the one place a named architecture is built (seeded);
+  :func:`load_construction` — the exact GD weights (plus noise) for such a model.
 * :class:`Predictor` — ``(A, b, x) → (B, d)``: token layout, token model, read-out by
   the objective; the module the training loop trains (and DDP wraps).
 * :func:`one_step_metrics` — MSE / relative MSE / digits of predictions.
@@ -18,12 +19,12 @@ from torch.func import functional_call
 
 from neuralnum.objectives import Objective
 from neuralnum.reference import digits, mse, relative_error
-from neuralnum.runtime import seeded
+from neuralnum.runtime import make_generator, seeded
 from neuralnum.tokens import TokenLayout
 from neuralnum.train import Precision
 
-__all__ = ["ARCHS", "Predictor", "build_arch", "cast_module", "default_arch",
-           "one_step_metrics"]
+__all__ = ["ARCHS", "Predictor", "build_arch", "cast_module", "check_weights",
+           "default_arch", "load_construction", "named_arch", "one_step_metrics"]
 
 ARCHS = ("baseconv", "linear_attention", "transformer")
 
@@ -54,6 +55,51 @@ def build_arch(name: str, d_model: int, n_layers: int, n: int, dtype: torch.dtyp
     with seeded(seed):
         return build_model(name, d_model=d_model, n_layers=n_layers, seq_len=n, dtype=dtype,
                            **options)
+
+
+def named_arch(name: str, n: int, d: int, dtype: torch.dtype, *, d_model: int | None = None,
+               n_layers: int | None = None, options: dict[str, Any] | None = None,
+               seed: int = 0) -> tuple[nn.Module, dict[str, Any]]:
+    """Architecture ``name`` for ``n × d`` problems (unset shape from :func:`default_arch`)
+    and the JSON-able config that rebuilds it."""
+    default_width, default_layers, default_options = default_arch(name, d)
+    config = {"name": name, "d_model": d_model or default_width,
+              "n_layers": n_layers or default_layers, "seed": seed,
+              "options": default_options if options is None else dict(options)}
+    model = build_arch(name, config["d_model"], config["n_layers"], n, dtype, seed,
+                       config["options"])
+    return model, config
+
+
+def check_weights(weights: dict[str, torch.Tensor], current: dict[str, torch.Tensor],
+                  what: object, error: type[Exception]) -> None:
+    """Raise ``error`` unless ``weights`` has ``current``'s names and shapes."""
+    if set(weights) != set(current) or any(weights[k].shape != current[k].shape
+                                           for k in current):
+        raise error(f"{what} is incompatible: its weights do not match this model's "
+                    f"parameter names/shapes")
+
+
+@torch.no_grad()
+def load_construction(model: nn.Module, name: str | None, n: int, d: int, *,
+                      noise: float = 0.0, seed: int = 0) -> None:
+    """Set ``model`` (a default-shape ``"baseconv"`` / ``"linear_attention"`` named
+    ``name``) to the exact GD construction with ``η = 1/n`` (it computes
+    ``x − Aᵀ(Ax − b)/n``), plus ``noise``·N(0, 1) on every parameter (generator ``seed``)."""
+    from neuralnum.arch import construct
+
+    builders = {"baseconv": construct.construct_baseconv_gd,
+                "linear_attention": construct.construct_linear_attention_gd}
+    if name not in builders:
+        raise ValueError("init_construction needs a baseconv or linear_attention learner "
+                         "with the update objective")
+    dtype = next(model.parameters()).dtype
+    exact = builders[name](n, d, 1.0 / n, dtype=dtype).state_dict()
+    check_weights(exact, model.state_dict(), f"the construction of {name}", ValueError)
+    model.load_state_dict(exact)
+    gen = make_generator(seed)
+    for p in model.parameters():
+        p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
 
 
 def cast_module(model: nn.Module, dtype: torch.dtype) -> nn.Module:
