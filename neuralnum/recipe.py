@@ -52,6 +52,7 @@ from neuralnum.train import (
     Schedule,
     ema_average,
     make_scheduler,
+    parse_precision,
 )
 
 __all__ = [
@@ -188,7 +189,7 @@ class Recipe:
 
     @property
     def precision(self) -> Precision:
-        return Precision.from_name(self.dtype, _DTYPES)
+        return parse_precision(self.dtype, _DTYPES)
 
 
 #: One-flag ablations: the fields that switch each component of the default recipe off.

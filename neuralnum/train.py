@@ -10,9 +10,10 @@ what the loss is), their optimizer and their hooks.
 
 Pieces
 ------
-* :class:`Precision` / :data:`PRECISIONS` — the one precision vocabulary of every training
-  config: ``"float32"``, ``"float64"``, ``"bfloat16"`` (float32 weights, bf16 autocast)
-  and ``"mixed"`` (float64 master weights, float32 forward/backward).
+* :class:`Precision` / :func:`parse_precision` / :data:`PRECISIONS` — the one precision
+  vocabulary of every training config: ``"float32"``, ``"float64"``, ``"bfloat16"``
+  (float32 weights, bf16 autocast) and ``"mixed"`` (float64 master weights, float32
+  forward/backward).
 * :class:`Schedule` — the one LR schedule (linear warm-up, then cosine / step / no decay
   to a floor, times the scales hooks set); a ``lr_lambda`` for
   ``torch.optim.lr_scheduler.LambdaLR`` (:func:`make_scheduler`), whose ``state_dict``
@@ -92,6 +93,7 @@ __all__ = [
     "Task",
     "ema_average",
     "make_scheduler",
+    "parse_precision",
     "shard_batch",
     "train",
 ]
@@ -104,37 +106,38 @@ Batch = tuple[Any, ...]
 # --------------------------------------------------------------------------- precision
 @dataclass(frozen=True)
 class Precision:
-    """Parameter (master) dtype and compute dtype of a training run.
+    """Parameter (master) dtype, compute dtype and autocast dtype of a run.
 
-    ``compute_dtype`` bfloat16 means autocast around the forward pass (weights stay
-    float32); a float32 compute dtype under float64 parameters (``"mixed"``) means a
-    float32 copy of the weights computes forward/backward and gradients flow back to the
-    float64 masters.
+    ``autocast`` is ``None`` unless the forward pass runs under ``torch.autocast`` (the
+    ``"bfloat16"`` precision: float32 weights, bfloat16 matmuls); ``"mixed"`` computes
+    forward/backward on a float32 copy of float64 master weights.
     """
 
+    name: str
     param_dtype: torch.dtype
     compute_dtype: torch.dtype
-
-    @classmethod
-    def from_name(cls, name: str, allowed: Sequence[str] = PRECISIONS) -> Precision:
-        """The precision called ``name`` (one of ``allowed`` ⊆ :data:`PRECISIONS`)."""
-        table = {"float32": (torch.float32, torch.float32),
-                 "float64": (torch.float64, torch.float64),
-                 "bfloat16": (torch.float32, torch.bfloat16),
-                 "mixed": (torch.float64, torch.float32)}
-        if name not in allowed or name not in table:
-            raise ValueError(f"precision must be one of {tuple(allowed)}, got {name!r}")
-        return cls(*table[name])
+    autocast: torch.dtype | None = None
 
     @property
     def mixed(self) -> bool:
-        """A float32 copy computes for float64 masters."""
-        return self.param_dtype == torch.float64 and self.compute_dtype == torch.float32
+        """Whether the forward pass runs on a lower-precision copy of the weights."""
+        return self.param_dtype != self.compute_dtype
 
-    @property
-    def autocast(self) -> bool:
-        """The forward pass runs under ``torch.autocast`` in :attr:`compute_dtype`."""
-        return self.compute_dtype == torch.bfloat16
+
+_PRECISIONS = {
+    "float32": Precision("float32", torch.float32, torch.float32),
+    "float64": Precision("float64", torch.float64, torch.float64),
+    "bfloat16": Precision("bfloat16", torch.float32, torch.float32, torch.bfloat16),
+    "mixed": Precision("mixed", torch.float64, torch.float32),
+}
+
+
+def parse_precision(name: object, choices: Sequence[str] = PRECISIONS) -> Precision:
+    """The :class:`Precision` called ``name``; ``ValueError`` unless it is in ``choices``
+    (a subset of :data:`PRECISIONS`: the precisions a caller supports)."""
+    if name not in choices or name not in _PRECISIONS:
+        raise ValueError(f"precision must be one of {tuple(choices)}, got {name!r}")
+    return _PRECISIONS[name]
 
 
 # --------------------------------------------------------------------------- schedule

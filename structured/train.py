@@ -38,9 +38,9 @@ from neuralnum.train import (
     Hook,
     Loop,
     LoopConfig,
-    Precision,
     Schedule,
     make_scheduler,
+    parse_precision,
 )
 from neuralnum.train import Task as LoopTask
 from neuralnum.train import train as run_loop
@@ -105,7 +105,7 @@ class TrainConfig:
             if getattr(self, name) not in _CHOICES[name]:
                 raise ValueError(f"{name} must be one of {_CHOICES[name]}, got "
                                  f"{getattr(self, name)!r}")
-        Precision.from_name(self.precision, PRECISIONS)
+        parse_precision(self.precision, PRECISIONS)
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -123,7 +123,7 @@ class TrainConfig:
     @property
     def dtype(self) -> torch.dtype:
         """Parameter dtype (bfloat16 keeps float32 weights and autocasts the forward)."""
-        return Precision.from_name(self.precision, PRECISIONS).param_dtype
+        return parse_precision(self.precision, PRECISIONS).param_dtype
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -198,8 +198,9 @@ def loss_and_correct(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch
 
 
 def _autocast(cfg: TrainConfig, device: torch.device) -> contextlib.AbstractContextManager:
-    if Precision.from_name(cfg.precision, PRECISIONS).autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+    autocast = parse_precision(cfg.precision, PRECISIONS).autocast
+    if autocast is not None:
+        return torch.autocast(device.type, dtype=autocast)
     return contextlib.nullcontext()
 
 

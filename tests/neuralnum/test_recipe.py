@@ -61,10 +61,8 @@ def test_dict_round_trip(lr, eps, batch, dtype, ema):
 
 
 def test_precision():
-    assert Precision.from_name("mixed") == Precision(torch.float64, torch.float32)
-    assert Precision.from_name("mixed").mixed and not Precision.from_name("float32").mixed
-    with pytest.raises(ValueError):
-        Precision.from_name("half")
+    assert Recipe(dtype="mixed").precision == Precision("mixed", torch.float64, torch.float32)
+    assert Recipe(dtype="mixed").precision.mixed and not Recipe(dtype="float32").precision.mixed
 
 
 def test_optimizer_uses_recipe_eps_and_betas():

@@ -1,7 +1,6 @@
 """neuralnum.train (the one loop) and neuralnum.cli (config → flags): the plug-in seams."""
 
 import argparse
-import math
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,6 +22,7 @@ from neuralnum.train import (
     Precision,
     Schedule,
     Task,
+    parse_precision,
     train,
 )
 
@@ -132,7 +132,7 @@ def test_resume_refuses_other_formats_and_plugins(tmp_path):
     with pytest.raises(CheckpointError, match="other training plug-ins"):
         train(_loop(hooks=[Recorder()]), again, Distributed())
     save_checkpoint(ckpt, {"format": "neuralnum.train/0"})
-    with pytest.raises(CheckpointError, match="is not a neuralnum.train/1 checkpoint"):
+    with pytest.raises(CheckpointError, match=r"is not a neuralnum\.train/1 checkpoint"):
         train(_loop(), again, Distributed())
 
 
@@ -168,11 +168,12 @@ def test_schedule_scales_floor_and_validation():
 
 
 def test_precision_vocabulary():
-    assert Precision.from_name("bfloat16").autocast
-    assert Precision.from_name("mixed").mixed and not Precision.from_name("float64").mixed
+    assert parse_precision("bfloat16").autocast == torch.bfloat16
+    assert parse_precision("bfloat16").param_dtype == torch.float32
+    assert parse_precision("mixed").mixed and not parse_precision("float64").mixed
+    assert parse_precision("mixed") == Precision("mixed", torch.float64, torch.float32)
     with pytest.raises(ValueError, match="precision must be one of"):
-        Precision.from_name("bfloat16", ("float32", "float64", "mixed"))
-    assert math.isfinite(torch.finfo(Precision.from_name("float32").param_dtype).eps)
+        parse_precision("bfloat16", ("float32", "float64", "mixed"))
 
 
 # --------------------------------------------------------------------------- cli
