@@ -28,30 +28,40 @@ Pieces
 The optimizer seam
 ------------------
 First-order optimizers are any ``torch.optim.Optimizer`` the caller builds (Adam, AdamW).
-A second-order or line-search method is a :class:`Finisher`: an object with
-``run(problem: FinisherProblem) -> dict`` that receives the training module, its
-parameters, a DDP-aware ``closure()`` (zero grads, forward, backward, return the global
-mean loss) and a pure ``residuals(params) -> (m,) tensor`` over the same fixed batch
-(built with ``torch.func.functional_call``; ``loss == residuals(params).pow(2).sum()``).
-A Levenberg–Marquardt finisher is therefore::
+A second-order or line-search method is a :class:`Finisher`: an object with a
+``batch_size`` and ``run(problem: FinisherProblem) -> dict`` (metrics for the final
+record), run once after the loop (after the weight average is copied in). The
+:class:`FinisherProblem` holds the training module, its parameters by name, and, over
+one fixed batch of ``batch_size`` problems drawn from the training generator, a
+DDP-aware ``closure()`` (zero grads, forward, backward, return the global mean loss) and
+a pure ``residuals(params) -> (m,) tensor`` (``torch.func.functional_call``; its squared
+sum is the loss); also the task and the generator (to draw more data) and ``log``.
+:class:`LBFGSFinisher` is ``LBFGS(params).step(closure)``. A Levenberg–Marquardt phase
+on the fixed batch is::
 
-    class LMFinisher:
-        def __init__(self, steps: int, batch_size: int):
-            self.steps, self.batch_size = steps, batch_size
+    @dataclass
+    class LMFinisher(Finisher):
+        steps: int
+        batch_size: int
 
         def run(self, problem: FinisherProblem) -> dict[str, float]:
-            params = {k: v.detach().clone() for k, v in problem.params.items()}
+            theta = {k: v.detach().clone() for k, v in problem.params.items()}
             for _ in range(self.steps):
-                params = lm_step(problem.residuals, params)     # e.g. torch.func.jacrev
-            problem.load(params)                                # copy into the model
-            return {"finisher_loss": float(problem.residuals(params).pow(2).sum())}
+                r = problem.residuals(theta)
+                jac = torch.func.jacrev(problem.residuals)(theta)      # name → (m, *shape)
+                theta = lm_step(theta, r, jac)                         # damped normal eqs
+            problem.load(theta)
+            return {"lm_loss": float(problem.residuals(theta).pow(2).sum())}
 
-and it is plugged in with ``train(Loop(..., finishers=[LMFinisher(20, 1024)]), ...)``
-(the Learner builds its finishers in :func:`neuralnum.recipe.make_finishers`).
+and one that grows its own problem set (``batch_size = 0``) calls
+``problem.task.sample(size, problem.generator)`` and ``problem.log(lm=record)``. It is
+plugged in as ``Loop(..., finishers=[LMFinisher(20, 1024)])``; the Learner builds its
+finishers in :func:`neuralnum.recipe.make_training` (``Recipe.finisher_steps``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -272,13 +282,20 @@ class FinisherProblem:
     ``model``: the (possibly DDP-wrapped) training module; ``params``: its trainable
     parameters by name; ``closure()``: zero the grads, forward, backward (DDP averages),
     return the global mean loss; ``residuals(params)``: the pure ``(m,)`` residual vector
-    at the given parameter values (``torch.func.functional_call``).
+    at the given parameter values (``torch.func.functional_call``), with
+    ``residuals(params).pow(2).sum() == loss``. A finisher that draws its own data (its
+    ``batch_size`` is 0: no fixed batch, ``closure`` and ``residuals`` unset) uses
+    ``task.sample(size, generator)``; ``log(**metrics)`` writes a record at the current
+    step.
     """
 
     model: nn.Module
     params: dict[str, torch.nn.Parameter]
-    closure: Callable[[], torch.Tensor]
-    residuals: Callable[[Mapping[str, torch.Tensor]], torch.Tensor]
+    closure: Callable[[], torch.Tensor] | None
+    residuals: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None
+    task: Task
+    generator: torch.Generator
+    log: Callable[..., dict[str, Any]]
 
     @torch.no_grad()
     def load(self, values: Mapping[str, torch.Tensor]) -> None:
@@ -288,7 +305,8 @@ class FinisherProblem:
 
 
 class Finisher:
-    """An optimizer phase after the main loop: ``batch_size`` problems, ``run`` once."""
+    """An optimizer phase after the main loop, ``run`` once on ``batch_size`` problems
+    drawn from the training generator (0: the finisher draws its own data)."""
 
     batch_size: int
 
@@ -304,6 +322,8 @@ class LBFGSFinisher(Finisher):
     batch_size: int
 
     def run(self, problem: FinisherProblem) -> dict[str, float]:
+        if problem.closure is None:
+            raise ValueError("the L-BFGS finisher needs a fixed batch (batch_size >= 1)")
         lbfgs = torch.optim.LBFGS(list(problem.params.values()), lr=1.0,
                                   max_iter=self.steps, tolerance_grad=0.0,
                                   tolerance_change=0.0, line_search_fn="strong_wolfe")
@@ -477,16 +497,22 @@ def _finish(loop: Loop, model: nn.Module, cfg: LoopConfig, gen: torch.Generator,
                 p.copy_(a)
     metrics: dict[str, Any] = {}
     for finisher in loop.finishers:
-        batch = loop.task.shard(loop.task.sample(finisher.batch_size, gen), dist)
-        metrics.update(finisher.run(_finisher_problem(model, loop, batch, dist)) or {})
+        problem = _finisher_problem(model, loop, finisher.batch_size, gen, dist,
+                                    functools.partial(log.log, step))
+        metrics.update(finisher.run(problem) or {})
     if loop.finishers or loop.average is not None:
         log.log(step, final=True, **metrics, **loop.task.evaluate(loop.model))
 
 
-def _finisher_problem(model: nn.Module, loop: Loop, batch: Batch,
-                      dist: Distributed) -> FinisherProblem:
+def _finisher_problem(model: nn.Module, loop: Loop, size: int, gen: torch.Generator,
+                      dist: Distributed, log: Callable[..., dict[str, Any]]
+                      ) -> FinisherProblem:
     raw = loop.model
     params = {k: p for k, p in raw.named_parameters() if p.requires_grad}
+    problem = FinisherProblem(model, params, None, None, loop.task, gen, log)
+    if not size:
+        return problem
+    batch = loop.task.shard(loop.task.sample(size, gen), dist)
 
     def closure() -> torch.Tensor:
         for p in params.values():
@@ -499,7 +525,8 @@ def _finisher_problem(model: nn.Module, loop: Loop, batch: Batch,
         return loop.task.residuals(lambda *args: functional_call(raw, dict(values), args),
                                    batch)
 
-    return FinisherProblem(model, params, closure, residuals)
+    problem.closure, problem.residuals = closure, residuals
+    return problem
 
 
 # --------------------------------------------------------------------------- checkpoints
