@@ -28,9 +28,30 @@ from neuralnum.train import Loop, LoopConfig, Task, train
 if TYPE_CHECKING:
     from neuralnum.learner import Learner
 
-__all__ = ["ProblemTask", "fit"]
+__all__ = ["ProblemTask", "draw_problems", "fit"]
 
 Callback = Callable[["Learner", dict[str, Any]], bool | None]
+
+
+def draw_problems(learner: Learner, family: Any, size: int,
+                  gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """``(A, b, x, label)`` of ``size`` new problems of ``family`` (iterates and labels by
+    the learner's objective), drawn from ``gen`` on the CPU and moved to the learner's
+    device: ``(B, n, d)``, ``(B, n)``, ``(B, d)``, ``(B, d)`` in the learner's dtype."""
+    problems = family.sample(size, gen, learner.dtype)
+    A, b, x_star = problems.A, problems.b, problems.x_star
+    if A.shape[1:] != (learner.n, learner.d):
+        raise ValueError(f"family produces {tuple(A.shape[1:])} problems but the learner "
+                         f"was built for (n, d) = {(learner.n, learner.d)}")
+    objective = learner.objective
+    if x_star is None:
+        if not objective.iterative:
+            raise ValueError("the end-to-end objective needs families that know x_star "
+                             "(noise = 0)")
+        x_star = A.new_zeros(A.shape[0], A.shape[2])  # iterates drawn around 0
+    x = objective.sample_iterate(x_star, gen)
+    batch = (A, b, x, objective.label(A, b, x, x_star))
+    return tuple(t.to(learner.device) for t in batch)
 
 
 class ProblemTask(Task):
@@ -44,32 +65,16 @@ class ProblemTask(Task):
     def __init__(self, learner: Learner, family: Any, *, seed: int, eval_batch: int):
         self.learner, self.family = learner, family
         self.relative = learner.recipe.relative_loss
-        self.eval_set = self.fresh(eval_batch, make_generator(seed + 1_000_003))
+        self.eval_set = draw_problems(learner, family, eval_batch,
+                                      make_generator(seed + 1_000_003))
         self.pool = None
         if not learner.recipe.fresh:
-            self.pool = self.fresh(learner.recipe.pool_size, make_generator(seed + 2_000_003))
-
-    def fresh(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-        """``size`` new problems with iterates and labels, on the learner's device."""
-        learner = self.learner
-        problems = self.family.sample(size, gen, learner.dtype)
-        A, b, x_star = problems.A, problems.b, problems.x_star
-        if A.shape[1:] != (learner.n, learner.d):
-            raise ValueError(f"family produces {tuple(A.shape[1:])} problems but the learner "
-                             f"was built for (n, d) = {(learner.n, learner.d)}")
-        objective = learner.objective
-        if x_star is None:
-            if not objective.iterative:
-                raise ValueError("the end-to-end objective needs families that know x_star "
-                                 "(noise = 0)")
-            x_star = A.new_zeros(A.shape[0], A.shape[2])  # iterates drawn around 0
-        x = objective.sample_iterate(x_star, gen)
-        batch = (A, b, x, objective.label(A, b, x, x_star))
-        return tuple(t.to(learner.device) for t in batch)
+            self.pool = draw_problems(learner, family, learner.recipe.pool_size,
+                                      make_generator(seed + 2_000_003))
 
     def sample(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         if self.pool is None:
-            return self.fresh(size, gen)
+            return draw_problems(self.learner, self.family, size, gen)
         idx = torch.randint(self.pool[0].shape[0], (size,), generator=gen)
         return tuple(t[idx.to(t.device)] for t in self.pool)
 
