@@ -191,11 +191,11 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence
 
 def lm_base_config(task: str, full: bool) -> TrainConfig:
     """The Transformer run both LM studies compare against (quick: 2×64, 128-byte context)."""
+    model = ModelConfig(arch="transformer", d_model=256 if full else 64,
+                        n_layers=4 if full else 2, n_heads=4, seq_len=512 if full else 128)
     return TrainConfig(
-        task=task, model="transformer", d_model=256 if full else 64,
-        n_layers=4 if full else 2, n_heads=4, seq_len=512 if full else 128,
-        steps=3000 if full else 150, batch_size=32 if full else 16, lr=3e-3,
-        warmup_steps=100 if full else 15, eval_every=500 if full else 50,
+        task=task, model=model, steps=3000 if full else 150, batch_size=32 if full else 16,
+        lr=3e-3, warmup=100 if full else 15, eval_every=500 if full else 50,
         eval_batches=16 if full else 8, plot=False)
 
 
@@ -211,16 +211,15 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     (:func:`matched`).
     """
     tf_label, m2_label = labels
-    tf_cfg = base.model_config()
+    tf_cfg = base.model
     configs = {tf_label: tf_cfg}
     for label, mixer in ((m2_label, "blockdiag"), (f"{m2_label}-dense", "dense")):
         configs[label] = matched(tf_cfg.replace(arch="m2", dim_mixer=mixer), param_count(tf_cfg))
     runs = {}
     for label, cfg in configs.items():
-        run_cfg = base if label == tf_label else replace(
-            base, model="m2", dim_mixer=cfg.dim_mixer, mlp_ratio=cfg.mlp_ratio)
+        run_cfg = base if label == tf_label else replace(base, model=cfg)
         runs[label] = train_run(run_cfg, args.out, label)
-    tokens = base.steps * base.batch_size * base.seq_len
+    tokens = base.steps * base.batch_size * base.model.seq_len
     tf_loss = runs[tf_label]["val_loss"]
     quality = [{"model": label, "params": run["params"], "mlp_hidden": configs[label].mlp_hidden,
                 "tokens": tokens, "val_loss": run["val_loss"],

@@ -38,7 +38,7 @@ from neuralnum.arch import TokenConfig, arch_config, drawing_from
 from neuralnum.arch import build_model as build_arch
 from neuralnum.runtime import make_generator
 from structured.mixer import ImplicitFilter, SequenceMixer
-from structured.models import build_model
+from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import (
     load_note,
@@ -78,13 +78,14 @@ class ArchLM(nn.Module):
 def base_config(full: bool) -> TrainConfig:
     """The task and training every model shares (quick: small enough for 2 CPU cores)."""
     if full:   # Zoology-like: 256 tokens, 16 pairs, vocab 256 (Arora et al. 2023 use 8192)
-        return TrainConfig(task="mqar", seq_len=256, mqar_num_kv=16, mqar_vocab=256,
-                           d_model=128, n_layers=2, n_heads=4, steps=4000, batch_size=64,
-                           warmup_steps=200, dim_mixer="blockdiag", eval_every=500,
+        model = ModelConfig(seq_len=256, d_model=128, n_layers=2, n_heads=4,
+                            dim_mixer="blockdiag")
+        return TrainConfig(task="mqar", model=model, mqar_num_kv=16, mqar_vocab=256,
+                           steps=4000, batch_size=64, warmup=200, eval_every=500,
                            eval_batches=8, plot=False)
-    return TrainConfig(task="mqar", seq_len=32, mqar_num_kv=4, mqar_vocab=64, d_model=32,
-                       n_layers=2, n_heads=4, steps=800, batch_size=32, warmup_steps=50,
-                       dim_mixer="blockdiag", eval_every=200, eval_batches=8, plot=False)
+    model = ModelConfig(seq_len=32, d_model=32, n_layers=2, n_heads=4, dim_mixer="blockdiag")
+    return TrainConfig(task="mqar", model=model, mqar_num_kv=4, mqar_vocab=64, steps=800,
+                       batch_size=32, warmup=50, eval_every=200, eval_batches=8, plot=False)
 
 
 def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
@@ -114,10 +115,11 @@ Builder = Callable[..., nn.Module]
 
 def builders(base: TrainConfig) -> dict[str, Builder]:
     """A constructor of each model, all matched to softmax attention's size."""
-    d, layers, vocab, length = base.d_model, base.n_layers, base.mqar_vocab, base.seq_len
-    target = param_count(replace(base, model="transformer").model_config())
-    m2 = matched(replace(base, model="m2").model_config(), target)
-    gpt = replace(base, model="transformer").model_config()
+    d, layers, vocab, length = (base.model.d_model, base.model.n_layers, base.mqar_vocab,
+                                base.model.seq_len)
+    gpt = replace(base.model, arch="transformer")
+    target = param_count(gpt)
+    m2 = matched(replace(base.model, arch="m2"), target)
 
     def arch_lm(name: str, n_layers: int, **options: object) -> Builder:
         config = arch_config(name, d_model=d, n_layers=n_layers, seq_len=length, **options)
@@ -133,7 +135,7 @@ def builders(base: TrainConfig) -> dict[str, Builder]:
             "M2 slow decay": lambda generator=None: with_filter_decay(
                 build_model(m2, generator=generator), *SLOW_DECAY, generator=generator),
             "BaseConv": arch_lm("baseconv", baseconv_layers, short_conv=3),
-            "linear attention": arch_lm("linear_attention", layers, n_heads=base.n_heads,
+            "linear attention": arch_lm("linear_attention", layers, n_heads=base.model.n_heads,
                                         mlp=True)}
 
 
@@ -159,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "val_acc": best["val_acc"], "test_acc": best["test_acc"],
                      "test_loss": best["test_loss"]})
     chance = 1 / (base.mqar_vocab - base.mqar_vocab // 2)
-    print(f"\nMQAR: seq_len {base.seq_len}, {base.mqar_num_kv} key-value pairs, vocab "
-          f"{base.mqar_vocab} (chance {chance:.3f}), d_model {base.d_model}, "
+    print(f"\nMQAR: seq_len {base.model.seq_len}, {base.mqar_num_kv} key-value pairs, vocab "
+          f"{base.mqar_vocab} (chance {chance:.3f}), d_model {base.model.d_model}, "
           f"{base.steps} steps x {base.batch_size}; learning-rate sweep (chosen on val_acc):")
     print(format_table(sweep, ["model", "lr", "val_acc", "test_acc", "train_s"]))
     print(f"({load_note(args.threads)})\n\nBest learning rate per model (test draw unseen "

@@ -12,8 +12,9 @@ _BASE = mqar.base_config
 
 
 def _tiny(full: bool):
-    return replace(_BASE(full), seq_len=16, mqar_num_kv=2, mqar_vocab=16,
-                   d_model=16, steps=2, warmup_steps=1, batch_size=4, eval_every=2,
+    base = _BASE(full)
+    return replace(base, model=replace(base.model, seq_len=16, d_model=16), mqar_num_kv=2,
+                   mqar_vocab=16, steps=2, warmup=1, batch_size=4, eval_every=2,
                    eval_batches=1)
 
 
