@@ -19,12 +19,11 @@ from neuralnum.train import (
     Hook,
     Loop,
     LoopConfig,
-    Precision,
     Schedule,
     Task,
-    parse_precision,
     train,
 )
+from neuralnum.validation import Precision, parse_precision
 
 N, D = 8, 2
 FAMILY = GaussianFamily(n=N, d=D)
