@@ -169,6 +169,7 @@ class Learner:
                                if self.precision.mixed else model)
         self.step_count = 0
         self.last_solve: SolveInfo | None = None
+        self.last_finish: dict[str, Any] | None = None  # finish_lm's report
         self._train: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ config
@@ -454,8 +455,20 @@ class Learner:
             p.grad = (g1 + g2) / 2
         return sum(losses) / 2, cosine_similarity(*halves)
 
-    def _finish(self, family: Any, gen: torch.Generator, dist: Distributed) -> None:
-        """Optional L-BFGS finisher on one fixed global batch of ``max_batch_size``."""
+    def _finish(self, family: Any, gen: torch.Generator, dist: Distributed,
+                log: MetricsLog) -> None:
+        """The recipe's finisher: Levenberg–Marquardt (:func:`neuralnum.finisher.finish_lm`,
+        one record per iteration in the metrics) or L-BFGS on one fixed global batch of
+        ``max_batch_size``."""
+        if self.recipe.finisher == "lm":
+            from neuralnum.finisher import finish_lm
+
+            if dist.world_size > 1:
+                raise ValueError("finisher='lm' runs in one process (no torchrun)")
+            self.last_finish = finish_lm(
+                self, family, self.recipe.finisher_settings(), generator=gen,
+                log=lambda r: log.log(self.step_count, lm=r))
+            return
         batch = self._draw(family, self.recipe.max_batch_size, gen, None)
         local = dist.shard(self.recipe.max_batch_size)
         mine = tuple(t[dist.rank * local:(dist.rank + 1) * local] for t in batch)
@@ -573,7 +586,7 @@ class Learner:
         finally:
             bar.close()
         if self.recipe.finisher_steps:
-            self._finish(family, gen, dist)
+            self._finish(family, gen, dist, log)
         if t["average"].enabled:
             t["average"].copy_to_params()
         if self.recipe.finisher_steps or t["average"].enabled:

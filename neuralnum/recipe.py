@@ -8,7 +8,9 @@ A :class:`Recipe` is a frozen, flat configuration (so an ablation is one
 * **Precision** — ``"float32"``, ``"float64"`` or ``"mixed"`` (float64 master weights,
   float32 forward/backward): :class:`Precision`.
 * **Optimizer** — Adam with tuned ``eps`` (1e-16 as in Liu et al. 2025) and ``betas``:
-  :func:`make_optimizer`; an optional L-BFGS finisher (:attr:`Recipe.finisher_steps`).
+  :func:`make_optimizer`; an optional finisher of :attr:`Recipe.finisher_steps` iterations
+  after it: L-BFGS (``finisher="lbfgs"``) or Levenberg–Marquardt (``finisher="lm"``,
+  :mod:`neuralnum.finisher`; settings ``lm_*``).
 * **LR schedule** — warm-up, cosine / step decay, decay on plateau and the adaptive
   signal-vs-noise rule (cosine similarity of the gradients of two independent
   half-batches; ×``adaptive_factor`` when the signal falls below the noise):
@@ -51,6 +53,7 @@ __all__ = [
 
 _DTYPES = ("float32", "float64", "mixed")
 _DECAYS = ("none", "cosine", "step")
+_FINISHERS = ("lbfgs", "lm")
 
 
 @dataclass(frozen=True)
@@ -61,7 +64,11 @@ class Recipe:
     :meth:`~neuralnum.learner.Learner.fit` call when ``total_steps=0``;
     ``adaptive_every=0`` turns the adaptive rule off, ``plateau_patience=0`` the plateau
     rule, ``batch_growth=1`` batch growth, ``grad_ema=0`` the gradient filter,
-    ``weight_ema=0`` the weight average and ``finisher_steps=0`` the L-BFGS finisher.
+    ``weight_ema=0`` the weight average and ``finisher_steps=0`` the finisher.
+    ``finisher="lm"``: ``lm_problems`` training problems (0: sized to 1.5× the rank of
+    the Jacobian), ``lm_fresh`` fresh problems monitored, initial damping ``lm_damping``,
+    linear solver ``lm_solver`` (``auto``/``cholesky``/``dual``/``cg``), wall budget
+    ``lm_minutes`` (0: none); see :class:`neuralnum.finisher.FinisherSettings`.
     """
 
     # precision
@@ -71,6 +78,12 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-16
     finisher_steps: int = 0
+    finisher: str = "lbfgs"
+    lm_problems: int = 0
+    lm_fresh: int = 256
+    lm_damping: float = 1e-3
+    lm_solver: str = "auto"
+    lm_minutes: float = 0.0
     # LR schedule
     warmup: int = 0
     lr_decay: str = "cosine"
@@ -98,6 +111,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.finisher not in _FINISHERS:
+            raise ValueError(f"finisher must be one of {_FINISHERS}, got {self.finisher!r}")
+        if self.finisher == "lm":
+            self.finisher_settings()  # validates the lm_* fields, naming them
         if self.lr_decay not in _DECAYS:
             raise ValueError(f"lr_decay must be one of {_DECAYS}, got {self.lr_decay!r}")
         positive = {"lr": self.lr, "eps": self.eps, "batch_size": self.batch_size,
@@ -165,6 +182,19 @@ class Recipe:
         if component not in ABLATIONS:
             raise ValueError(f"unknown component {component!r}; choose from {sorted(ABLATIONS)}")
         return self.replace(**ABLATIONS[component])
+
+    def finisher_settings(self) -> Any:
+        """The :class:`neuralnum.finisher.FinisherSettings` of ``finisher="lm"``."""
+        from neuralnum.finisher import FinisherSettings
+        from neuralnum.levenberg_marquardt import LMSettings
+
+        try:
+            return FinisherSettings(
+                iterations=max(self.finisher_steps, 1), problems=self.lm_problems,
+                fresh=self.lm_fresh, minutes=self.lm_minutes,
+                lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver))
+        except ValueError as err:
+            raise ValueError(f"lm_* recipe fields: {err}") from None
 
     @property
     def precision(self) -> Precision:

@@ -1,0 +1,69 @@
+"""neuralnum.finisher: Levenberg–Marquardt on a learner, from the recipe and the CLI."""
+
+import json
+
+import pytest
+import torch
+from learner_standins import one_thread  # noqa: F401 (autouse fixture)
+
+from neuralnum.__main__ import main
+from neuralnum.finisher import FinisherSettings, finish_lm
+from neuralnum.learner import Learner
+from neuralnum.problems import family_from_name
+from neuralnum.recipe import Recipe
+
+FAMILY = family_from_name("spectrum")
+
+
+def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
+    learner = Learner("linear_attention", "gd", Recipe(dtype=dtype, **recipe))
+    return learner.init_construction(noise, seed=0)
+
+
+@pytest.mark.parametrize("dtype, bound", [("float64", 1e-24), ("float32", 1e-11)])
+def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
+    learner = construction(dtype)
+    report = finish_lm(learner, FAMILY, FinisherSettings(iterations=20, until=bound / 10))
+    records = report["records"]
+    assert records[0]["fresh_mse"] > 1e-6
+    assert records[-1]["fresh_mse"] <= bound
+    assert report["problems"] * learner.d >= 1.5 * report["rank"]
+    assert 0 < report["rank"] <= report["parameters"]
+    # the weights were written back into the learner, in its dtype
+    assert next(learner.model.parameters()).dtype == getattr(torch, dtype)
+    held = learner._draw(FAMILY, 64, torch.Generator().manual_seed(99), None)
+    assert learner.evaluate(*held)["mse"] <= 10 * bound
+    assert all(r["train_mse"] <= prev["train_mse"] or r["problems"] > prev["problems"]
+               for prev, r in zip(records, records[1:], strict=False))
+
+
+def test_too_few_training_problems_raise_naming_the_fix():
+    with pytest.raises(ValueError, match="use problems >= "):
+        finish_lm(construction("float64"), FAMILY, FinisherSettings(iterations=1, problems=4))
+
+
+@pytest.mark.parametrize("bad, match", [({"lm_damping": 0.0}, "damping must be > 0"),
+                                        ({"lm_solver": "lu"}, "solver"),
+                                        ({"finisher": "newton"}, "finisher")])
+def test_recipe_rejects_bad_lm_settings(bad, match):
+    with pytest.raises(ValueError, match=match):
+        Recipe(**{"finisher": "lm", **bad})
+
+
+def test_fit_runs_the_lm_finisher_and_logs_it(tmp_path):
+    learner = construction("float64", lr_decay="none", finisher="lm", finisher_steps=12)
+    records = learner.fit(FAMILY, 0, metrics=tmp_path / "m.jsonl", show_progress=False)
+    lm = [r["lm"] for r in records if "lm" in r]
+    assert len(lm) >= 3 and records[-1]["final"]
+    assert records[-1]["mse"] <= 1e-20
+    assert learner.last_finish["rank"] > 0
+
+
+def test_cli_train_with_the_lm_finisher(tmp_path):
+    out = tmp_path / "l.pt"
+    main(["train", "--arch", "linear_attention", "--init", "construct", "--init-noise",
+          "1e-3", "--steps", "0", "--set", "lr_decay=none", "--set", "finisher=lm",
+          "--set", "finisher_steps=12", "--out", str(out), "--device", "cpu"])
+    lines = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert any("lm" in r for r in lines)
+    assert lines[-1]["mse"] <= 1e-20
