@@ -17,10 +17,12 @@ Each iteration (:meth:`LevenbergMarquardt.step`) linearises once and solves
 (:func:`choose_solver`): Cholesky of the ``p × p`` normal matrix, the dual ``m × m`` form
 ``δ = −D^{-1/2}J̃ᵀ(J̃J̃ᵀ + λI)^{-1} r`` (``J̃ = J D^{-1/2}``) when there are fewer residuals
 than parameters, or Gauss–Newton-CG with ``jvp``/``vjp`` when neither fits in memory.
-``D = diag(JᵀJ)`` (Marquardt scaling; ``λ`` is relative) for the direct solvers and
-``D = s·I`` (``s`` = mean curvature from one random probe) for CG. Damping follows the
+``D = mean(diag(JᵀJ))·I`` (Levenberg; ``λ`` is relative; ``scaling="marquardt"`` gives
+``diag(JᵀJ)``, which on BaseConv took huge steps along ill-determined directions and
+stalled: train MSE 2.0e-2 → 1.0e-2 in the first iteration vs 1.0e-6) for the direct
+solvers and ``D = s·I`` (``s`` = mean curvature from one random probe) for CG. Damping follows the
 gain ratio ``ρ`` (Nielsen 1999): accepted steps ``λ ← λ·max(1/3, 1 − (2ρ − 1)³)``,
-rejected ``λ ← λ·ν, ν ← 2ν``, clamped to ``[damping_floor, damping_max]``. A step is
+rejected ``λ ← λ·ν, ν ← 2ν`` (``ρ > 0.75``: ``λ ← shrink·λ``), clamped to ``[damping_floor, damping_max]``. A step is
 accepted only when it strictly lowers ``‖r‖²``. The state (``θ, λ, ν``, counters) round-trips
 through :meth:`~LevenbergMarquardt.state_dict` for an exact resume.
 
@@ -60,7 +62,9 @@ class LMSettings:
     solve (relative residual); ``max_rejects``: rejected trials per :meth:`step`;
     ``scaling``: ``D = diag(JᵀJ)`` (``"marquardt"``) or ``mean(diag(JᵀJ))·I``
     (``"identity"``, Levenberg: short steps along ill-determined directions); ``shrink``:
-    the smallest factor λ is multiplied by after a good step (Nielsen: 1/3).
+    the factor λ is multiplied by after a very good step (gain ratio ρ > 0.75; otherwise
+    Nielsen's ``max(1/3, 1 − (2ρ − 1)³)``): far below Nielsen's 1/3 lets λ fall as fast as
+    a zero-residual problem allows (the tail to machine precision is λ-limited).
     """
 
     damping: float = 1e-3
@@ -72,7 +76,7 @@ class LMSettings:
     cg_tol: float = 1e-14
     max_rejects: int = 12
     scaling: str = "identity"
-    shrink: float = 1 / 3
+    shrink: float = 0.01
 
     def __post_init__(self) -> None:
         if not self.damping > 0:
@@ -307,7 +311,7 @@ class LevenbergMarquardt:
         s = self.settings
         solve = self._linearise()
         old = float(self.residual.pow(2).sum())
-        accepted, rejects, step_norm = False, 0, 0.0
+        accepted, rejects, step_norm, rho = False, 0, 0.0, math.nan
         while not accepted and rejects < s.max_rejects:
             trial = solve(self.damping)
             if trial is not None:
@@ -319,7 +323,8 @@ class LevenbergMarquardt:
                     rho = (old - new) / 2 / predicted if predicted > 0 else 0.0
                     self.theta, self.residual = candidate, residual
                     step_norm = float(delta.norm())
-                    self.damping *= max(s.shrink, 1 - (2 * rho - 1) ** 3)
+                    self.damping *= (s.shrink if rho > 0.75
+                                     else max(1 / 3, 1 - (2 * rho - 1) ** 3))
                     self.nu = 2.0
                     accepted = True
                     break
@@ -332,7 +337,8 @@ class LevenbergMarquardt:
         self.damping = min(max(self.damping, s.damping_floor), s.damping_max)
         self.iteration += 1
         return {"iteration": self.iteration, "loss": self.loss, "damping": self.damping,
-                "step_norm": step_norm, "accepted": accepted, "rejects": rejects,
+                "step_norm": step_norm, "gain_ratio": rho, "accepted": accepted,
+                "rejects": rejects,
                 "solver": self.solver, "seconds": time.perf_counter() - start}
 
     def run(self, iterations: int, until: float = 0.0) -> list[dict[str, Any]]:
