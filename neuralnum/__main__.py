@@ -7,8 +7,9 @@
   the MSE and digits of the learned solver next to scipy's, both judged by mpmath.
 * ``demo`` — the README's main job: train a linear-attention GD step from a random init
   on the default recipe (6000 steps, under two minutes on a CPU), then ``solve``. ``--arch
-  baseconv`` learns far more slowly from scratch on a CPU budget; ``--init construct``
-  refines the exact GD construction plus ``--init-noise`` instead.
+  baseconv``: 800 Adam steps, then the Levenberg–Marquardt finisher (``finisher=lm``, up to
+  30 iterations or 10 minutes; :data:`DEMO_FINISHER`); ``--init construct`` refines the
+  exact GD construction plus ``--init-noise`` instead.
 """
 
 from __future__ import annotations
@@ -29,7 +30,13 @@ from neuralnum.learner import ARCHS, Learner
 from neuralnum.problems import FAMILIES, family_from_name
 from neuralnum.recipe import Recipe
 
-__all__ = ["main", "parse_overrides", "print_report"]
+__all__ = ["DEMO_FINISHER", "main", "parse_overrides", "print_report"]
+
+#: Per architecture, the demo's Adam steps and recipe overrides (``--set`` wins over them):
+#: BaseConv's first-order tail is slow on a CPU, so the demo hands over to LM.
+DEMO_FINISHER: dict[str, tuple[int, list[str]]] = {
+    "baseconv": (800, ["finisher=lm", "finisher_steps=30", "lm_minutes=10"]),
+}
 
 
 def parse_overrides(pairs: Sequence[str], base: Recipe) -> Recipe:
@@ -104,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_train_args(demo)
     _add_solve_args(demo)
     demo.add_argument("--out", default="runs/demo/learner.pt")
-    demo.set_defaults(arch="linear_attention", minutes=5.0, steps=6000, log_every=100,
+    demo.set_defaults(arch="linear_attention", minutes=5.0, steps=None, log_every=100,
                       problems=32)
     return parser
 
@@ -181,6 +188,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.command == "solve":
         learner = Learner.load(args.checkpoint)
         return _solve(args, learner)
+    steps, overrides = DEMO_FINISHER.get(args.arch, (6000, []))
+    if args.steps is None and args.until_mse is None:
+        args.steps = steps
+    args.overrides = overrides + args.overrides
     learner = _train(args).to("cpu")
     report = _solve(args, learner)
     summary = Path(args.out).with_name("demo.json")

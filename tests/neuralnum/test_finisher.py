@@ -1,5 +1,6 @@
 """neuralnum.finisher: Levenberg–Marquardt on a learner, from the recipe and the CLI."""
 
+import itertools
 import json
 
 import pytest
@@ -34,7 +35,7 @@ def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
     held = learner._draw(FAMILY, 64, torch.Generator().manual_seed(99), None)
     assert learner.evaluate(*held)["mse"] <= 10 * bound
     assert all(r["train_mse"] <= prev["train_mse"] or r["problems"] > prev["problems"]
-               for prev, r in zip(records, records[1:], strict=False))
+               for prev, r in itertools.pairwise(records))
 
 
 def test_too_few_training_problems_raise_naming_the_fix():
@@ -67,3 +68,24 @@ def test_cli_train_with_the_lm_finisher(tmp_path):
     lines = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
     assert any("lm" in r for r in lines)
     assert lines[-1]["mse"] <= 1e-20
+
+
+def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
+    import neuralnum.__main__ as cli
+
+    seen = {}
+
+    def fake_train(args):
+        seen["steps"], seen["recipe"] = args.steps, cli.parse_overrides(args.overrides,
+                                                                        Recipe())
+        return construction("float64")
+
+    monkeypatch.setattr(cli, "_train", fake_train)
+    monkeypatch.setattr(cli, "_solve", lambda args, learner: {})
+    cli.main(["demo", "--arch", "baseconv", "--set", "lm_minutes=2", "--out",
+              str(tmp_path / "d.pt")])
+    assert seen["steps"] == 800
+    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 30)
+    assert seen["recipe"].lm_minutes == 2.0  # the user's --set wins
+    cli.main(["demo", "--out", str(tmp_path / "e.pt")])  # linear attention: Adam only
+    assert seen["steps"] == 6000 and seen["recipe"].finisher_steps == 0

@@ -92,7 +92,7 @@ def test_each_solver_finds_the_least_squares_answer(solver, m, p):
     θ = 0, Levenberg scaling) least-squares solution."""
     A, y, problem = linear_problem(m, p)
     settings = LMSettings(damping=1e-14, damping_floor=1e-14, solver=solver,
-                          scaling="identity")
+                          scaling="identity", cg_iters=p + 2)  # CG: exact in p steps
     if m < p:
         with pytest.warns(UserWarning, match="more training problems"):
             lm = LevenbergMarquardt(problem, torch.zeros(p, dtype=torch.float64), settings)
@@ -168,6 +168,20 @@ def test_resume_mid_run_is_exact():
     two.run(3)
     assert torch.equal(one.theta, two.theta)
     assert (one.damping, one.nu, one.iteration) == (two.damping, two.nu, two.iteration)
+
+
+def test_resume_after_a_failed_step_keeps_the_damping_growth():
+    """After a step whose trials were all rejected, ν (the growth of λ) must survive."""
+    settings = LMSettings(max_rejects=2)
+    one = LevenbergMarquardt(rosenbrock(), torch.tensor([1.0, 1.0], dtype=torch.float64),
+                             settings)
+    one.step()
+    two = LevenbergMarquardt(rosenbrock(), torch.tensor([1.0, 1.0], dtype=torch.float64),
+                             settings)
+    two.load_state_dict(one.state_dict())
+    one.step()
+    two.step()
+    assert one.damping == two.damping and one.nu == two.nu
 
 
 # ---------------------------------------------------------------- bad settings
