@@ -145,26 +145,24 @@ def _concat(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[t
     return tuple(torch.cat([u, v]) for u, v in zip(a, b, strict=True))
 
 
-def finish_lm(learner: Any, family: Any, settings: FinisherSettings | None = None, *,
-              generator: torch.Generator | None = None,
+def finish_lm(learner: Any, draw: Callable[[int], tuple[torch.Tensor, ...]],
+              settings: FinisherSettings | None = None, *,
               fresh_set: tuple[torch.Tensor, ...] | None = None,
               log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the LM finisher on ``learner`` with problems from ``family``; returns
-    ``{"records": [...], "rank": r, "cond_jtj": κ, "problems": B, "parameters": p}``.
-
-    ``generator`` draws the training problems (default seed 0); ``fresh_set`` (``(A, b,
-    x, label)``) replaces the drawn fresh problems; ``log`` receives every record.
-    The learner's parameters hold the final θ on return.
+    """Run the LM finisher on ``learner``; ``draw(k)`` returns ``k`` new problems ``(A, b,
+    x, label)`` (the training set and its growth; the fresh set unless ``fresh_set`` is
+    given). Returns ``{"records": [...], "rank": r, "cond_jtj": κ, "problems": B,
+    "parameters": p, "seconds": s}``; ``log`` receives every record. The learner's
+    parameters hold the final θ on return.
     """
     s = settings or FinisherSettings()
-    gen = generator if generator is not None else torch.Generator().manual_seed(0)
     start = time.perf_counter()
     p = sum(q.numel() for q in learner.parameters())
     d = learner.d
-    fresh = fresh_set if fresh_set is not None else learner._draw(family, s.fresh, gen, None)
+    fresh = fresh_set if fresh_set is not None else draw(s.fresh)
     # rank of J, measured on a probe set of ≥ p residuals at the starting weights
     probe_problems = s.problems or -(-p // d)
-    train = learner._draw(family, probe_problems, gen, None)
+    train = draw(probe_problems)
     problem, theta, write_back = learner_problem(learner, train, s.chunk)
     with torch.no_grad():
         jtj, _ = normal_matrix(problem, theta, problem.residuals(theta))
@@ -176,7 +174,7 @@ def finish_lm(learner: Any, family: Any, settings: FinisherSettings | None = Non
                          f"than {s.rank_factor}× the rank {rank} of J: use problems >= {need} "
                          f"(or 0 to size it automatically)")
     if train[0].shape[0] < need:
-        train = _concat(train, learner._draw(family, need - train[0].shape[0], gen, None))
+        train = _concat(train, draw(need - train[0].shape[0]))
     fresh_problem = learner_problem(learner, fresh, s.chunk)[0]
     problem, _, write_back = learner_problem(learner, train, s.chunk)
     records: list[dict[str, Any]] = [{
@@ -208,7 +206,7 @@ def finish_lm(learner: Any, family: Any, settings: FinisherSettings | None = Non
             break
         if fresh_mse > s.gap * max(record["train_mse"], 1e-300) and record["accepted"]:
             extra = int(train[0].shape[0] * (s.grow - 1))
-            train = _concat(train, learner._draw(family, extra, gen, None))
+            train = _concat(train, draw(extra))
             s = _with_lm(s, lm.damping)
             lm = None
     write_back(theta)

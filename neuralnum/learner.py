@@ -466,8 +466,8 @@ class Learner:
             if dist.world_size > 1:
                 raise ValueError("finisher='lm' runs in one process (no torchrun)")
             self.last_finish = finish_lm(
-                self, family, self.recipe.finisher_settings(), generator=gen,
-                log=lambda r: log.log(self.step_count, lm=r))
+                self, lambda k: self._draw(family, k, gen, None),
+                self.recipe.finisher_settings(), log=lambda r: log.log(self.step_count, lm=r))
             return
         batch = self._draw(family, self.recipe.max_batch_size, gen, None)
         local = dist.shard(self.recipe.max_batch_size)

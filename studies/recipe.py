@@ -153,8 +153,9 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
                              None)
     settings = FinisherSettings(iterations=spec["lm_iterations"], until=1e-31,
                                 minutes=spec["lm_minutes"])
-    report = finish_lm(lm_learner, family, settings, fresh_set=fresh,
-                       generator=torch.Generator().manual_seed(seed + 7))
+    gen = torch.Generator().manual_seed(seed + 7)
+    report = finish_lm(lm_learner, lambda k: lm_learner._draw(family, k, gen, None), settings,
+                       fresh_set=fresh)
     lm = report["records"]
     offset = seconds_at[spec["lm_after"]]
     key = (start, arch, dtype)

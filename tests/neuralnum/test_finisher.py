@@ -16,6 +16,11 @@ from neuralnum.recipe import Recipe
 FAMILY = family_from_name("spectrum")
 
 
+def drawer(learner: Learner, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    return lambda k: learner._draw(FAMILY, k, gen, None)
+
+
 def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
     learner = Learner("linear_attention", "gd", Recipe(dtype=dtype, **recipe))
     return learner.init_construction(noise, seed=0)
@@ -24,7 +29,7 @@ def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
 @pytest.mark.parametrize("dtype, bound", [("float64", 1e-24), ("float32", 1e-11)])
 def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
     learner = construction(dtype)
-    report = finish_lm(learner, FAMILY, FinisherSettings(iterations=20, until=bound / 10))
+    report = finish_lm(learner, drawer(learner), FinisherSettings(iterations=20, until=bound / 10))
     records = report["records"]
     assert records[0]["fresh_mse"] > 1e-6
     assert records[-1]["fresh_mse"] <= bound
@@ -40,7 +45,8 @@ def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
 
 def test_too_few_training_problems_raise_naming_the_fix():
     with pytest.raises(ValueError, match="use problems >= "):
-        finish_lm(construction("float64"), FAMILY, FinisherSettings(iterations=1, problems=4))
+        learner = construction("float64")
+        finish_lm(learner, drawer(learner), FinisherSettings(iterations=1, problems=4))
 
 
 @pytest.mark.parametrize("bad, match", [({"lm_damping": 0.0}, "damping must be > 0"),
