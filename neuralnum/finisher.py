@@ -41,7 +41,7 @@ from neuralnum.levenberg_marquardt import (
     numerical_rank,
 )
 
-__all__ = ["FinisherSettings", "finish_lm", "learner_problem"]
+__all__ = ["FinisherSettings", "LMFinisher", "finish_lm", "learner_problem"]
 
 
 @dataclass(frozen=True)
@@ -220,3 +220,25 @@ def _with_lm(s: FinisherSettings, damping: float) -> FinisherSettings:
     lm = s.lm
     damping = min(max(damping, lm.damping_floor), lm.damping_max)
     return dataclasses.replace(s, lm=dataclasses.replace(lm, damping=damping))
+
+
+@dataclass
+class LMFinisher:
+    """The LM finisher as a training-loop finisher (issue 14's ``Finisher`` seam).
+
+    ``batch_size = 0``: it draws its own problems through the loop's
+    ``problem.task.sample(k, problem.generator)``, finds the learner as
+    ``problem.task.learner`` and logs one record per iteration with
+    ``problem.log(lm=record)``; returns the final fresh / train MSE, rank and problems.
+    """
+
+    settings: FinisherSettings
+    batch_size: int = 0
+
+    def run(self, problem: Any) -> dict[str, float]:
+        task = problem.task
+        report = finish_lm(task.learner, lambda k: task.sample(k, problem.generator),
+                           self.settings, log=lambda r: problem.log(lm=r))
+        last = report["records"][-1]
+        return {"lm_fresh_mse": last["fresh_mse"], "lm_train_mse": last["train_mse"],
+                "lm_rank": report["rank"], "lm_problems": report["problems"]}

@@ -8,7 +8,7 @@ import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.__main__ import main
-from neuralnum.finisher import FinisherSettings, finish_lm
+from neuralnum.finisher import FinisherSettings, LMFinisher, finish_lm
 from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import Recipe
@@ -41,6 +41,30 @@ def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
     assert learner.evaluate(*held)["mse"] <= 10 * bound
     assert all(r["train_mse"] <= prev["train_mse"] or r["problems"] > prev["problems"]
                for prev, r in itertools.pairwise(records))
+
+
+def test_lm_finisher_on_the_loop_seam():
+    """The loop hands a finisher its task (learner, sample), generator and log."""
+    learner = construction("float64")
+    gen, logged = torch.Generator().manual_seed(0), []
+
+    class Task:
+        def __init__(self):
+            self.learner = learner
+
+        def sample(self, k, generator):
+            return learner._draw(FAMILY, k, generator, None)
+
+    class Problem:
+        task, generator = Task(), gen
+
+        @staticmethod
+        def log(**metrics):
+            logged.append(metrics)
+
+    out = LMFinisher(FinisherSettings(iterations=20, until=1e-26)).run(Problem())
+    assert out["lm_fresh_mse"] <= 1e-24 and out["lm_rank"] > 0
+    assert [m["lm"]["iteration"] for m in logged] == list(range(len(logged)))
 
 
 def test_too_few_training_problems_raise_naming_the_fix():
