@@ -44,12 +44,13 @@ def per_sample(x, y):
     return PerSampleProblem(residual, evaluate, (x, y), chunk=16)
 
 
-@pytest.mark.parametrize("kind", ["functional", "per_sample"])
-def test_fits_a_same_shape_teacher_to_machine_precision(kind):
+@pytest.mark.parametrize("kind, geodesic", [("functional", False), ("per_sample", False),
+                                            ("per_sample", True)])
+def test_fits_a_same_shape_teacher_to_machine_precision(kind, geodesic):
     x, y, start = teacher_problem()
     problem = (FunctionalProblem(lambda t: net(t, x) - y, chunk=32) if kind == "functional"
                else per_sample(x, y))
-    lm = LevenbergMarquardt(problem, start)
+    lm = LevenbergMarquardt(problem, start, LMSettings(geodesic=geodesic))
     assert lm.loss > 1e-4
     records = lm.run(40, until=1e-28)
     assert lm.loss <= 1e-25, [r["loss"] for r in records]
@@ -64,6 +65,28 @@ def test_per_sample_and_functional_linearisations_agree():
     v, u = torch.randn(24, dtype=torch.float64), torch.randn(20, dtype=torch.float64)
     torch.testing.assert_close(b.jvp(start, v), ja @ v)
     torch.testing.assert_close(b.vjp(start, u), ja.T @ u)
+
+
+def test_curvature_is_the_second_directional_derivative():
+    x, y, start = teacher_problem(samples=10)
+    v = torch.randn(24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    h = 1e-4
+    f = lambda t: (net(t, x) - y).reshape(-1)  # noqa: E731
+    second = (f(start + h * v) - 2 * f(start) + f(start - h * v)) / h ** 2
+    for problem in (FunctionalProblem(lambda t: net(t, x) - y), per_sample(x, y)):
+        torch.testing.assert_close(problem.curvature(start, v), second, rtol=1e-5, atol=1e-5)
+
+
+def test_geodesic_acceleration_adds_the_second_order_correction():
+    """``r(θ) = θ² − 4`` from 3: δ = −r/J = −5/6, r_vv = 2δ², a = −r_vv/J; the step is
+    δ + a/2 (closer to the root 2 than Gauss–Newton's 3 − 5/6)."""
+    problem = FunctionalProblem(lambda t: t ** 2 - 4)
+    settings = LMSettings(damping=1e-15, damping_floor=1e-15, geodesic=True)
+    lm = LevenbergMarquardt(problem, torch.tensor([3.0], dtype=torch.float64), settings)
+    lm.step()
+    delta = -5 / 6
+    expected = 3 + delta + 0.5 * (-2 * delta ** 2 / 6)
+    assert lm.theta.item() == pytest.approx(expected, rel=1e-12)
 
 
 def test_float32_residuals_are_minimised_with_a_float64_master():
