@@ -68,7 +68,8 @@ class Recipe:
     ``finisher="lm"``: ``lm_problems`` training problems (0: sized to 1.5× the rank of
     the Jacobian), ``lm_fresh`` fresh problems monitored, initial damping ``lm_damping``,
     linear solver ``lm_solver`` (``auto``/``cholesky``/``dual``/``cg``), wall budget
-    ``lm_minutes`` (0: none); see :class:`neuralnum.finisher.FinisherSettings`.
+    ``lm_minutes`` (0: none), geodesic acceleration ``lm_geodesic``; see
+    :class:`neuralnum.finisher.FinisherSettings`.
     """
 
     # precision
@@ -84,6 +85,7 @@ class Recipe:
     lm_damping: float = 1e-3
     lm_solver: str = "auto"
     lm_minutes: float = 0.0
+    lm_geodesic: bool = False
     # LR schedule
     warmup: int = 0
     lr_decay: str = "cosine"
@@ -192,7 +194,8 @@ class Recipe:
             return FinisherSettings(
                 iterations=max(self.finisher_steps, 1), problems=self.lm_problems,
                 fresh=self.lm_fresh, minutes=self.lm_minutes,
-                lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver))
+                lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver,
+                              geodesic=self.lm_geodesic))
         except ValueError as err:
             raise ValueError(f"lm_* recipe fields: {err}") from None
 

@@ -119,3 +119,11 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
     assert seen["recipe"].lm_minutes == 2.0  # the user's --set wins
     cli.main(["demo", "--out", str(tmp_path / "e.pt")])  # linear attention: Adam only
     assert seen["steps"] == 6000 and seen["recipe"].finisher_steps == 0
+
+
+def test_recipe_lm_fields_reach_the_finisher_settings():
+    s = Recipe(finisher="lm", finisher_steps=7, lm_problems=900, lm_fresh=64,
+               lm_damping=1e-2, lm_solver="dual", lm_minutes=3.0,
+               lm_geodesic=True).finisher_settings()
+    assert (s.iterations, s.problems, s.fresh, s.minutes) == (7, 900, 64, 3.0)
+    assert (s.lm.damping, s.lm.solver, s.lm.geodesic) == (1e-2, "dual", True)
