@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from neuralnum.finisher import FinisherSettings, finish_lm
+from neuralnum.fit import draw_problems
 from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import ABLATIONS, Recipe
@@ -149,12 +150,12 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
     lm_learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
     lm_learner.model.load_state_dict(snapshot[spec["lm_after"]])
     # the same held-out problems the Adam run evaluates on (seed + 1_000_003, 256)
-    fresh = lm_learner._draw(family, 256, torch.Generator().manual_seed(seed + 1_000_003),
-                             None)
+    fresh = draw_problems(lm_learner, family, 256,
+                          torch.Generator().manual_seed(seed + 1_000_003))
     settings = FinisherSettings(iterations=spec["lm_iterations"], until=1e-31,
                                 minutes=spec["lm_minutes"])
     gen = torch.Generator().manual_seed(seed + 7)
-    report = finish_lm(lm_learner, lambda k: lm_learner._draw(family, k, gen, None), settings,
+    report = finish_lm(lm_learner, lambda k: draw_problems(lm_learner, family, k, gen), settings,
                        fresh_set=fresh)
     lm = report["records"]
     offset = seconds_at[spec["lm_after"]]

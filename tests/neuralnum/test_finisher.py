@@ -9,6 +9,7 @@ from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.__main__ import main
 from neuralnum.finisher import FinisherSettings, LMFinisher, finish_lm
+from neuralnum.fit import draw_problems
 from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import Recipe
@@ -18,7 +19,7 @@ FAMILY = family_from_name("spectrum")
 
 def drawer(learner: Learner, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    return lambda k: learner._draw(FAMILY, k, gen, None)
+    return lambda k: draw_problems(learner, FAMILY, k, gen)
 
 
 def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
@@ -37,7 +38,7 @@ def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
     assert 0 < report["rank"] <= report["parameters"]
     # the weights were written back into the learner, in its dtype
     assert next(learner.model.parameters()).dtype == getattr(torch, dtype)
-    held = learner._draw(FAMILY, 64, torch.Generator().manual_seed(99), None)
+    held = draw_problems(learner, FAMILY, 64, torch.Generator().manual_seed(99))
     assert learner.evaluate(*held)["mse"] <= 10 * bound
     assert all(r["train_mse"] <= prev["train_mse"] or r["problems"] > prev["problems"]
                for prev, r in itertools.pairwise(records))
@@ -53,7 +54,7 @@ def test_lm_finisher_on_the_loop_seam():
             self.learner = learner
 
         def sample(self, k, generator):
-            return learner._draw(FAMILY, k, generator, None)
+            return draw_problems(learner, FAMILY, k, generator)
 
     class Problem:
         task, generator = Task(), gen
@@ -87,14 +88,14 @@ def test_fit_runs_the_lm_finisher_and_logs_it(tmp_path):
     lm = [r["lm"] for r in records if "lm" in r]
     assert len(lm) >= 3 and records[-1]["final"]
     assert records[-1]["mse"] <= 1e-20
-    assert learner.last_finish["rank"] > 0
+    assert records[-1]["lm_rank"] > 0 and records[-1]["lm_fresh_mse"] <= 1e-20
 
 
 def test_cli_train_with_the_lm_finisher(tmp_path):
     out = tmp_path / "l.pt"
     main(["train", "--arch", "linear_attention", "--init", "construct", "--init-noise",
-          "1e-3", "--steps", "0", "--set", "lr_decay=none", "--set", "finisher=lm",
-          "--set", "finisher_steps=12", "--out", str(out), "--device", "cpu"])
+          "1e-3", "--steps", "0", "--lr-decay", "none", "--finisher", "lm",
+          "--finisher-steps", "12", "--out", str(out), "--device", "cpu"])
     lines = [json.loads(x) for x in out.with_suffix(".jsonl").read_text().splitlines()]
     assert any("lm" in r for r in lines)
     assert lines[-1]["mse"] <= 1e-20
@@ -106,13 +107,12 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
     seen = {}
 
     def fake_train(args):
-        seen["steps"], seen["recipe"] = args.steps, cli.parse_overrides(args.overrides,
-                                                                        Recipe())
+        seen["steps"], seen["recipe"] = args.steps, cli.recipe_from_args(args)
         return construction("float64")
 
     monkeypatch.setattr(cli, "_train", fake_train)
     monkeypatch.setattr(cli, "_solve", lambda args, learner: {})
-    cli.main(["demo", "--arch", "baseconv", "--set", "lm_minutes=2", "--out",
+    cli.main(["demo", "--arch", "baseconv", "--lm-minutes", "2", "--out",
               str(tmp_path / "d.pt")])
     assert seen["steps"] == 800
     assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 30)
