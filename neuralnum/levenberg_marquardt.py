@@ -10,7 +10,8 @@ them (Jacobian row blocks, or matrix-free ``J v`` / ``Jᵀ u``). Two problems ar
 * :class:`PerSampleProblem` — residuals that are independent per sample,
   ``residual(θ, *sample_i) -> (k,)``: the Jacobian of a chunk of samples is
   ``vmap(jacrev(residual))`` — ``k`` backward passes per sample instead of ``k·B`` per chunk.
-  (Measured on BaseConv, 4,032 parameters, 128 problems: see ``studies/recipe.py``.)
+  (BaseConv, 4,032 parameters: 2.75 s for the 640 × 4,032 Jacobian of 128 problems on
+  one idle core.)
 
 Each iteration (:meth:`LevenbergMarquardt.step`) linearises once and solves
 ``(JᵀJ + λD) δ = −Jᵀr`` by the cheapest exact route, chosen automatically
@@ -31,11 +32,12 @@ not what limits the tail there; the gain ratio ρ ≈ 0.8–0.95 is.) The state 
 ν``, counters) round-trips through :meth:`~LevenbergMarquardt.state_dict` for an exact
 resume.
 
-Why hand-written (~250 lines) rather than ``torch-levenberg-marquardt`` or
-``curvlinops-for-pytorch``: the first drives an ``nn.Module`` in its own dtype with its
-own training loop (no float64 master for a float32 model, no dual / CG routes, no
-per-sample Jacobian); the second gives GGN operators but not the damping loop, and its
-matrix-free products are the two ``torch.func`` calls used here.
+Why hand-written (~300 lines) rather than a library: the finisher needs float64 master
+parameters for a float32 model, a per-sample ``vmap(jacrev)`` Jacobian, three linear-solve
+routes, rank-sized training sets and an exact resume, all on a pure residual function of
+a flat vector. ``torch-levenberg-marquardt`` and ``curvlinops-for-pytorch`` were not
+installed or benchmarked here (no time on the shared machine); curvlinops' GGN operator
+would replace only the two ``torch.func`` calls of the CG route.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ class LMSettings:
     (``"identity"``, Levenberg: short steps along ill-determined directions); ``shrink``:
     ``geodesic``: add Transtrum–Sethna geodesic acceleration ``½a``, ``(JᵀJ + λD) a =
     −Jᵀ r_vv`` with ``r_vv`` the second directional derivative along δ (Cholesky route;
-    a trial with ``2‖a‖ > 0.75‖δ‖`` is rejected); ``shrink``:
+    a trial with ``2‖a‖ > 0.75‖δ‖`` is rejected; on BaseConv from the construction + 1e-3,
+    float64, it kept ρ ≈ 0.95–0.99 where plain LM had 0.8–0.9: fresh MSE 2.8e-16 vs
+    2.8e-15 after 7 iterations, 1.1e-21 after 14); ``shrink``:
     the factor λ is multiplied by after a very good step (gain ratio ρ > 0.75; otherwise
     Nielsen's ``max(1/3, 1 − (2ρ − 1)³)``): far below Nielsen's 1/3 lets λ fall as fast as
     a zero-residual problem allows (the tail to machine precision is λ-limited).

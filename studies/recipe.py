@@ -25,8 +25,10 @@ per Adam step / LM iteration and per wall-clock second, the rank of ``J`` and th
 condition number of ``JᵀJ``, the train-vs-fresh gap, the convergence order estimated
 from the MSE sequence (≈1 linear, ≈2 quadratic) and, where a target was not reached
 within the budget, the minutes the last five iterations' rate would need (an
-extrapolation, marked as such). ``--finisher`` runs only these rows (the 2-core budget);
-``--quick`` runs both groups.
+extrapolation, marked as such). On the 2-core budget BaseConv's LM phases stop after 6
+minutes (``lm_minutes``), so its "within 20 iterations" verdict can fail on the clock
+before 20 iterations ran (the table's LM-iterations column shows it). ``--finisher`` runs
+only these rows; ``--quick`` runs both groups.
 Writes ``recipe.json``, ``recipe_mse_vs_step.png`` and ``recipe_finisher.png``.
 """
 
