@@ -10,8 +10,10 @@ bit-for-bit.
 * **Precision** — ``"float32"``, ``"float64"`` or ``"mixed"`` (float64 master weights,
   float32 forward/backward): :class:`neuralnum.validation.Precision`.
 * **Optimizer** — Adam with tuned ``eps`` (1e-16 as in Liu et al. 2025) and ``betas``:
-  :func:`make_optimizer`; an optional L-BFGS finisher (:attr:`Recipe.finisher_steps`,
-  :class:`~neuralnum.train.LBFGSFinisher`).
+  :func:`make_optimizer`; an optional finisher of :attr:`Recipe.finisher_steps` iterations
+  after it: L-BFGS (``finisher="lbfgs"``, :class:`~neuralnum.train.LBFGSFinisher`) or
+  Levenberg–Marquardt (``finisher="lm"``, :class:`neuralnum.finisher.LMFinisher`;
+  settings ``lm_*``).
 * **LR schedule** — warm-up then cosine / step / no decay
   (:class:`~neuralnum.train.Schedule` in ``LambdaLR``), and two hooks scaling it: decay
   on plateau (:class:`PlateauDecay`) and the adaptive signal-vs-noise rule
@@ -56,6 +58,7 @@ from neuralnum.validation import Precision, parse_precision
 
 __all__ = [
     "ABLATIONS",
+    "FINISHERS",
     "AdaptiveLR",
     "BatchSchedule",
     "GradientFilter",
@@ -71,6 +74,7 @@ __all__ = [
 ]
 
 _DTYPES = ("float32", "float64", "mixed")
+FINISHERS = ("lbfgs", "lm")
 #: ``(fields, valid, bound)``: every numeric field of :class:`Recipe` and its valid range.
 _RANGES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
     (("lr", "eps", "batch_size", "step_every", "pool_size"), lambda v: v > 0, "> 0"),
@@ -92,7 +96,12 @@ class Recipe:
     :meth:`~neuralnum.learner.Learner.fit` call when ``total_steps=0``;
     ``adaptive_every=0`` turns the adaptive rule off, ``plateau_patience=0`` the plateau
     rule, ``batch_growth=1`` batch growth, ``grad_ema=0`` the gradient filter,
-    ``weight_ema=0`` the weight average and ``finisher_steps=0`` the L-BFGS finisher.
+    ``weight_ema=0`` the weight average and ``finisher_steps=0`` the finisher.
+    ``finisher="lm"``: ``lm_problems`` training problems (0: sized to 1.5× the rank of
+    the Jacobian), ``lm_fresh`` fresh problems monitored, initial damping ``lm_damping``,
+    linear solver ``lm_solver`` (``auto``/``cholesky``/``dual``/``cg``), wall budget
+    ``lm_minutes`` (0: none), geodesic acceleration ``lm_geodesic``; see
+    :class:`neuralnum.finisher.FinisherSettings`.
     """
 
     # precision
@@ -102,6 +111,13 @@ class Recipe:
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-16
     finisher_steps: int = 0
+    finisher: str = "lbfgs"
+    lm_problems: int = 0
+    lm_fresh: int = 256
+    lm_damping: float = 1e-3
+    lm_solver: str = "auto"
+    lm_minutes: float = 0.0
+    lm_geodesic: bool = False
     # LR schedule
     warmup: int = 0
     lr_decay: str = "cosine"
@@ -129,6 +145,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
+        if self.finisher not in FINISHERS:
+            raise ValueError(f"finisher must be one of {FINISHERS}, got {self.finisher!r}")
+        if self.finisher == "lm":
+            self.finisher_settings()  # validates the lm_* fields, naming them
         if self.lr_decay not in DECAYS:
             raise ValueError(f"lr_decay must be one of {DECAYS}, got {self.lr_decay!r}")
         for names, valid, bound in _RANGES:
@@ -178,6 +198,20 @@ class Recipe:
         if component not in ABLATIONS:
             raise ValueError(f"unknown component {component!r}; choose from {sorted(ABLATIONS)}")
         return self.replace(**ABLATIONS[component])
+
+    def finisher_settings(self) -> Any:
+        """The :class:`neuralnum.finisher.FinisherSettings` of ``finisher="lm"``."""
+        from neuralnum.finisher import FinisherSettings
+        from neuralnum.levenberg_marquardt import LMSettings
+
+        try:
+            return FinisherSettings(
+                iterations=max(self.finisher_steps, 1), problems=self.lm_problems,
+                fresh=self.lm_fresh, minutes=self.lm_minutes,
+                lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver,
+                              geodesic=self.lm_geodesic))
+        except ValueError as err:
+            raise ValueError(f"lm_* recipe fields: {err}") from None
 
     @property
     def precision(self) -> Precision:
@@ -423,7 +457,11 @@ def make_training(recipe: Recipe, model: nn.Module, *, horizon: int | None,
     if recipe.grad_ema:
         hooks.append(GradientFilter(params, recipe.grad_ema, recipe.grad_ema_coef))
     finishers: list[Finisher] = []
-    if recipe.finisher_steps:
+    if recipe.finisher_steps and recipe.finisher == "lm":
+        from neuralnum.finisher import LMFinisher
+
+        finishers.append(LMFinisher(recipe.finisher_settings()))
+    elif recipe.finisher_steps:
         finishers.append(LBFGSFinisher(recipe.finisher_steps, recipe.max_batch_size))
     return Training(optimizer, make_scheduler(optimizer, schedule), hooks,
                     ema_average(model, recipe.weight_ema), finishers)

@@ -32,10 +32,12 @@ PAPER: dict[str, str] = {
 }
 
 
-def parse(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
+def parse(name: str, doc: str, argv: Sequence[str] | None = None,
+          modes: dict[str, str] | None = None) -> argparse.Namespace:
     """``--quick`` (default; minutes on 2 CPU cores, one torch thread) or ``--full`` (paper
-    scale, GPU, all threads); ``--out`` (default ``runs/<name>``); ``--seed``."""
-    parser = study_parser(name, doc)
+    scale, GPU, all threads), or one of ``modes``; ``--out`` (default ``runs/<name>``);
+    ``--seed``."""
+    parser = study_parser(name, doc, modes=modes)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -15,18 +15,50 @@ on one CPU thread (default recipe + relative loss, float64, seed 0) it reached o
 MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000, where the plain ``"random"`` init
 stayed at 0.33 (1000) and 0.052 (2000) — still far from the ≤ 1e-20 target, which the
 paper reached with ~1–2.5M GPU steps.
-Writes ``recipe.json`` and ``recipe_mse_vs_step.png``.
+
+**Finisher rows (issue 13).** For BaseConv and linear attention in float64 and float32,
+from two starts — the exact construction + 1e-3 noise (``construct``) and the default
+init (``scratch``) — an Adam-only run is compared with Adam → Levenberg–Marquardt
+(:mod:`neuralnum.finisher`; for ``scratch`` the LM phase starts from the Adam run's
+weights at ``lm_after`` steps, for ``construct`` at step 0): fresh-problem one-step MSE
+per Adam step / LM iteration and per wall-clock second, the rank of ``J`` and the
+condition number of ``JᵀJ``, the train-vs-fresh gap, the convergence order estimated
+from the MSE sequence (≈1 linear, ≈2 quadratic) and, where a target was not reached
+within the budget, the minutes the last five iterations' rate would need (an
+extrapolation, marked as such). On the 2-core budget BaseConv's LM phases stop after 6
+minutes (``lm_minutes``), so its "within 20 iterations" verdict can fail on the clock
+before 20 iterations ran (the table's LM-iterations column shows it). ``--finisher`` runs
+only these rows; ``--quick`` runs both groups.
+Writes ``recipe.json``, ``recipe_mse_vs_step.png`` and ``recipe_finisher.png``.
 """
 
 from __future__ import annotations
 
+import copy
+import math
+import time
+from typing import Any
+
+import torch
+
+from neuralnum.finisher import FinisherSettings, finish_lm
+from neuralnum.fit import draw_problems
+from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
 from studies.study_io import figure_row, format_table, save_figure, write_report
 
+NAME = "recipe"
 #: Issue 4's one-step MSE targets for the full recipe, per dtype.
 PRECISION_TARGETS = {"float32": 1e-12, "float64": 1e-20}
+#: Issue 13's finisher targets: (start, arch, dtype) → (fresh one-step MSE, budget).
+#: The budget is LM iterations for ``construct`` and wall-clock seconds for ``scratch``.
+FINISHER_TARGETS = {("construct", "baseconv", "float64"): (1e-28, 20),
+                    ("construct", "linear_attention", "float64"): (1e-28, 20),
+                    ("scratch", "baseconv", "float64"): (1e-20, 1800.0),
+                    ("scratch", "baseconv", "float32"): (1e-13, 1800.0)}
+COMMAND = "python3 -m studies.recipe --finisher"
 
 
 def full_recipe_mse(rows: list[dict], arch: str, dtype: str) -> float | None:
@@ -50,9 +82,207 @@ def variants(dtype: str, ablate: bool, base: dict) -> dict[str, Recipe]:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse("recipe", __doc__, argv)
-    family = family_from_name("spectrum")
+def convergence_order(mses: list[float], floor: float = 1e-30) -> float:
+    """Median of ``log(e_{k+1}/e_k) / log(e_k/e_{k−1})`` over consecutive decreasing
+    triples of the MSE sequence above ``floor``: ≈1 for linear, ≈2 for quadratic
+    convergence (NaN with fewer than three such points)."""
+    e = [v for v in mses if v > floor]
+    orders = []
+    for a, b, c in zip(e, e[1:], e[2:], strict=False):
+        if a > b > c:
+            orders.append(math.log(c / b) / math.log(b / a))
+    orders.sort()
+    return orders[len(orders) // 2] if orders else math.nan
+
+
+def projected_seconds(records: list[dict], target: float, tail: int = 5) -> float:
+    """Seconds more the LM phase would need to bring the fresh MSE to ``target`` at the
+    mean rate and cost per iteration of its last ``tail`` iterations (an extrapolation;
+    0 when already there, inf when the MSE stopped falling)."""
+    mses = [r["fresh_mse"] for r in records]
+    if mses[-1] <= target:
+        return 0.0
+    last = records[-tail - 1:]
+    if len(last) < 2 or last[-1]["fresh_mse"] >= last[0]["fresh_mse"]:
+        return math.inf
+    rate = (last[-1]["fresh_mse"] / last[0]["fresh_mse"]) ** (1 / (len(last) - 1))
+    per_iteration = (last[-1]["wall"] - last[0]["wall"]) / (len(last) - 1)
+    return math.log(target / mses[-1]) / math.log(rate) * per_iteration
+
+
+def finisher_grid(full: bool) -> list[dict[str, Any]]:
+    """The finisher rows' settings: arch, dtype, start, Adam steps (Adam-only run), the
+    step after which LM takes over, LM iterations and LM wall budget (minutes)."""
+    rows = []
+    for arch in ("baseconv", "linear_attention"):
+        for dtype in ("float64", "float32"):
+            cheap = arch == "linear_attention"
+            rows.append({"arch": arch, "dtype": dtype, "start": "construct",
+                         "adam_steps": 200, "lm_after": 0, "lm_iterations": 20,
+                         "lm_minutes": 0.0 if cheap or full else 6.0})
+            rows.append({"arch": arch, "dtype": dtype, "start": "scratch",
+                         "adam_steps": (200_000 if full else 3000 if cheap else 1200),
+                         "lm_after": 1000 if cheap else 800, "lm_iterations": 30,
+                         "lm_minutes": 0.0 if cheap or full else 6.0})
+    return rows
+
+
+def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]:
+    """One finisher row: the Adam-only run (snapshotting the weights at ``lm_after``) and
+    the LM phase from the snapshot. Returns the row with both curves."""
+    arch, dtype, start = spec["arch"], spec["dtype"], spec["start"]
+    construct = start == "construct"
+    recipe = Recipe(dtype=dtype, lr=1e-4 if construct else 1e-2)
+    learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
+    if construct:
+        learner.init_construction(1e-3, seed=seed)
+    snapshot = {0: copy.deepcopy(learner.model.state_dict())}
+    clock = time.perf_counter()
+    seconds_at = {0: 0.0}
+
+    def keep(lrn: Learner, record: dict) -> None:
+        if record["step"] == spec["lm_after"]:
+            snapshot[record["step"]] = copy.deepcopy(lrn.model.state_dict())
+            seconds_at[record["step"]] = time.perf_counter() - clock
+
+    records = learner.fit(family, spec["adam_steps"], seed=seed, log_every=25,
+                          eval_batch=256, callbacks=[keep], show_progress=False)
+    adam_seconds = time.perf_counter() - clock
+    adam_curve = [(r["step"], r["mse"]) for r in records]
+    lm_learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
+    lm_learner.model.load_state_dict(snapshot[spec["lm_after"]])
+    # the same held-out problems the Adam run evaluates on (seed + 1_000_003, 256)
+    fresh = draw_problems(lm_learner, family, 256,
+                          torch.Generator().manual_seed(seed + 1_000_003))
+    settings = FinisherSettings(iterations=spec["lm_iterations"], until=1e-31,
+                                minutes=spec["lm_minutes"])
+    gen = torch.Generator().manual_seed(seed + 7)
+    report = finish_lm(lm_learner, lambda k: draw_problems(lm_learner, family, k, gen), settings,
+                       fresh_set=fresh)
+    lm = report["records"]
+    offset = seconds_at[spec["lm_after"]]
+    key = (start, arch, dtype)
+    target, budget = FINISHER_TARGETS.get(key, (None, None))
+    best = min(r["fresh_mse"] for r in lm)
+    row = {**spec, "adam_only_mse": records[-1]["mse"], "adam_seconds": round(adam_seconds, 1),
+           "lm_start_mse": lm[0]["fresh_mse"], "lm_mse": lm[-1]["fresh_mse"],
+           "lm_best_mse": best, "lm_train_mse": lm[-1]["train_mse"],
+           "lm_iterations_run": len(lm) - 1,
+           "lm_seconds": round(lm[-1]["wall"], 1), "seconds": round(offset + lm[-1]["wall"], 1),
+           "rank": report["rank"], "parameters": report["parameters"],
+           "cond_jtj": report["cond_jtj"], "problems": report["problems"],
+           "order": convergence_order([r["fresh_mse"] for r in lm]),
+           "peak_mib": round(max(r["peak_mib"] for r in lm)),
+           "target": target, "budget": budget,
+           "projected_extra_seconds": (None if target is None
+                                       else projected_seconds(lm, target)),
+           "lm_curve": [{k: r[k] for k in ("iteration", "train_mse", "fresh_mse", "damping",
+                                             "step_norm", "wall")} for r in lm],
+           "adam_curve": adam_curve, "adam_seconds_at_lm": round(offset, 1)}
+    return row
+
+
+def finisher_rows(full: bool, family: Any, seed: int) -> list[dict[str, Any]]:
+    rows = []
+    columns = ["arch", "dtype", "start", "adam_only_mse", "lm_start_mse", "lm_mse",
+               "lm_iterations_run", "seconds", "rank", "order"]
+    for spec in finisher_grid(full):
+        rows.append(finisher_row(spec, family, seed))
+        print(format_table(rows[-1:], columns).splitlines()[-1], flush=True)
+    return rows
+
+
+def finisher_verdicts(rows: list[dict]) -> dict[str, bool]:
+    """Issue 13's targets over the finisher rows present (see :data:`FINISHER_TARGETS`)."""
+    out = {}
+    for row in rows:
+        key = (row["start"], row["arch"], row["dtype"])
+        if key not in FINISHER_TARGETS:
+            continue
+        bound, budget = FINISHER_TARGETS[key]
+        if row["start"] == "construct":
+            met = any(r["fresh_mse"] <= bound for r in row["lm_curve"]
+                      if r["iteration"] <= budget)
+            out[f"{row['dtype']} {row['arch']} construction+1e-3 -> LM <= {bound:g} within "
+                f"{budget} iterations"] = met
+        else:
+            total = row["adam_seconds_at_lm"]
+            met = any(r["fresh_mse"] <= bound and total + r["wall"] <= budget
+                      for r in row["lm_curve"])
+            out[f"{row['dtype']} {row['arch']} from scratch Adam -> LM <= {bound:g} within "
+                f"{budget / 60:g} minutes"] = met
+    return out
+
+
+def grid_verdicts(rows: list[dict]) -> dict[str, bool]:
+    """Issue 4's targets over the Adam grid rows present."""
+    out = {}
+    archs = dict.fromkeys(r["arch"] for r in rows)
+    for arch in archs:
+        for dtype, bound in PRECISION_TARGETS.items():
+            mse = full_recipe_mse(rows, arch, dtype)
+            if mse is not None:
+                out[f"{dtype} {arch} one-step MSE <= {bound:g}"] = mse <= bound
+    ratios = []
+    for arch, dtype in dict.fromkeys((r["arch"], r["dtype"]) for r in rows):
+        get = {r["recipe"]: r["one_step_mse"] for r in rows
+               if r["arch"] == arch and r["dtype"] == dtype}
+        if "baseline" in get and "full" in get:
+            ratios.append(get["baseline"] / get["full"])
+    if ratios:
+        out["full recipe >= 1e4x lower MSE than baseline"] = all(v >= 1e4 for v in ratios)
+    return out
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """Target name → met, from a result of :func:`main` (keys only for the rows run)."""
+    return {**grid_verdicts(result.get("rows", [])),
+            **finisher_verdicts(result.get("finisher_rows", []))}
+
+
+def _sci(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float) and math.isinf(value):
+        return "∞"
+    return f"{value:.2e}"
+
+
+def tables(result: dict) -> str:
+    """README Markdown: the command, the finisher table, the Adam grid table, verdicts."""
+    lines = [f"`{result.get('command', COMMAND)}` (one run, seed {result.get('seed', 0)}; "
+             "one-step MSE on 256 fresh problems, n = 20, d = 5, κ = 5; 2 shared CPU "
+             "cores, wall times noisy)", ""]
+    frows = result.get("finisher_rows", [])
+    if frows:
+        lines += ["| arch | dtype | start | Adam-only MSE (steps) | MSE at LM start | "
+                  "Adam → LM MSE | LM iterations | total s | rank J / params | κ(JᵀJ) | "
+                  "order | extra s to target (extrapolated) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in frows:
+            extra = r.get("projected_extra_seconds")
+            lines.append(
+                f"| {r['arch']} | {r['dtype']} | {r['start']} | {_sci(r['adam_only_mse'])} "
+                f"({r['adam_steps']}) | {_sci(r['lm_start_mse'])} (step {r['lm_after']}) | "
+                f"{_sci(r['lm_mse'])} | {r['lm_iterations_run']} | {r['seconds']:.0f} | "
+                f"{r['rank']} / {r['parameters']} | {_sci(r['cond_jtj'])} | "
+                f"{r['order']:.2f} | {'–' if extra is None else _sci(float(extra))} |")
+        lines.append("")
+    rows = result.get("rows", [])
+    if rows:
+        lines += ["| arch | dtype | recipe | steps | one-step MSE (last) | best MSE | digits "
+                  "(median) | seconds |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['arch']} | {r['dtype']} | {r['recipe']} | {r['steps']} | "
+                  f"{_sci(r['one_step_mse'])} | {_sci(r['best_mse'])} | {r['digits']:.1f} | "
+                  f"{r['seconds']:.0f} |" for r in rows]
+        lines.append("")
+    for text, met in result.get("verdicts", verdicts(result)).items():
+        lines.append(f"- target {'**met**' if met else '**not met**'}: {text}")
+    return "\n".join(lines) + "\n"
+
+
+def adam_grid(args: Any, family: Any) -> tuple[list[dict], dict, list]:
+    """Issue 4's Adam rows (architecture × recipe ablation) and their curves."""
     if args.full:
         log_every = 1000
         base = {"lr": 1e-3, "max_batch_size": 1024}
@@ -75,26 +305,6 @@ def main(argv: list[str] | None = None) -> dict:
                          "digits": last["digits"], "seconds": round(seconds, 1)})
             curves[f"{arch}/{dtype}/{name}"] = [(r["step"], r["mse"]) for r in records]
             print(format_table(rows[-1:], list(rows[-1])).splitlines()[-1], flush=True)
-    ratios = {}
-    for arch, dtype, _, _ in grid:
-        get = {r["recipe"]: r["one_step_mse"] for r in rows
-               if r["arch"] == arch and r["dtype"] == dtype}
-        ratios[f"{arch}/{dtype}"] = get["baseline"] / get["full"]
-    targets = {}
-    for arch in dict.fromkeys(entry[0] for entry in grid):
-        for dtype, bound in PRECISION_TARGETS.items():
-            mse = full_recipe_mse(rows, arch, dtype)
-            measured = "not run" if mse is None else f"{mse:.2e}"
-            targets[f"{dtype} {arch} one-step MSE <= {bound:g} ({measured})"] = (
-                mse is not None and mse <= bound)
-    targets["full recipe >= 1e4x lower MSE than baseline"] = all(
-        v >= 1e4 for v in ratios.values())
-    print(format_table(rows, ["arch", "dtype", "recipe", "steps", "one_step_mse", "best_mse",
-                       "digits", "seconds"]))
-    print("baseline/full one-step MSE:", {k: f"{v:.3g}" for k, v in ratios.items()})
-    for text, met in targets.items():
-        print(f"target {'MET' if met else 'not met'}: {text}")
-    print(f"paper (float32, ~1-2.5M steps on GPU): {PAPER['one_step_learned']}")
     fig, axes = figure_row(len(grid), (5 * len(grid), 4))
     for ax, (arch, dtype, _, _) in zip(axes, grid, strict=True):
         for key, pts in curves.items():
@@ -103,10 +313,40 @@ def main(argv: list[str] | None = None) -> dict:
         ax.set(title=f"{arch} {dtype}", xlabel="step", ylabel="held-out one-step MSE")
         ax.legend(fontsize=7)
     save_figure(fig, args.out / "recipe_mse_vs_step.png")
-    payload = {"mode": "full" if args.full else "quick", "grid": grid,
-               "rows": rows, "ratios_baseline_over_full": ratios, "targets": targets,
+    return rows, curves, grid
+
+
+def finisher_figure(rows: list[dict], path: Any) -> None:
+    """Fresh MSE vs wall-clock (top) and vs optimizer step / LM iteration (bottom)."""
+    fig, axes = figure_row(len(rows), (3.2 * len(rows), 3.2))
+    for ax, r in zip(axes, rows, strict=True):
+        steps, mses = zip(*r["adam_curve"], strict=True)
+        per_step = r["adam_seconds"] / max(r["adam_steps"], 1)
+        ax.semilogy([s * per_step for s in steps], mses, label="Adam only")
+        ax.semilogy([r["adam_seconds_at_lm"] + c["wall"] for c in r["lm_curve"]],
+                    [max(c["fresh_mse"], 1e-35) for c in r["lm_curve"]], "o-", ms=3,
+                    label="Adam → LM")
+        ax.set(title=f"{r['arch']} {r['dtype']} {r['start']}", xlabel="seconds")
+        ax.legend(fontsize=6)
+    axes[0].set_ylabel("fresh one-step MSE")
+    save_figure(fig, path)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse("recipe", __doc__, argv,
+                 modes={"finisher": "only the LM finisher rows (issue 13)"})
+    family = family_from_name("spectrum")
+    rows, curves, grid = ([], {}, []) if args.finisher else adam_grid(args, family)
+    frows = finisher_rows(args.full, family, args.seed)
+    finisher_figure(frows, args.out / "recipe_finisher.png")
+    mode = "full" if args.full else "finisher" if args.finisher else "quick"
+    payload = {"mode": mode, "command": f"python3 -m studies.recipe --{mode}",
+               "seed": args.seed, "grid": grid, "rows": rows, "finisher_rows": frows,
                "paper": PAPER, "curves": curves}
-    write_report(args.out, "recipe", payload)
+    payload["verdicts"] = verdicts(payload)
+    print(tables(payload))
+    print(f"paper (float32, ~1-2.5M steps on GPU): {PAPER['one_step_learned']}")
+    write_report(args.out, NAME, payload)
     return payload
 
 

@@ -1,0 +1,244 @@
+"""The second-order precision finisher: Levenberg–Marquardt on a learner's residuals.
+
+:func:`finish_lm` takes a :class:`~neuralnum.learner.Learner` (after any first-order
+phase, or from the exact construction) and minimises ``‖model(A, b, x) − label‖²`` over
+a *fixed* training set with :class:`~neuralnum.levenberg_marquardt.LevenbergMarquardt`:
+
+* float64 master parameters ``θ`` always; the residuals are evaluated in the learner's
+  compute dtype (float32 models stay float32: their true loss is what is minimised) and
+  the Jacobian is taken through a float64 copy of the model, one problem at a time
+  (``vmap(jacrev)``, per chunk of problems so memory stays bounded).
+* **Generalisation by construction:** the numerical rank ``r`` of ``J`` is measured at
+  the start and the training set holds at least ``rank_factor·r`` residuals (grown when
+  it does not); a separate set of fresh problems is evaluated every iteration and the
+  training set grows by ``grow`` (new problems appended) whenever fresh MSE exceeds
+  ``gap`` × training MSE.
+* One metric record per iteration: train / fresh MSE, λ, step norm, wall time, peak
+  memory (resident set size on the CPU).
+
+Shapes: problems ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``, labels ``(B, d)``;
+``m = B·d`` residuals, ``p`` parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.func import functional_call
+
+from neuralnum.levenberg_marquardt import (
+    LevenbergMarquardt,
+    LMSettings,
+    PerSampleProblem,
+    normal_matrix,
+    numerical_rank,
+)
+
+__all__ = ["FinisherSettings", "LMFinisher", "finish_lm", "learner_problem"]
+
+
+@dataclass(frozen=True)
+class FinisherSettings:
+    """``iterations``: LM iterations; ``problems``: initial training problems (0: sized
+    from the rank of ``J`` so that residuals ≥ ``rank_factor``·rank); ``fresh``: fresh
+    problems monitored each iteration; ``gap``/``grow``: grow the set by ``grow``× when
+    fresh MSE > ``gap``·train MSE; ``until``: stop at this fresh MSE; ``minutes``: wall
+    budget (0: none); ``chunk``: problems per Jacobian block; ``lm``: the engine's
+    settings."""
+
+    iterations: int = 20
+    problems: int = 0
+    fresh: int = 256
+    rank_factor: float = 1.5
+    gap: float = 10.0
+    grow: float = 1.5
+    until: float = 0.0
+    minutes: float = 0.0
+    chunk: int = 128
+    lm: LMSettings = dataclasses.field(default_factory=LMSettings)
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "fresh", "chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.problems < 0 or self.until < 0 or self.minutes < 0:
+            raise ValueError("problems, until and minutes must be >= 0")
+        if self.rank_factor < 1:
+            raise ValueError(f"rank_factor must be >= 1 (residuals per rank of J), got "
+                             f"{self.rank_factor}")
+        if self.gap <= 1 or self.grow <= 1:
+            raise ValueError(f"gap and grow must be > 1, got {self.gap}, {self.grow}")
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def learner_problem(learner: Any, data: tuple[torch.Tensor, ...], chunk: int = 128,
+                    ) -> tuple[PerSampleProblem, torch.Tensor, Callable[[torch.Tensor], None]]:
+    """The learner's residuals on ``data = (A, b, x, label)`` as a
+    :class:`~neuralnum.levenberg_marquardt.PerSampleProblem` of flat float64 ``θ``.
+
+    Returns ``(problem, θ₀: (p,) float64, write_back(θ))`` — ``write_back`` copies ``θ``
+    into the learner's parameters (in their dtype).
+    """
+    model = learner.model
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = dict(model.named_parameters())
+    shapes = [params[n].shape for n in names]
+    sizes = [params[n].numel() for n in names]
+    buffers = dict(model.named_buffers())
+    compute = learner.precision.compute_dtype
+    lin = copy.deepcopy(model).to(torch.float64)
+    lin.check_input = lambda t: t  # the input checks branch on data: not under vmap
+    evaluator = copy.deepcopy(model).to(compute)
+    evaluator.check_input = lambda t: t
+    for net, dtype in ((lin, torch.float64), (evaluator, compute)):
+        if isinstance(getattr(net, "dtype", None), torch.dtype):
+            net.dtype = dtype
+    layout, objective = learner.layout, learner.objective
+    A, b, x, label = data
+    tokens = layout.encode(A, b, x)
+
+    def unflatten(theta: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        parts = theta.to(dtype).split(sizes)
+        out = {n: t.view(s) for n, t, s in zip(names, parts, shapes, strict=True)}
+        out.update({k: v.to(dtype) if v.is_floating_point() else v
+                    for k, v in buffers.items()})
+        return out
+
+    def forward(net: torch.nn.Module, theta: torch.Tensor, dtype: torch.dtype,
+                tok: torch.Tensor, xs: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
+        out = functional_call(net, unflatten(theta, dtype), (tok.to(dtype),))
+        pred = objective.read(xs.to(dtype), out[:, -1, layout.x_slice])
+        return pred.to(torch.float64) - lab.to(torch.float64)
+
+    def residual(theta: torch.Tensor, tok: torch.Tensor, xs: torch.Tensor,
+                 lab: torch.Tensor) -> torch.Tensor:
+        return forward(lin, theta, torch.float64, tok[None], xs[None], lab[None])[0]
+
+    @torch.no_grad()
+    def evaluate(theta: torch.Tensor, tok: torch.Tensor, xs: torch.Tensor,
+                 lab: torch.Tensor) -> torch.Tensor:
+        return torch.cat([forward(evaluator, theta, compute, tok[i:i + 1024], xs[i:i + 1024],
+                                  lab[i:i + 1024]) for i in range(0, tok.shape[0], 1024)])
+
+    theta0 = torch.cat([params[n].detach().reshape(-1).to(torch.float64) for n in names])
+
+    @torch.no_grad()
+    def write_back(theta: torch.Tensor) -> None:
+        for n, t in zip(names, theta.split(sizes), strict=True):
+            params[n].copy_(t.view(params[n].shape))
+
+    problem = PerSampleProblem(residual, evaluate, (tokens, x, label), chunk=chunk)
+    return problem, theta0, write_back
+
+
+def _concat(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.cat([u, v]) for u, v in zip(a, b, strict=True))
+
+
+def finish_lm(learner: Any, draw: Callable[[int], tuple[torch.Tensor, ...]],
+              settings: FinisherSettings | None = None, *,
+              fresh_set: tuple[torch.Tensor, ...] | None = None,
+              log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the LM finisher on ``learner``; ``draw(k)`` returns ``k`` new problems ``(A, b,
+    x, label)`` (the training set and its growth; the fresh set unless ``fresh_set`` is
+    given). Returns ``{"records": [...], "rank": r, "cond_jtj": κ, "problems": B,
+    "parameters": p, "seconds": s}``; ``log`` receives every record. The learner's
+    parameters hold the final θ on return.
+    """
+    s = settings or FinisherSettings()
+    start = time.perf_counter()
+    p = sum(q.numel() for q in learner.parameters())
+    d = learner.d
+    fresh = fresh_set if fresh_set is not None else draw(s.fresh)
+    # rank of J, measured on a probe set of ≥ p residuals at the starting weights
+    probe_problems = s.problems or -(-p // d)
+    train = draw(probe_problems)
+    problem, theta, write_back = learner_problem(learner, train, s.chunk)
+    with torch.no_grad():
+        jtj, _ = normal_matrix(problem, theta, problem.residuals(theta))
+    rank, cond = numerical_rank(jtj)
+    del jtj
+    need = -(-int(s.rank_factor * rank) // d)
+    if s.problems and s.problems < need:
+        raise ValueError(f"lm problems={s.problems} gives {s.problems * d} residuals, fewer "
+                         f"than {s.rank_factor}× the rank {rank} of J: use problems >= {need} "
+                         f"(or 0 to size it automatically)")
+    if train[0].shape[0] < need:
+        train = _concat(train, draw(need - train[0].shape[0]))
+    fresh_problem = learner_problem(learner, fresh, s.chunk)[0]
+    problem, _, write_back = learner_problem(learner, train, s.chunk)
+    records: list[dict[str, Any]] = [{
+        "iteration": 0, "train_mse": float(problem.residuals(theta).pow(2).mean()),
+        "fresh_mse": float(fresh_problem.residuals(theta).pow(2).mean()),
+        "damping": s.lm.damping, "step_norm": 0.0, "accepted": True, "rejects": 0,
+        "seconds": 0.0, "problems": train[0].shape[0], "wall": time.perf_counter() - start,
+        "peak_mib": _peak_mib()}]
+    if log is not None:
+        log(records[0])
+    lm: LevenbergMarquardt | None = LevenbergMarquardt(problem, theta, s.lm)
+    for _ in range(s.iterations):
+        if lm is None:
+            problem, _, write_back = learner_problem(learner, train, s.chunk)
+            lm = LevenbergMarquardt(problem, theta, s.lm)
+        record = lm.step()
+        theta = lm.theta
+        fresh_mse = float(fresh_problem.residuals(theta).pow(2).mean())
+        record.update(iteration=len(records), train_mse=record.pop("loss"),
+                      fresh_mse=fresh_mse,
+                      problems=train[0].shape[0], wall=time.perf_counter() - start,
+                      peak_mib=_peak_mib())
+        records.append(record)
+        if log is not None:
+            log(record)
+        if fresh_mse <= s.until or (s.minutes and record["wall"] > 60 * s.minutes):
+            break
+        if not record["accepted"] and record["damping"] >= s.lm.damping_max:
+            break
+        if fresh_mse > s.gap * max(record["train_mse"], 1e-300) and record["accepted"]:
+            extra = int(train[0].shape[0] * (s.grow - 1))
+            train = _concat(train, draw(extra))
+            s = _with_lm(s, lm.damping)
+            lm = None
+    write_back(theta)
+    return {"records": records, "rank": rank, "cond_jtj": cond,
+            "problems": train[0].shape[0], "parameters": p,
+            "seconds": time.perf_counter() - start}
+
+
+def _with_lm(s: FinisherSettings, damping: float) -> FinisherSettings:
+    """``s`` whose engine restarts at ``damping`` (clamped to the settings' range)."""
+    lm = s.lm
+    damping = min(max(damping, lm.damping_floor), lm.damping_max)
+    return dataclasses.replace(s, lm=dataclasses.replace(lm, damping=damping))
+
+
+@dataclass
+class LMFinisher:
+    """The LM finisher as a training-loop finisher (issue 14's ``Finisher`` seam).
+
+    ``batch_size = 0``: it draws its own problems through the loop's
+    ``problem.task.sample(k, problem.generator)``, finds the learner as
+    ``problem.task.learner`` and logs one record per iteration with
+    ``problem.log(lm=record)``; returns the final fresh / train MSE, rank and problems.
+    """
+
+    settings: FinisherSettings
+    batch_size: int = 0
+
+    def run(self, problem: Any) -> dict[str, float]:
+        task = problem.task
+        report = finish_lm(task.learner, lambda k: task.sample(k, problem.generator),
+                           self.settings, log=lambda r: problem.log(lm=r))
+        last = report["records"][-1]
+        return {"lm_fresh_mse": last["fresh_mse"], "lm_train_mse": last["train_mse"],
+                "lm_rank": report["rank"], "lm_problems": report["problems"]}
