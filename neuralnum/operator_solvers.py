@@ -114,7 +114,8 @@ class Operator:
         self.b = _pow2(b, -self.eb.view(-1, 1))
         self.batch, self.n, self.d = A.shape
         self.calls = torch.zeros(self.batch, dtype=torch.long, device=A.device)
-        self._g0: torch.Tensor | None = None
+        self._g0 = self.A.new_zeros(self.batch, self.d)  # g(0; b = 0), filled lazily
+        self._have_g0 = torch.zeros(self.batch, dtype=torch.bool, device=A.device)
 
     def _apply(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -135,10 +136,12 @@ class Operator:
     def normal(self, p: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``M p = g(p; b=0) − g(0; b=0)`` of problems ``idx``; ``p`` is scaled by a power of
         two to RMS ≈ 1 before the call (exactly undone), so the model sees familiar sizes."""
-        if self._g0 is None:  # one call per problem, once
-            self.calls += 1
-            self._g0 = self._apply(self.A, torch.zeros_like(self.b),
-                                   self.A.new_zeros(self.batch, self.d))
+        missing = idx[~self._have_g0[idx]]
+        if len(missing):  # one call per problem, once
+            self.calls[missing] += 1
+            self._g0[missing] = self._apply(self.A[missing], torch.zeros_like(self.b[missing]),
+                                            self.A.new_zeros(len(missing), self.d))
+            self._have_g0[missing] = True
         p = torch.where(torch.isfinite(p), p, math.nan)
         e = _exponent(torch.nan_to_num(p, nan=0.0)).unsqueeze(1)
         self.calls[idx] += 1
