@@ -41,7 +41,8 @@ def test_reference_path_is_scipy_gelsd_bit_for_bit(seed, n, d, k, rank, dtype, c
     x, _residues, rank_, _s = ours  # tuple unpacking, and attribute access
     assert ours.x is x and ours.rank == rank_ and ours.iterations is None
     # array-likes, and torch in -> torch out with the same numbers
-    _same(neuralnum.lstsq(A.tolist(), b.tolist()) if dtype == np.float64 else ours, theirs)
+    _same(neuralnum.lstsq(A.tolist(), b.tolist(), cond=cond) if dtype == np.float64 else ours,
+          theirs)
     t = neuralnum.lstsq(torch.from_numpy(A), torch.from_numpy(b), cond=cond)
     assert isinstance(t.x, torch.Tensor) and isinstance(t.s, torch.Tensor)
     np.testing.assert_array_equal(t.x.numpy(), theirs[0])
