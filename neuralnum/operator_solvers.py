@@ -509,6 +509,7 @@ _ALGORITHMS = {"cg": cg, "chebyshev": chebyshev, "gd": gd}
 _DEFAULT_MAX_ITERS = {"cg": 200, "chebyshev": 1000, "gd": 1000}
 
 
+@torch.no_grad()
 def solve(op: Operator, method: str = "cg", x0: torch.Tensor | None = None, *,
           iters: int | None = None, tol: float | None = None, max_iters: int | None = None,
           patience: int | None = None, accept: float | None = None, record: bool = False,
