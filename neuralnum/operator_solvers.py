@@ -15,7 +15,9 @@ scalings); no SVD, eigendecomposition, QR or linear solve of ``A`` or ``AᵀA`` 
   ``2^600``) changes the result not at all.
 * :func:`cg` — conjugate gradients on the normal equations (CGNR), Polak–Ribière+ ``β``
   (a restart whenever the recurrence stops producing descent), the residual recomputed
-  from ``g`` every iteration (no drift), 2 operator calls per iteration.
+  from ``g`` every iteration (no drift) and the exact line search ``α = r·p / p·Mp``
+  (which keeps the raw iterates from blowing up past the precision floor), 2 operator
+  calls per iteration.
 * :func:`gd` — gradient descent with the step ``2/(λ_max + λ_min)`` of ``M`` estimated by
   Lanczos through ``g`` (``λ_max`` enlarged by 5 % for safety), 1 call per iteration.
 * :func:`chebyshev` — Chebyshev iteration on ``[λ_min, λ_max]`` estimated the same way,
@@ -341,17 +343,25 @@ def _run(op: Operator, method: str, x0: torch.Tensor, max_iters: int, tol: float
 def _cg_body(op: Operator, tracker: _Tracker, s: dict[str, torch.Tensor],
              idx: torch.Tensor) -> None:
     x, r, p = s["x"][idx], s["r"][idx], s["p"][idx]
+    rr, rp = _dot(r, r), _dot(r, p)
+    # with a recomputed residual, conjugacy (r·p = r·r) holds only approximately; where p
+    # is no longer a descent direction, restart along the residual
+    uphill = ~(rp > 0)
+    p = torch.where(uphill.unsqueeze(1), r, p)
+    rp = torch.where(uphill, rr, rp)
     q = op.normal(p, idx)
-    pq, rr = _dot(p, q), _dot(r, r)
+    pq = _dot(p, q)
     broke = ~(pq > 0) | ~torch.isfinite(q).all(dim=1)
-    alpha = torch.where(broke, torch.zeros_like(pq), rr / torch.where(broke, 1, pq))
+    # the exact line search along p (α = r·p / p·Mp, not r·r / p·Mp): the M-norm of the
+    # error cannot grow, so iterating past the precision floor does not blow up
+    alpha = torch.where(broke, torch.zeros_like(pq), rp / torch.where(broke, 1, pq))
     x_new = x + alpha.unsqueeze(1) * p
     r_new = -op.gradient(x_new, idx)
     # Polak–Ribière+: β = max(0, r⁺·(r⁺ − r)/r·r); β = 0 restarts along the residual
     beta = (_dot(r_new, r_new - r) / torch.where(rr > 0, rr, 1)).clamp(min=0)
     beta = torch.where(broke | ~torch.isfinite(beta), 0, beta)
-    # a breakdown on a fresh restart (p = r) means the operator is not positive definite
-    fatal = broke & s["restarted"][idx]
+    # a breakdown along the residual itself means the operator is not positive definite
+    fatal = broke & (uphill | s["restarted"][idx])
     tracker.update(idx, x_new, r_new, fatal)
     s["restarted"][idx] = broke
     s["x"][idx] = x_new
@@ -412,7 +422,7 @@ def extreme_eigenvalues(op: Operator, v0: torch.Tensor, steps: int | None = None
     norm = v0.norm(dim=1, keepdim=True)
     q = v0 / torch.where(norm > 0, norm, 1)
     basis, alphas, betas = [q], [], []
-    alive = torch.ones(batch, dtype=torch.bool, device=v0.device)
+    alive = norm[:, 0] > 0  # a zero start (x₀ already solves it) needs no spectrum
     for j in range(steps):
         w = torch.zeros_like(q)
         live = alive.nonzero().squeeze(1)
