@@ -14,6 +14,7 @@ from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 import neuralnum
 from neuralnum import operator_solvers, reference
+from neuralnum.arch import construct
 from neuralnum.learner import Learner
 from neuralnum.operator_solvers import (
     DIVERGED,
@@ -156,8 +157,8 @@ class _Poisoned(torch.nn.Module):
 
 
 def test_diverged_problems_warn_and_return_the_best_finite_iterate():
-    learner = exact_learner(torch.float64)
-    learner.model = _Poisoned(learner.model)
+    inner = construct.construct_linear_attention_gd(N, D, 1.0 / N, dtype=torch.float64)
+    learner = Learner(_Poisoned(inner), "gd", Recipe(), n=N, d=D, d_model=2 * D + 1)
     P = sample(SpectrumFamily(n=N, d=D, cond=2.0), 6, 5, torch.float64)
     bad = P.b[:, 0] > 0
     assert 0 < bad.sum() < 6
