@@ -122,6 +122,8 @@ def _add_solve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iters", type=int, default=None)
     p.add_argument("--tol", type=float, default=None)
     p.add_argument("--judge", default="mpmath", choices=["mpmath", "scipy", "numpy"])
+    p.add_argument("--method", default=None, choices=["cg", "chebyshev", "gd"],
+                   help="learned solver driven only by the learned operator (default cg)")
 
 
 def _train(args: argparse.Namespace) -> Learner:
@@ -162,16 +164,18 @@ def _train(args: argparse.Namespace) -> Learner:
 def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:
     """Print the learned-vs-scipy table of :func:`neuralnum.evaluate.solve_report`."""
     print(f"{'solver':<10} {'MSE vs ' + judge:>16} {'median rel. err':>16} {'digits':>7} "
-          f"{'diverged':>9} {'iters':>6}")
+          f"{'diverged':>9} {'iters':>6} {'calls':>6}")
     for name, row in report.items():
         print(f"{name:<10} {row['mse']:>16.3e} {row['rel_error']:>16.3e} "
-              f"{row['digits']:>7.2f} {row['diverged']:>9.0%} {row.get('iterations', ''):>6}")
+              f"{row['digits']:>7.2f} {row['diverged']:>9.0%} {row.get('iterations', ''):>6} "
+              f"{row.get('model_calls', ''):>6}")
 
 
 def _solve(args: argparse.Namespace, learner: Learner) -> dict[str, dict[str, Any]]:
     family = family_from_name(args.family, n=args.n, d=args.d)
     report = solve_report(learner, family, batch=args.problems, seed=args.solve_seed,
-                          iters=args.iters, tol=args.tol, judge=args.judge)
+                          iters=args.iters, tol=args.tol, judge=args.judge,
+                          method=args.method)
     print(f"{args.problems} held-out {args.family} problems (n={args.n}, d={args.d}, "
           f"{learner.dtype}):")
     print_report(report, args.judge)

@@ -33,14 +33,18 @@ def error_metrics(x: torch.Tensor, x_ref: torch.Tensor) -> dict[str, float]:
 
 def solve_report(learner: Any, family: Any, *, batch: int = 64, seed: int = 12345,
                  iters: int | None = None, tol: float | None = None,
-                 judge: str = "mpmath") -> dict[str, dict[str, Any]]:
+                 judge: str = "mpmath", method: str | None = None) -> dict[str, dict[str, Any]]:
     """``{"learned": {...}, "scipy": {...}}``: each solver's :func:`error_metrics` on
     ``batch`` problems from ``family`` (drawn with ``seed`` in the learner's dtype),
-    judged by ``reference.lstsq(method=judge)``; the learned row adds ``iterations``."""
+    judged by ``reference.lstsq(method=judge)``; the learned row adds the median
+    ``iterations`` and ``model_calls`` of its ``method`` (default: CG for update learners)."""
     problems = family.sample(batch, make_generator(seed), learner.dtype)
     A, b = problems.A, problems.b
     x_judge = reference.lstsq(A.double(), b.double(), method=judge)
-    x_learned = learner.solve(A, b, iters=iters, tol=tol)
-    learned = {**error_metrics(x_learned, x_judge), "iterations": learner.last_solve.iterations}
+    x_learned = learner.solve(A, b, method, iters=iters, tol=tol)
+    info = learner.last_solve
+    learned = {**error_metrics(x_learned, x_judge),
+               "iterations": float(info.iterations.double().median()),
+               "model_calls": float(info.model_calls.double().median())}
     return {"learned": learned,
             "scipy": error_metrics(reference.lstsq(A, b, method="scipy"), x_judge)}

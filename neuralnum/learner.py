@@ -5,8 +5,8 @@
 layout and the objective's read-out into a :class:`~neuralnum.predictor.Predictor`
 ``(A, b, x) → (B, d)``, and a :class:`~neuralnum.recipe.Recipe`.
 
-* :meth:`Learner.step` — one learned iterate; :meth:`Learner.solve` — iterate to a
-  tolerance or an iteration count.
+* :meth:`Learner.step` — one learned iterate; :meth:`Learner.solve` — CG / Chebyshev /
+  GD driven only by the learned operator (:mod:`neuralnum.operator_solvers`).
 * :meth:`Learner.fit` — training, delegated to :func:`neuralnum.fit.fit`, which runs the
   one training loop (:mod:`neuralnum.train`) on problems of a family.
 * :meth:`Learner.save` / :meth:`Learner.load` — a plain dict ``{"format", "config",
@@ -17,16 +17,16 @@ layout and the objective's read-out into a :class:`~neuralnum.predictor.Predicto
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from neuralnum import operator_solvers
 from neuralnum.objectives import Objective, as_objective, objective_from_dict
+from neuralnum.operator_solvers import LearnedOperator, SolveInfo
 from neuralnum.predictor import (
     ARCHS,
     Predictor,
@@ -49,14 +49,6 @@ __all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 FORMAT = "neuralnum.learner/2"
 
 
-@dataclass(frozen=True)
-class SolveInfo:
-    """How the last :meth:`Learner.solve` ended: iterations run, problems converged or
-    diverged."""
-
-    iterations: int
-    converged: torch.Tensor  # (B,) bool
-    diverged: torch.Tensor  # (B,) bool: the iterate became NaN/Inf (returned as NaN)
 
 
 class Learner:
@@ -176,96 +168,40 @@ class Learner:
         self,
         A: torch.Tensor,
         b: torch.Tensor,
+        method: str | None = None,
         iters: int | None = None,
         tol: float | None = None,
         x0: torch.Tensor | None = None,
-        *,
-        max_iters: int = 1000,
+        **options: Any,
     ) -> torch.Tensor:
-        """Apply the learned step iteratively; returns ``x: (B, d)`` (or ``(d,)`` unbatched).
+        """Solve ``min ‖A x − b‖`` touching ``A``, ``b`` only through the learned model;
+        returns ``x: (B, d)`` (or ``(d,)`` for unbatched ``A: (n, d)``, ``b: (n,)``).
 
-        * ``iters`` only: exactly ``iters`` steps.
-        * ``tol``: a problem stops once its relative step ``‖x⁺ − x‖ ≤ tol·‖x⁺‖``; at most
-          ``iters`` (default ``max_iters``) steps.
-        * neither: ``tol = 10·eps`` of the dtype, and a problem also stops when its step has
-          not shrunk for 20 iterations (the learned step's precision floor).
-
-        An end-to-end learner (``"solution"`` objective) makes one prediction from ``0``.
-        Accepts unbatched ``A: (n, d)``, ``b: (n,)``, ``x0: (d,)``. :attr:`last_solve`
-        records iterations and per-problem convergence.
+        An update learner runs ``method`` (``"cg"`` default, ``"chebyshev"``, ``"gd"``) of
+        :func:`neuralnum.operator_solvers.solve` on its :class:`LearnedOperator`
+        (equilibrated, so scale-invariant; no SVD of ``A``); ``iters``, ``tol``, ``x0``
+        and ``options`` (``max_iters``, ``patience``, ``accept``, ``record``, ``warn``) go
+        there. An end-to-end learner predicts once from ``x = 0``. :attr:`last_solve`
+        records per problem iterations, model calls and the status.
         """
         unbatched = isinstance(A, torch.Tensor) and A.ndim == 2
         if unbatched:
             check_tensor(b, "b", 1)
             A, b = A.unsqueeze(0), b.unsqueeze(0)
-            if x0 is not None:
-                check_tensor(x0, "x0", 1)
-                x0 = x0.unsqueeze(0)
-        if x0 is None:
-            check_tensor(A, "A", 3)
-            x0 = A.new_zeros(A.shape[0], A.shape[2])
-        check_problem(A, b, x0)
+            x0 = None if x0 is None else check_tensor(x0, "x0", 1).unsqueeze(0)
+        check_problem(A, b, x0, x_name="x0")
         self._check_dtype(A)
-        for name, value in (("iters", iters), ("max_iters", max_iters)):
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if tol is not None and not tol > 0:
-            raise ValueError(f"tol must be > 0, got {tol}")
-        if not self.objective.iterative:
-            x = self.step(A, b, x0)
-            self.last_solve = SolveInfo(1, torch.ones(A.shape[0], dtype=torch.bool,
-                                                      device=A.device),
-                                        torch.zeros(A.shape[0], dtype=torch.bool,
-                                                    device=A.device))
-            return x[0] if unbatched else x
-        x = self._iterate(A, b, x0, iters, tol, max_iters)
+        if self.objective.iterative:
+            x, self.last_solve = operator_solvers.solve(
+                LearnedOperator(self, A, b), method or "cg", x0, iters=iters, tol=tol,
+                **options)
+        else:
+            if method is not None:
+                raise ValueError(f"an end-to-end learner predicts once; method={method!r} "
+                                 f"needs an update learner")
+            x = self.forward(A, b, A.new_zeros(A.shape[0], A.shape[2]))
+            self.last_solve = SolveInfo.single_call(A.shape[0], A.device)
         return x[0] if unbatched else x
-
-    def _iterate(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, iters: int | None,
-                 tol: float | None, max_iters: int) -> torch.Tensor:
-        stagnation = iters is None and tol is None
-        if stagnation:
-            tol = 10 * torch.finfo(self.dtype).eps
-        limit = iters if iters is not None else max_iters
-        batch = A.shape[0]
-        on = {"device": A.device}
-        active = torch.ones(batch, dtype=torch.bool, **on)
-        converged = torch.zeros(batch, dtype=torch.bool, **on)
-        diverged = torch.zeros(batch, dtype=torch.bool, **on)
-        best = torch.full((batch,), math.inf, dtype=self.dtype, **on)
-        stale = torch.zeros(batch, dtype=torch.long, **on)
-        x = x.clone()
-        k = 0
-        while k < limit and active.any():
-            idx = active.nonzero().squeeze(1)
-            xi = x[idx]
-            new = self.objective.next_iterate(A[idx], xi, self._raw_forward(A[idx], b[idx], xi),
-                                              self.n)
-            bad = ~torch.isfinite(new).all(dim=1)
-            new[bad] = math.nan
-            x[idx] = new
-            diverged[idx] = bad
-            done = bad.clone()
-            k += 1
-            if tol is not None:
-                moved = (new - xi).norm(dim=1)
-                rel = moved / new.norm(dim=1).clamp_min(torch.finfo(self.dtype).tiny)
-                small = (rel <= tol) & ~bad
-                converged[idx] = small
-                done |= small
-                if stagnation:
-                    improved = rel < best[idx]
-                    best[idx] = torch.where(improved, rel, best[idx])
-                    stale[idx] = torch.where(improved, 0, stale[idx] + 1)
-                    stalled = (stale[idx] >= 20) & ~bad
-                    converged[idx] |= stalled
-                    done |= stalled
-            active[idx] = ~done
-        if tol is None:
-            converged = ~diverged
-        self.last_solve = SolveInfo(k, converged, diverged)
-        return x
-
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -61,9 +61,11 @@ def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "
 def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[str, Any]:
     """The two solvers the iterative and OOD studies compare, trained on ``family``:
 
-    * ``"learned_gd"`` — the GD update learned from the random init. Quick: linear
-      attention, 6000 steps of the default recipe (BaseConv learns too slowly from
-      scratch on a CPU budget). Full: BaseConv, 200k steps.
+    * ``"learned"`` — the GD update ``Aᵀ(Ax − b)/n`` learned from the random init (the
+      demo's training: quick: linear attention, 6000 steps of the default recipe;
+      BaseConv learns too slowly from scratch on a CPU budget. Full: BaseConv, 200k
+      steps). Studies solve with it through :meth:`~neuralnum.learner.Learner.solve`
+      (CG on the learned operator by default, no SVD).
     * ``"end_to_end"`` — a softmax Transformer trained to output ``x*`` (quick: 1500 steps
       of batch 64 at LR 1e-3, ~3 CPU-minutes, MSE still falling — the paper's reach
       1e-9…1e-5 after ~1M GPU steps; full: 200k).
@@ -82,7 +84,7 @@ def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[st
                                           max_batch_size=64), family,
                     steps=1500, target="solution", seed=seed, eval_batch=128)
     return {name: dict(zip(("learner", "records", "seconds"), result, strict=True))
-            for name, result in (("learned_gd", gd), ("end_to_end", e2e))}
+            for name, result in (("learned", gd), ("end_to_end", e2e))}
 
 
 def training_summary(solvers: dict[str, Any]) -> dict[str, Any]:

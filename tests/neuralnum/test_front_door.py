@@ -1,0 +1,117 @@
+"""neuralnum.lstsq: unpacks like scipy.linalg.lstsq; learned solvers through the same door."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from learner_standins import one_thread  # noqa: F401 (autouse fixture)
+
+import neuralnum
+from neuralnum.learner import Learner
+from neuralnum.recipe import Recipe
+
+
+def _problem(seed, n, d, k, rank, dtype):
+    rng = np.random.default_rng(seed)
+    A = rng.standard_normal((n, min(rank, n, d))) @ rng.standard_normal((min(rank, n, d), d))
+    b = rng.standard_normal((n,) if k is None else (n, k))
+    return A.astype(dtype), b.astype(dtype)
+
+
+def _same(ours, theirs):
+    assert len(ours) == len(theirs) == 4
+    for a, b in zip(ours, theirs, strict=True):
+        assert type(a) is type(b) or (np.isscalar(a) and np.isscalar(b))
+        assert np.shape(a) == np.shape(b)
+        np.testing.assert_array_equal(a, b)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 9), d=st.integers(1, 9),
+       k=st.one_of(st.none(), st.integers(1, 3)), rank=st.integers(1, 9),
+       dtype=st.sampled_from([np.float32, np.float64]),
+       cond=st.one_of(st.none(), st.just(1e-3)))
+def test_reference_path_is_scipy_gelsd_bit_for_bit(seed, n, d, k, rank, dtype, cond):
+    A, b = _problem(seed, n, d, k, rank, dtype)
+    ours = neuralnum.lstsq(A, b, cond=cond)
+    theirs = scipy.linalg.lstsq(A, b, cond=cond, lapack_driver="gelsd")
+    _same(ours, theirs)
+    x, _residues, rank_, _s = ours  # tuple unpacking, and attribute access
+    assert ours.x is x and ours.rank == rank_ and ours.iterations is None
+    # array-likes, and torch in -> torch out with the same numbers
+    _same(neuralnum.lstsq(A.tolist(), b.tolist(), cond=cond) if dtype == np.float64 else ours,
+          theirs)
+    t = neuralnum.lstsq(torch.from_numpy(A), torch.from_numpy(b), cond=cond)
+    assert isinstance(t.x, torch.Tensor) and isinstance(t.s, torch.Tensor)
+    np.testing.assert_array_equal(t.x.numpy(), theirs[0])
+    np.testing.assert_array_equal(t.s.numpy(), theirs[3])
+
+
+def test_zero_right_hand_sides_and_batches():
+    A, b = _problem(0, 6, 3, 2, 3, np.float64)
+    x, residues, rank, s = neuralnum.lstsq(A, np.zeros((6, 0)))
+    ref = scipy.linalg.lstsq(A, b, lapack_driver="gelsd")
+    assert x.shape == (3, 0) and residues.shape == (0,)
+    assert rank == ref[2] and np.array_equal(s, ref[3])
+    stack = np.stack([A, 2 * A])
+    bs = np.stack([b, b])
+    xb, rb, kb, _sb = neuralnum.lstsq(stack, bs)
+    assert xb.shape == (2, 3, 2) and rb.shape == (2, 2) and kb.tolist() == [3, 3]
+    np.testing.assert_array_equal(xb[1], scipy.linalg.lstsq(2 * A, b, lapack_driver="gelsd")[0])
+    wide = neuralnum.lstsq(stack.transpose(0, 2, 1), bs[:, :3, 0])  # n < d: no residues
+    assert wide.x.shape == (2, 6) and np.isnan(wide.residues).all()
+
+
+@pytest.mark.parametrize(("A", "b", "error", "match"), [
+    (np.ones((3, 2), complex), np.ones(3, complex), TypeError, "A has complex dtype"),
+    (np.ones((3, 2), int), np.ones(3), TypeError, r"A has integer .*np.asarray\(A"),
+    (np.ones((3, 2)), np.ones(3, np.float32), TypeError, "A has dtype float64 but b"),
+    (np.ones((3, 2)), np.ones(3, bool), TypeError, "b has boolean"),
+    (np.ones((3, 2)), np.ones(4), ValueError, "b must have shape .*rows must match A's 3"),
+    (np.ones(3), np.ones(3), ValueError, "A must have shape"),
+    (np.ones((3, 2)), np.ones((3, 1, 1)), ValueError, "b must have shape"),
+    (np.array([[1.0, np.nan], [0.0, 1.0]]), np.ones(2), ValueError, "A contains NaN"),
+    (np.eye(2), np.array([1.0, np.inf]), ValueError, "b contains NaN or Inf"),
+])
+def test_bad_input_names_the_argument(A, b, error, match):
+    with pytest.raises(error, match=match):
+        neuralnum.lstsq(A, b)
+
+
+def test_reference_options_and_check_finite():
+    with pytest.raises(TypeError, match="need a learned solver"):
+        neuralnum.lstsq(np.eye(2), np.ones(2), method="cg")
+    with pytest.raises(TypeError, match="need a learned solver"):
+        neuralnum.lstsq(np.eye(2), np.ones(2), tol=1e-3)
+    # check_finite=False hands the data to LAPACK unchecked, as scipy does
+    x = neuralnum.lstsq(np.eye(2), np.array([1.0, np.inf]), check_finite=False).x
+    assert x.shape == (2,)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_learned_solver_through_the_front_door(dtype):
+    name = "float32" if dtype == torch.float32 else "float64"
+    learner = Learner("linear_attention", "gd", Recipe(dtype=name), n=8,
+                      d=3).init_construction()
+    A, b = _problem(1, 8, 3, 2, 3, np.float64 if dtype == torch.float64 else np.float32)
+    result = neuralnum.lstsq(A, b, solver=learner, method="cg")
+    x, residues, rank, s = result
+    ref = scipy.linalg.lstsq(A, b, lapack_driver="gelsd")
+    assert rank is None and s is None and x.shape == (3, 2) and residues.shape == (2,)
+    eps = float(torch.finfo(dtype).eps)
+    assert np.allclose(x, ref[0], rtol=1e3 * eps, atol=1e3 * eps)
+    assert np.allclose(residues, ref[1], rtol=1e3 * eps)
+    assert result.iterations.shape == (2,) and result.converged.all()
+    assert (result.model_calls > result.iterations).all()
+    one = neuralnum.lstsq(torch.from_numpy(A), torch.from_numpy(b[:, 0]), solver=learner,
+                          method="chebyshev")
+    assert isinstance(one.x, torch.Tensor) and one.x.shape == (3,) and one.residues.shape == ()
+    assert int(one.iterations) > 0 and bool(one.converged) and one.info.method == "chebyshev"
+    batched = neuralnum.lstsq(np.stack([A, A]), np.stack([b, b]), solver=learner)
+    assert batched.x.shape == (2, 3, 2) and batched.iterations.shape == (2, 2)
+    empty = neuralnum.lstsq(A, np.zeros((8, 0), A.dtype), solver=learner)
+    assert empty.x.shape == (3, 0) and empty.residues.shape == (0,)
+    with pytest.raises(TypeError, match="cond"):
+        neuralnum.lstsq(A, b, solver=learner, cond=1e-3)
