@@ -1,4 +1,8 @@
-"""Shared test configuration: Hypothesis profiles sized for a 2-core CPU."""
+"""Shared test configuration: Hypothesis profiles sized for a 2-core CPU.
+
+The default ``ci`` profile is derandomized, so a run's verdict depends on the code alone;
+``HYPOTHESIS_PROFILE=dev`` explores fresh random examples (more of them) while developing.
+"""
 
 import os
 
@@ -9,7 +13,8 @@ from hypothesis import HealthCheck, settings
 from neuralnum.runtime import show_progress
 
 settings.register_profile(
-    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+    "ci", max_examples=25, deadline=None, derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
