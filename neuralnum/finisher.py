@@ -145,6 +145,29 @@ def _concat(a: tuple[torch.Tensor, ...], b: tuple[torch.Tensor, ...]) -> tuple[t
     return tuple(torch.cat([u, v]) for u, v in zip(a, b, strict=True))
 
 
+def _rank_sized_set(learner: Any, draw: Callable[[int], tuple[torch.Tensor, ...]],
+                    s: FinisherSettings, p: int
+                    ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor, int, float]:
+    """The training set (``≥ rank_factor ×`` the numerical rank of ``J`` residuals, the
+    rank measured on a probe set of ``≥ p`` residuals at the starting weights), the
+    starting weights, the rank and the condition number of ``JᵀJ``."""
+    d = learner.d
+    train = draw(s.problems or -(-p // d))
+    problem, theta, _ = learner_problem(learner, train, s.chunk)
+    with torch.no_grad():
+        jtj, _ = normal_matrix(problem, theta, problem.residuals(theta))
+    rank, cond = numerical_rank(jtj)
+    del jtj
+    need = -(-int(s.rank_factor * rank) // d)
+    if s.problems and s.problems < need:
+        raise ValueError(f"lm problems={s.problems} gives {s.problems * d} residuals, fewer "
+                         f"than {s.rank_factor}× the rank {rank} of J: use problems >= {need} "
+                         f"(or 0 to size it automatically)")
+    if train[0].shape[0] < need:
+        train = _concat(train, draw(need - train[0].shape[0]))
+    return train, theta, rank, cond
+
+
 def finish_lm(learner: Any, draw: Callable[[int], tuple[torch.Tensor, ...]],
               settings: FinisherSettings | None = None, *,
               fresh_set: tuple[torch.Tensor, ...] | None = None,
@@ -158,23 +181,8 @@ def finish_lm(learner: Any, draw: Callable[[int], tuple[torch.Tensor, ...]],
     s = settings or FinisherSettings()
     start = time.perf_counter()
     p = sum(q.numel() for q in learner.parameters())
-    d = learner.d
     fresh = fresh_set if fresh_set is not None else draw(s.fresh)
-    # rank of J, measured on a probe set of ≥ p residuals at the starting weights
-    probe_problems = s.problems or -(-p // d)
-    train = draw(probe_problems)
-    problem, theta, write_back = learner_problem(learner, train, s.chunk)
-    with torch.no_grad():
-        jtj, _ = normal_matrix(problem, theta, problem.residuals(theta))
-    rank, cond = numerical_rank(jtj)
-    del jtj
-    need = -(-int(s.rank_factor * rank) // d)
-    if s.problems and s.problems < need:
-        raise ValueError(f"lm problems={s.problems} gives {s.problems * d} residuals, fewer "
-                         f"than {s.rank_factor}× the rank {rank} of J: use problems >= {need} "
-                         f"(or 0 to size it automatically)")
-    if train[0].shape[0] < need:
-        train = _concat(train, draw(need - train[0].shape[0]))
+    train, theta, rank, cond = _rank_sized_set(learner, draw, s, p)
     fresh_problem = learner_problem(learner, fresh, s.chunk)[0]
     problem, _, write_back = learner_problem(learner, train, s.chunk)
     records: list[dict[str, Any]] = [{
