@@ -25,7 +25,7 @@ def _monarch_case(k, p, q, s, n, dtype, seed=0):
 
 def _dense(R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
     """``M[a·q + i, j·p + c] = L[i, a, j] R[j, i, c]`` as a float64 matrix (einsum, no bmm)."""
-    q, s, k = L.shape
+    q, s, _ = L.shape
     return torch.einsum("iaj,jic->aijc", L.double(), R.double()).reshape(s * q, -1)
 
 
