@@ -152,7 +152,12 @@ def verdicts(result: dict) -> dict[str, bool]:
 
 def tables(result: dict) -> str:
     """README block: resources per compiled variant (nothing is run)."""
-    rows = [[r["kernel"], str(r["num_warps"]), str(r["num_stages"]),
+    def name(r: dict) -> str:
+        tiles = "×".join(str(r[k]) for k in ("BLOCK_N", "BLOCK_M", "BLOCK_E", "BLOCK_A")
+                         if k in r)
+        return f"{r['kernel']} (tiles N×M×E×A {tiles})" if tiles else r["kernel"]
+
+    rows = [[name(r), str(r["num_warps"]), str(r["num_stages"]),
              str(r.get("registers", "—")), str(r.get("stack_bytes", "—")),
              f"{r['shared_bytes'] / 1024:.0f}", "yes" if r["fits"] else "**no**"]
             for r in result["monarch"] + result["conv"]]

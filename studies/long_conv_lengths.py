@@ -83,7 +83,7 @@ def tables(result: dict) -> str:
         md.table(["L", "plan", *(f"{d.removeprefix('torch.')}: max relative error"
                                  for d in dtypes)], lines), "",
         f"Target — every error below its dtype's tolerance "
-        f"({', '.join(sorted({md.sci(r['tol'], 0) for r in rows}))}): "
+        f"({', '.join(dict.fromkeys(md.sci(r['tol'], 0) for r in rows))}): "
         f"**{'met' if met else 'not met'}**."])
 
 

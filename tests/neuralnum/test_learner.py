@@ -172,7 +172,13 @@ def test_solve_agrees_with_lstsq_to_reached_precision(trained, dtype, seed, cond
     bound = eta * N * e / (1 - rho) * 1.5 + 1e3 * torch.finfo(dtype).eps * (
         1 + x_ref.double().norm(dim=1))
     assert ((x - x_ref).double().norm(dim=1) <= bound).all()
-    assert learner.last_solve.converged.all()
+    # "converged" also counts a stalled iteration (stagnation mode), so check what it should
+    # mean: the solve stopped before max_iters, at a fixed point of the learned step up to
+    # the model's error: ‖step(x̂) − x̂‖ = η‖∇f(x̂) + e‖ ≤ (1 + ρ)‖x̂ − x*‖ + η·n·‖e‖
+    info = learner.last_solve
+    assert info.converged.all() and not info.diverged.any() and info.iterations < 1000
+    moved = (learner.solve(P.A, P.b, iters=1, x0=x) - x).double().norm(dim=1)
+    assert (moved <= 2 * bound + 1.5 * eta * N * e).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -192,7 +198,12 @@ def test_solve_shapes_iters_tol_and_front_door(dtype):
     x_np = neuralnum.lstsq(A_np, B_np, solver=learner)
     assert isinstance(x_np, np.ndarray) and x_np.shape == (D, 2)
     ref_np = neuralnum.lstsq(A_np, B_np)
-    assert np.allclose(x_np, ref_np, atol=1e4 * float(eps))
+    # exact GD stalls where the computed gradient is rounding noise: each entry of Aᵀ(Ax − b)
+    # sums ~n products, an error ~n·eps·‖A‖²‖x‖, which the iteration maps to an error in x of
+    # κ² times that relative to ‖x‖ (here κ = 2, n = N = 8); ×2 for scipy's own rounding
+    # (measured: at most 11·eps over 6 seeds in both dtypes, the bound gives 64·eps·(1 + |x|))
+    atol = 2 * 2.0**2 * N * float(eps) * (1 + np.abs(ref_np).max())
+    assert np.allclose(x_np, ref_np, rtol=0, atol=atol)
     assert neuralnum.lstsq(P.A[0], P.b[0], solver=learner).shape == (D,)
     assert neuralnum.lstsq(P.A, P.b, solver=learner, iters=2).shape == (3, D)
     with pytest.raises(ValueError, match="rows"):

@@ -2,8 +2,8 @@
 
 import itertools
 import os
-import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,8 +98,6 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     Masked LM makes the two halves of each batch hold different numbers of labelled
     tokens, so this also checks the global-count loss normalisation.
     """
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun not on PATH")
     args = ["--task", "lm-masked", "--model", "m2", "--precision", "fp64", "--steps", "3",
             "--eval-every", "3", "--d-model", "16", "--n-layers", "1", "--seq-len", "16",
             "--batch-size", "4", "--eval-batches", "1", "--warmup-steps", "2", "--device", "cpu",
@@ -107,7 +105,8 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "NEURALNUM_PROGRESS": "0"}
     proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "structured.train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "structured.train",
          *args, "--out-dir", str(tmp_path / "ddp")],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=170, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -57,6 +57,8 @@ def _multiplication(ratio_product, ratio_gd, mse32, mse64):
             "ratio_softmax_over_polynomial": {"product": ratio_product, "gd_term": ratio_gd},
             "constructed_gd_mse": {"float32": {"baseconv": mse32, "linear_attention": 1e-15},
                                    "float64": {"baseconv": 1e-33, "linear_attention": mse64}},
+            "softmax_product_sweep": {d: [[1e-2, 1e-8], [1e-3, 1e-10], [1e-4, 1e-9]]
+                                      for d in ("float32", "float64")},
             "iterated_constructed_gd_mse_vs_xstar": {
                 d: {"baseconv": 1e-15, "linear_attention": 1e-15} for d in ("float32",
                                                                            "float64")}}
@@ -74,7 +76,8 @@ def test_multiplication_verdicts(args, failing):
     got = multiplication.verdicts(result)
     assert len(got) == 4 and {k for k, met in got.items() if not met} == (
         {failing} if failing else set())
-    assert multiplication.tables(result).count("**not met**") == (failing is not None)
+    text = multiplication.tables(result)
+    assert text.count("**not met**") == (failing is not None) and "1.0e-10 (ε = 1e-3)" in text
 
 
 def test_multiplication_result_names():
