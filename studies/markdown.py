@@ -64,7 +64,8 @@ def num(value: float | None, digits: int = 3) -> str:
     if value is None:
         return "—"
     if value == 0 or 1e-2 <= abs(value) < 1e4:
-        return f"{value:.{digits}g}"
+        text = f"{value:.{digits}g}"
+        return f"{value:.0f}" if "e" in text else text      # 1.02e+03 → 1020
     return sci(value, digits - 1)
 
 

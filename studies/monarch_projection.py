@@ -235,7 +235,8 @@ def tables(report: dict) -> str:
         md.command(report, f"an MLP on scikit-learn's digits, both hidden layers projected; "
                            f"{report['steps']} dense steps, {report['finetune_steps']} "
                            f"fine-tune steps"), "",
-        md.table(["nblocks", *(f"{label} (test accuracy, mean of {seeds} seeds)"
+        md.table(["nblocks", *(f"{label} (test accuracy, mean of {seeds} "
+                               f"seed{'s' if seeds > 1 else ''})"
                                if i == 0 else label for i, label in
                                enumerate(STAGES.values()))], acc), "",
         md.table(["matrix", *(f"nblocks {nb}: Monarch / low rank" for nb in nblocks)], proj),
