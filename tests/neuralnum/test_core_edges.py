@@ -22,11 +22,11 @@ def test_mse_is_per_problem_mean_of_squares(dtype):
 
 
 def test_softmax_product_messages_name_the_argument():
-    with pytest.raises(TypeError, match="^m must be an int"):
+    with pytest.raises(TypeError, match=r"^m must be an int"):
         SoftmaxProduct(2.0, 0.1)
-    with pytest.raises(ValueError, match="^m must be >= 1"):
+    with pytest.raises(ValueError, match=r"^m must be >= 1"):
         SoftmaxProduct(0, 0.1)
-    with pytest.raises(ValueError, match="^eps must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"^eps must be finite and > 0"):
         SoftmaxProduct(2, 0.0)
     with pytest.raises(ValueError, match=r"^u must be \(B, L, 4\) torch.float64, got \(2, 3, 5\)"):
         SoftmaxProduct(2, 0.1, dtype=torch.float64)(torch.zeros(2, 3, 5, dtype=torch.float64))
