@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import TOL, triton_backend
 
-from kernels import long_conv, monarch_matmul
+from kernels import long_conv, long_conv_reference, monarch_matmul
 from structured.monarch import MonarchMatrix
 from structured.transforms import circulant_monarch
 
@@ -55,43 +55,37 @@ def _same(got, want, dtype):
             torch.testing.assert_close(a, b, rtol=TOL[dtype], atol=TOL[dtype])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("how", ["neg", "strided", "conj-imag"])
-def test_monarch_views(dtype, how):
-    if how not in _views(dtype):
-        pytest.skip("no complex bfloat16")
-    g = torch.Generator().manual_seed(0)
-    x, R, L = (torch.randn(*s, generator=g).to(dtype) for s in ((5, 12), (3, 4, 4), (4, 2, 3)))
-    gy = torch.randn(5, 8, generator=g).to(dtype)
-    want_y, want_g = _run(monarch_matmul, [t.requires_grad_() for t in (x, R, L)], gy,
-                          "strided")
-    views = [_as_view(t.detach(), how).requires_grad_() for t in (x, R, L)]
-    got_y, got_g = _run(monarch_matmul, views, gy, how)
-    _same((got_y, *got_g), (want_y, *want_g), dtype)
-    if dtype != torch.bfloat16:           # and both are the reference's answer
-        torch.testing.assert_close(got_y, x @ torch.einsum("iaj,jic->aijc", L, R)
-                                   .reshape(8, 12).T, rtol=TOL[dtype], atol=TOL[dtype])
+def _monarch_case(g):
+    def dense_product(x, R, L):
+        return x @ torch.einsum("iaj,jic->aijc", L, R).reshape(8, 12).T
+
+    args = [torch.randn(*s, generator=g) for s in ((5, 12), (3, 4, 4), (4, 2, 3))]
+    return monarch_matmul, args, torch.randn(5, 8, generator=g), dense_product
+
+
+def _long_conv_case(g):
+    u, pre, post = (torch.randn(1, 2, 256, generator=g) for _ in range(3))
+    k = torch.randn(2, 256, generator=g) / 16
+    return long_conv, [u, k, pre, post], torch.randn(1, 2, 256, generator=g), long_conv_reference
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("how", ["neg", "strided", "conj-imag"])
-def test_long_conv_views(dtype, how):
+@pytest.mark.parametrize("case", [_monarch_case, _long_conv_case], ids=["monarch", "long_conv"])
+def test_views_reach_the_kernel_with_their_values(case, dtype, how):
+    """The kernel on a view equals the kernel on a plain copy (bit for bit in bfloat16),
+    for the output and every gradient (the incoming gradient passed as a view too)."""
     if how not in _views(dtype):
         pytest.skip("no complex bfloat16")
-    g = torch.Generator().manual_seed(1)
-    u, pre, post = (torch.randn(1, 2, 256, generator=g).to(dtype) for _ in range(3))
-    k = (torch.randn(2, 256, generator=g) / 16).to(dtype)
-    gy = torch.randn(1, 2, 256, generator=g).to(dtype)
-    args = [t.requires_grad_() for t in (u, k, pre, post)]
-    want_y, want_g = _run(long_conv, args, gy, "strided")
-    views = [_as_view(t.detach(), how).requires_grad_() for t in (u, k, pre, post)]
-    got_y, got_g = _run(long_conv, views, gy, how)
+    fn, args, gy, exact = case(torch.Generator().manual_seed(0))
+    args, gy = [t.to(dtype) for t in args], gy.to(dtype)
+    want_y, want_g = _run(fn, [t.clone().requires_grad_() for t in args], gy, "strided")
+    views = [_as_view(t, how).requires_grad_() for t in args]
+    got_y, got_g = _run(fn, views, gy, how)
     _same((got_y, *got_g), (want_y, *want_g), dtype)
-    if dtype != torch.bfloat16:
-        from kernels import long_conv_reference
-
-        torch.testing.assert_close(got_y, long_conv_reference(u, k, pre, post),
-                                   rtol=TOL[dtype], atol=TOL[dtype])
+    if dtype != torch.bfloat16:           # and both are the right answer
+        want = exact(*(t.double() for t in args))       # float64 from the same values
+        torch.testing.assert_close(got_y.double(), want, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.complex128], ids=str)
