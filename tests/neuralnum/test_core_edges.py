@@ -1,13 +1,18 @@
-"""Edges of the numerical core that the main tests do not pin: the per-problem MSE's
-value and shape, and the argument messages of the softmax product construction.
+"""Edges of the numerical core that the main tests do not pin: the per-problem MSE, the
+condition number's cutoff and the sensitivity formula, small ``MonarchMatrix`` API pieces,
+and argument messages.
 (Added for the mutation check, ``python3 -m mutmut run``: each test kills mutants that
 survived the main tests.)"""
+
+import math
 
 import pytest
 import torch
 
+from kernels.long_conv_reference import long_conv_reference
 from neuralnum.arch.construct import SoftmaxProduct
-from neuralnum.reference import mse
+from neuralnum.reference import condition_number, mse, sensitivity
+from structured.monarch import MonarchMatrix
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -30,3 +35,66 @@ def test_softmax_product_messages_name_the_argument():
         SoftmaxProduct(2, 0.0)
     with pytest.raises(ValueError, match=r"^u must be \(B, L, 4\) torch.float64, got \(2, 3, 5\)"):
         SoftmaxProduct(2, 0.1, dtype=torch.float64)(torch.zeros(2, 3, 5, dtype=torch.float64))
+
+
+def _diag_problems(scale: float = 100.0) -> torch.Tensor:
+    """Two (3, 2) problems with exactly known singular values ``scale·(1, 1e-3)`` and
+    ``scale·(1, 0.5)`` (diagonal, so ``svdvals`` returns them exactly)."""
+    A = torch.zeros(2, 3, 2, dtype=torch.float64)
+    A[0, 0, 0], A[0, 1, 1] = scale, scale * 1e-3
+    A[1, 0, 0], A[1, 1, 1] = scale, scale * 0.5
+    return A
+
+
+def test_condition_number_cutoff_per_problem():
+    A = _diag_problems()
+    kappa = condition_number(A)                               # default cutoff: both kept
+    torch.testing.assert_close(kappa, torch.tensor([1e3, 2.0], dtype=torch.float64))
+    # a singular value exactly at rcond·σ_max counts as zero; the cutoff is relative to σ_max
+    kappa = condition_number(A, rcond=1e-3)
+    torch.testing.assert_close(kappa, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    torch.testing.assert_close(condition_number(A, rcond=0.6),
+                               torch.tensor([1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^A must have 3 dimensions"):
+        condition_number(A[0])
+    with pytest.raises(ValueError, match=r"^A contains NaN or Inf"):
+        condition_number(torch.full((1, 3, 2), math.nan, dtype=torch.float64))
+
+
+def test_sensitivity_formula_and_cutoff():
+    A = _diag_problems(scale=2.0)
+    x = torch.tensor([[1.0, 2.0], [3.0, 0.0]], dtype=torch.float64)
+    b = torch.einsum("bnd,bd->bn", A, x)
+    b[:, 2] = torch.tensor([3.0, 4.0], dtype=torch.float64)      # residual r = (3, 4)
+    kappa = torch.tensor([1e3, 2.0], dtype=torch.float64)
+    ratio = torch.tensor([3.0, 4.0], dtype=torch.float64) / (2.0 * x.norm(dim=1))
+    want = kappa * (2 + (kappa + 1) * ratio)
+    torch.testing.assert_close(sensitivity(A, b, x), want, rtol=1e-14, atol=0)
+    # rcond is passed on to κ: the tiny singular value of problem 0 is cut off
+    got = sensitivity(A, b, x, rcond=1e-3)
+    torch.testing.assert_close(got[0], 1.0 * (2 + 2.0 * ratio[0]), rtol=1e-14, atol=0)
+    # a zero residual at x = 0 (b = 0) gives 2κ, not 0/0
+    zero = sensitivity(A, torch.zeros(2, 3, dtype=torch.float64),
+                       torch.zeros(2, 2, dtype=torch.float64))
+    torch.testing.assert_close(zero, 2 * kappa)
+    with pytest.raises(ValueError):
+        sensitivity(A, b, x[:, :1])                            # x is checked too
+
+
+def test_monarch_matrix_small_api():
+    M = MonarchMatrix.random(6, 4, 2, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0))
+    assert M.flops() == 2 * M.num_params() and M.flops(3) == 6 * M.num_params()
+    with pytest.raises(ValueError, match=r"^batch must be a positive int"):
+        M.flops(0)
+    assert repr(M) == ("MonarchMatrix(shape=(4, 6), k=2, p=3, q=2, s=2, rank=1, "
+                       "dtype=torch.float64)")
+    y = torch.randn(2, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(M.adjoint_matmul(y), y @ M.to_dense())   # 2 batch dims
+    with pytest.raises(ValueError, match=r"^y's last dimension must be 4"):
+        M.adjoint_matmul(y[..., :3])
+
+
+def test_long_conv_message_gives_both_filter_lengths():
+    with pytest.raises(ValueError, match=r"k must be \(3, 4\) \(causal\) or \(3, 8\) "):
+        long_conv_reference(torch.ones(2, 3, 4), torch.ones(3, 5))
