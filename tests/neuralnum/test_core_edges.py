@@ -98,3 +98,14 @@ def test_monarch_matrix_small_api():
 def test_long_conv_message_gives_both_filter_lengths():
     with pytest.raises(ValueError, match=r"k must be \(3, 4\) \(causal\) or \(3, 8\) "):
         long_conv_reference(torch.ones(2, 3, 4), torch.ones(3, 5))
+
+
+def test_mse_names_the_bad_argument():
+    good = torch.zeros(2, 3, dtype=torch.float64)
+    bad = torch.full((2, 3), math.nan, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"^x contains NaN or Inf"):
+        mse(bad, good)
+    with pytest.raises(ValueError, match=r"^x_ref contains NaN or Inf"):
+        mse(good, bad)
+    with pytest.raises(ValueError, match=r"^x has shape \(2, 3\) but x_ref has \(2, 2\)"):
+        mse(good, good[:, :2])
