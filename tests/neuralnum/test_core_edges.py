@@ -10,8 +10,10 @@ import pytest
 import torch
 
 from kernels.long_conv_reference import long_conv_reference
-from neuralnum.arch.construct import SoftmaxProduct
+from kernels.monarch_reference import monarch_matmul_reference
+from neuralnum.arch.construct import SoftmaxProduct, gd_rounding_bound
 from neuralnum.reference import condition_number, mse, sensitivity
+from neuralnum.targets import contraction_factor
 from structured.monarch import MonarchMatrix
 
 
@@ -109,3 +111,44 @@ def test_mse_names_the_bad_argument():
         mse(good, bad)
     with pytest.raises(ValueError, match=r"^x has shape \(2, 3\) but x_ref has \(2, 2\)"):
         mse(good, good[:, :2])
+
+
+def test_contraction_factor_cutoff_uses_the_larger_dimension():
+    """σ's at or below ``σ_max·max(n, d)·eps`` are zero: with n = 40 > d = 2, a σ₂ between
+    ``d·eps`` and ``n·eps`` is cut (ρ from σ₁ alone), and σ₂ exactly at the cutoff too."""
+    eps = torch.finfo(torch.float64).eps
+    A = torch.zeros(3, 40, 2, dtype=torch.float64)
+    A[:, 0, 0] = 1.0
+    A[0, 1, 1] = 10 * eps          # between 2·eps and 40·eps: cut
+    A[1, 1, 1] = 40 * eps          # exactly at the cutoff: cut
+    A[2, 1, 1] = 0.5               # kept
+    eta = torch.full((3,), 0.5, dtype=torch.float64)
+    rho = contraction_factor(A, eta)
+    torch.testing.assert_close(rho, torch.tensor([0.5, 0.5, 0.875], dtype=torch.float64),
+                               rtol=0, atol=1e-15)                 # per problem
+
+
+def test_gd_rounding_bound_value():
+    """``γ_{n+d+3} (|x| + η|A|ᵀ(|A||x| + |b|))`` with ``γ_k = k·u/(1 − k·u)``, u = eps/2."""
+    A = torch.tensor([[[1.0, -2.0], [0.5, 0.0], [0.0, 3.0]]], dtype=torch.float64)
+    b = torch.tensor([[1.0, -1.0, 2.0]], dtype=torch.float64)
+    x = torch.tensor([[-1.0, 0.5]], dtype=torch.float64)
+    k = (3 + 2 + 3) * torch.finfo(torch.float64).eps / 2
+    scale = A.abs()[0] @ x.abs()[0] + b.abs()[0]
+    want = k / (1 - k) * (x.abs()[0] + 0.25 * A.abs()[0].T @ scale)
+    torch.testing.assert_close(gd_rounding_bound(A, b, x, 0.25)[0], want, rtol=1e-15, atol=0)
+    with pytest.raises(ValueError):
+        gd_rounding_bound(A, b, x[:, :1], 0.25)                    # x is checked
+
+
+def test_monarch_operand_checks():
+    M = MonarchMatrix.random(6, 4, 2, dtype=torch.float64,
+                             generator=torch.Generator().manual_seed(0))
+    x = torch.randn(6, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(M @ x, M.to_dense() @ x)             # an unbatched vector
+    with pytest.raises(TypeError, match=r"^x must be a torch.Tensor, got list"):
+        M.matmul([1.0] * 6)
+    with pytest.raises(ValueError, match=r"^x's last dimension must be 6, got shape \(\)"):
+        M.matmul(torch.tensor(1.0, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"k·p = 6, got 5$"):
+        monarch_matmul_reference(torch.ones(2, 3, 5), torch.ones(2, 3, 3), torch.ones(3, 4, 2))
