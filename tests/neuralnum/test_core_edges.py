@@ -14,7 +14,7 @@ from kernels.monarch_reference import monarch_matmul_reference
 from neuralnum.arch.construct import SoftmaxProduct, gd_rounding_bound
 from neuralnum.reference import condition_number, mse, sensitivity
 from neuralnum.targets import contraction_factor
-from structured.monarch import MonarchMatrix
+from structured.monarch import MonarchMatrix, project
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -152,3 +152,13 @@ def test_monarch_operand_checks():
         M.matmul(torch.tensor(1.0, dtype=torch.float64))
     with pytest.raises(ValueError, match=r"k·p = 6, got 5$"):
         monarch_matmul_reference(torch.ones(2, 3, 5), torch.ones(2, 3, 3), torch.ones(3, 4, 2))
+
+
+def test_project_messages_name_the_argument():
+    W = torch.ones(4, 4, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"^W must be a torch.Tensor, got list"):
+        project([[1.0]], 2)
+    with pytest.raises(ValueError, match=r"^W contains NaN or Inf$"):
+        project(W * math.inf, 2)
+    with pytest.raises(ValueError, match=r"^rank must be a positive int, got 0"):
+        project(W, 2, rank=0)
