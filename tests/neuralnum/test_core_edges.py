@@ -12,7 +12,7 @@ import torch
 from kernels.long_conv_reference import long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
 from neuralnum.arch.construct import SoftmaxProduct, gd_rounding_bound
-from neuralnum.reference import condition_number, mse, sensitivity
+from neuralnum.reference import condition_number, lstsq, mse, sensitivity
 from neuralnum.targets import contraction_factor
 from structured.monarch import MonarchMatrix, project
 
@@ -162,3 +162,15 @@ def test_project_messages_name_the_argument():
         project(W * math.inf, 2)
     with pytest.raises(ValueError, match=r"^rank must be a positive int, got 0"):
         project(W, 2, rank=0)
+
+
+@pytest.mark.parametrize("method", ["mpmath", "scipy", "numpy"])
+def test_rcond_cutoff_is_relative_and_inclusive(method):
+    """σ₂ exactly at ``rcond·σ_max`` (powers of two: exact) is treated as zero."""
+    A = torch.zeros(1, 3, 2, dtype=torch.float64)
+    A[0, 0, 0], A[0, 1, 1] = 4.0, 4.0 * 2.0**-10
+    b = torch.tensor([[8.0, 1.0, 5.0]], dtype=torch.float64)
+    x = lstsq(A, b, method, rcond=2.0**-10)
+    torch.testing.assert_close(x, torch.tensor([[2.0, 0.0]], dtype=torch.float64))
+    kept = lstsq(A, b, method, rcond=2.0**-11)
+    torch.testing.assert_close(kept, torch.tensor([[2.0, 256.0]], dtype=torch.float64))
