@@ -34,10 +34,11 @@ from dataclasses import replace
 import torch
 from torch import nn
 
+from neuralnum.arch import TokenConfig, arch_config, drawing_from
 from neuralnum.arch import build_model as build_arch
-from neuralnum.runtime import seeded
+from neuralnum.runtime import make_generator
 from structured.mixer import ImplicitFilter, SequenceMixer
-from structured.models import build_model
+from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import (
     load_note,
@@ -58,15 +59,17 @@ LEARNING_RATES = {"quick": (1e-3, 3e-3, 1e-2), "full": (3e-4, 1e-3, 3e-3, 1e-2)}
 
 
 class ArchLM(nn.Module):
-    """A :mod:`neuralnum.arch` body as a token model: embed → body → LayerNorm → head."""
+    """A :mod:`neuralnum.arch` body as a token model: embed → body → LayerNorm → head,
+    weights drawn from ``generator`` (``None``: seed 0)."""
 
-    def __init__(self, name: str, vocab: int, d_model: int, n_layers: int, seq_len: int,
-                 **options: object):
+    def __init__(self, config: TokenConfig, vocab: int, *,
+                 generator: torch.Generator | None = None):
         super().__init__()
-        self.embed = nn.Embedding(vocab, d_model)
-        self.body = build_arch(name, d_model, n_layers, seq_len, **options)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
+        with drawing_from(generator) as gen:
+            self.embed = nn.Embedding(vocab, config.d_model)
+            self.body = build_arch(config, generator=gen)
+            self.norm = nn.LayerNorm(config.d_model)
+            self.head = nn.Linear(config.d_model, vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.body(self.embed(idx))))
@@ -75,13 +78,14 @@ class ArchLM(nn.Module):
 def base_config(full: bool) -> TrainConfig:
     """The task and training every model shares (quick: small enough for 2 CPU cores)."""
     if full:   # Zoology-like: 256 tokens, 16 pairs, vocab 256 (Arora et al. 2023 use 8192)
-        return TrainConfig(task="mqar", seq_len=256, mqar_num_kv=16, mqar_vocab=256,
-                           d_model=128, n_layers=2, n_heads=4, steps=4000, batch_size=64,
-                           warmup_steps=200, dim_mixer="blockdiag", eval_every=500,
+        model = ModelConfig(seq_len=256, d_model=128, n_layers=2, n_heads=4,
+                            dim_mixer="blockdiag")
+        return TrainConfig(task="mqar", model=model, mqar_num_kv=16, mqar_vocab=256,
+                           steps=4000, batch_size=64, warmup=200, eval_every=500,
                            eval_batches=8, plot=False)
-    return TrainConfig(task="mqar", seq_len=32, mqar_num_kv=4, mqar_vocab=64, d_model=32,
-                       n_layers=2, n_heads=4, steps=800, batch_size=32, warmup_steps=50,
-                       dim_mixer="blockdiag", eval_every=200, eval_batches=8, plot=False)
+    model = ModelConfig(seq_len=32, d_model=32, n_layers=2, n_heads=4, dim_mixer="blockdiag")
+    return TrainConfig(task="mqar", model=model, mqar_num_kv=4, mqar_vocab=64, steps=800,
+                       batch_size=32, warmup=50, eval_every=200, eval_batches=8, plot=False)
 
 
 def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
@@ -91,36 +95,47 @@ def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     return {"test_loss": metrics["val_loss"], "test_acc": metrics["val_acc"]}
 
 
-def with_filter_decay(model: nn.Module, fast: float, slow: float) -> nn.Module:
-    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L."""
-    for mixer in model.modules():
-        if isinstance(mixer, SequenceMixer):
-            old = mixer.filter
-            mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
-                                          bands=old.bands, fast_decay=fast, slow_decay=slow)
+def with_filter_decay(model: nn.Module, fast: float, slow: float, *,
+                      generator: torch.Generator | None = None) -> nn.Module:
+    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L
+    (new weights drawn from ``generator``)."""
+    with drawing_from(generator):
+        for mixer in model.modules():
+            if isinstance(mixer, SequenceMixer):
+                old = mixer.filter
+                mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
+                                              bands=old.bands, fast_decay=fast,
+                                              slow_decay=slow).to(old.mlp[0].weight.dtype)
     return model
 
 
-def builders(base: TrainConfig) -> dict[str, Callable[[], nn.Module]]:
-    """A seeded constructor of each model, all matched to softmax attention's size."""
-    d, layers, vocab, length = base.d_model, base.n_layers, base.mqar_vocab, base.seq_len
-    target = param_count(replace(base, model="transformer").model_config())
-    m2 = matched(replace(base, model="m2").model_config(), target)
-    gpt = replace(base, model="transformer").model_config()
+#: A model constructor: weights drawn from the generator it is given (``None``: seed 0).
+Builder = Callable[..., nn.Module]
 
-    def arch_lm(name: str, n_layers: int, **options: object) -> Callable[[], nn.Module]:
-        return lambda: ArchLM(name, vocab, d, n_layers, length, **options)
 
-    def size(make: Callable[[], nn.Module]) -> int:
+def builders(base: TrainConfig) -> dict[str, Builder]:
+    """A constructor of each model, all matched to softmax attention's size."""
+    d, layers, vocab, length = (base.model.d_model, base.model.n_layers, base.mqar_vocab,
+                                base.model.seq_len)
+    gpt = replace(base.model, arch="transformer")
+    target = param_count(gpt)
+    m2 = matched(replace(base.model, arch="m2"), target)
+
+    def arch_lm(name: str, n_layers: int, **options: object) -> Builder:
+        config = arch_config(name, d_model=d, n_layers=n_layers, seq_len=length, **options)
+        return lambda generator=None: ArchLM(config, vocab, generator=generator)
+
+    def size(make: Builder) -> int:
         return sum(p.numel() for p in make().parameters())
 
     baseconv_layers = min(range(1, 17), key=lambda n: abs(
         size(arch_lm("baseconv", n, short_conv=3)) - target))
-    return {"softmax attention": lambda: build_model(gpt),
-            "M2": lambda: build_model(m2),
-            "M2 slow decay": lambda: with_filter_decay(build_model(m2), *SLOW_DECAY),
+    return {"softmax attention": lambda generator=None: build_model(gpt, generator=generator),
+            "M2": lambda generator=None: build_model(m2, generator=generator),
+            "M2 slow decay": lambda generator=None: with_filter_decay(
+                build_model(m2, generator=generator), *SLOW_DECAY, generator=generator),
             "BaseConv": arch_lm("baseconv", baseconv_layers, short_conv=3),
-            "linear attention": arch_lm("linear_attention", layers, n_heads=base.n_heads,
+            "linear attention": arch_lm("linear_attention", layers, n_heads=base.model.n_heads,
                                         mlp=True)}
 
 
@@ -133,8 +148,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         best = None
         for lr in lrs:
             cfg = replace(base, lr=lr)
-            with seeded(cfg.seed):
-                model = make()
+            model = make(make_generator(cfg.seed))
             tag = f"{label.replace(' ', '-')}-lr{lr:g}"
             run = train_run(cfg, args.out, tag, model=model, name=f"{label} lr {lr:g}")
             run.update(test_accuracy(model, cfg), lr=lr)
@@ -147,8 +161,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "val_acc": best["val_acc"], "test_acc": best["test_acc"],
                      "test_loss": best["test_loss"]})
     chance = 1 / (base.mqar_vocab - base.mqar_vocab // 2)
-    print(f"\nMQAR: seq_len {base.seq_len}, {base.mqar_num_kv} key-value pairs, vocab "
-          f"{base.mqar_vocab} (chance {chance:.3f}), d_model {base.d_model}, "
+    print(f"\nMQAR: seq_len {base.model.seq_len}, {base.mqar_num_kv} key-value pairs, vocab "
+          f"{base.mqar_vocab} (chance {chance:.3f}), d_model {base.model.d_model}, "
           f"{base.steps} steps x {base.batch_size}; learning-rate sweep (chosen on val_acc):")
     print(format_table(sweep, ["model", "lr", "val_acc", "test_acc", "train_s"]))
     print(f"({load_note(args.threads)})\n\nBest learning rate per model (test draw unseen "

@@ -12,8 +12,9 @@ _BASE = mqar.base_config
 
 
 def _tiny(full: bool):
-    return replace(_BASE(full), seq_len=16, mqar_num_kv=2, mqar_vocab=16,
-                   d_model=16, steps=2, warmup_steps=1, batch_size=4, eval_every=2,
+    base = _BASE(full)
+    return replace(base, model=replace(base.model, seq_len=16, d_model=16), mqar_num_kv=2,
+                   mqar_vocab=16, steps=2, warmup=1, batch_size=4, eval_every=2,
                    eval_batches=1)
 
 
@@ -49,8 +50,7 @@ def test_slow_decay_filters_reach_further_back():
     makers = mqar.builders(cfg)
     rates = {}
     for label in ("M2", "M2 slow decay"):
-        torch.manual_seed(0)
-        model = makers[label]()
+        model = makers[label](torch.Generator().manual_seed(0))
         mixer = next(m for m in model.modules() if isinstance(m, mqar.SequenceMixer))
         rates[label] = mixer.filter.decay_rates
     assert (rates["M2 slow decay"] < rates["M2"]).all()
