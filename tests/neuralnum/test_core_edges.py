@@ -11,8 +11,20 @@ import torch
 
 from kernels.long_conv_reference import long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
-from neuralnum.arch.construct import SoftmaxProduct, gd_rounding_bound
-from neuralnum.reference import condition_number, lstsq, mse, sensitivity
+from neuralnum.arch.construct import (
+    SoftmaxProduct,
+    construct_baseconv_gd,
+    construct_linear_attention_gd,
+    gd_rounding_bound,
+)
+from neuralnum.reference import (
+    condition_number,
+    default_rcond,
+    lstsq,
+    mse,
+    relative_error,
+    sensitivity,
+)
 from neuralnum.targets import contraction_factor
 from structured.monarch import MonarchMatrix, project
 
@@ -29,9 +41,9 @@ def test_mse_is_per_problem_mean_of_squares(dtype):
 
 
 def test_softmax_product_messages_name_the_argument():
-    with pytest.raises(TypeError, match=r"^m must be an int"):
+    with pytest.raises(TypeError, match=r"^m must be "):
         SoftmaxProduct(2.0, 0.1)
-    with pytest.raises(ValueError, match=r"^m must be >= 1"):
+    with pytest.raises(ValueError, match=r"^m must be "):
         SoftmaxProduct(0, 0.1)
     with pytest.raises(ValueError, match=r"^eps must be finite and > 0"):
         SoftmaxProduct(2, 0.0)
@@ -174,3 +186,46 @@ def test_rcond_cutoff_is_relative_and_inclusive(method):
     torch.testing.assert_close(x, torch.tensor([[2.0, 0.0]], dtype=torch.float64))
     kept = lstsq(A, b, method, rcond=2.0**-11)
     torch.testing.assert_close(kept, torch.tensor([[2.0, 256.0]], dtype=torch.float64))
+
+
+def test_default_cutoff_and_rcond_range():
+    eps = torch.finfo(torch.float64).eps
+    A = torch.zeros(1, 3, 2, dtype=torch.float64)
+    A[0, 0, 0], A[0, 1, 1] = 1.0, 2.5 * eps         # below the default 3·eps: treated as 0
+    assert condition_number(A).item() == 1.0
+    assert default_rcond(torch.float32, 3, 5) == 5 * torch.finfo(torch.float32).eps
+    b = torch.ones(1, 3, dtype=torch.float64)
+    assert lstsq(A, b, rcond=0.0).shape == (1, 2)                  # 0 is allowed
+    for bad in (1.0, 1.5, -0.1, math.nan):
+        with pytest.raises(ValueError, match=r"^rcond must be in \[0, 1\)"):
+            lstsq(A, b, rcond=bad)
+    assert lstsq(A, b, "mpmath", dps=17).shape == (1, 2)           # 17 digits suffice
+    for bad in (16, True, 17.5):
+        with pytest.raises(ValueError, match=r"^dps must be an int >= 17"):
+            lstsq(A, b, "mpmath", dps=bad)
+
+
+def test_relative_error_of_a_small_reference():
+    x_ref = torch.tensor([[0.3, 0.4], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
+    x = torch.tensor([[0.3, 0.5], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    got = relative_error(x, x_ref)
+    torch.testing.assert_close(got, torch.tensor([0.2, 0.0, math.inf], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("build", [construct_baseconv_gd, construct_linear_attention_gd])
+def test_constructions_name_bad_arguments(build):
+    with pytest.raises(ValueError, match=r"^n must be "):
+        build(0, 2, 0.1)
+    with pytest.raises(ValueError, match=r"^d must be "):
+        build(4, 0, 0.1)
+    with pytest.raises(ValueError, match=r"^eta must be finite and > 0"):
+        build(4, 2, 0.0)
+
+
+def test_linear_attention_construction_steps_checks():
+    with pytest.raises(ValueError, match=r"^steps must be "):
+        construct_linear_attention_gd(4, 2, 0.1, steps=0)
+    with pytest.raises(ValueError, match=r"^steps > 1 needs causal=False: a causal layer "
+                                         r"leaves partial sums in the x slots of all but "
+                                         r"the last token$"):
+        construct_linear_attention_gd(4, 2, 0.1, steps=2, causal=True)
