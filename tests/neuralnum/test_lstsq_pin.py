@@ -71,3 +71,13 @@ def test_other_solvers_differ_in_the_last_bits():
     assert all(differs[driver, dt] for driver in ("gelsy", "gelss")
                for dt in ("float32", "float64"))
     assert differs["numpy", "float32"]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_method_is_numpy_lstsq_bit_for_bit(dtype):
+    from neuralnum.reference import lstsq
+
+    A, B = _problem("ill_conditioned", dtype, 0)
+    x = lstsq(torch.from_numpy(A[None]), torch.from_numpy(B[:, 0][None].copy()), "numpy")
+    cond = np.finfo(dtype).eps * max(A.shape)
+    np.testing.assert_array_equal(x[0].numpy(), np.linalg.lstsq(A, B[:, 0], rcond=cond)[0])
