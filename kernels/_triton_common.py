@@ -12,9 +12,21 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["INTERPRETED", "acc_dtype", "check_device", "dot_precision", "next_pow2", "to_output"]
+__all__ = ["INTERPRETED", "acc_dtype", "check_device", "dot_precision", "next_pow2", "resolved",
+           "to_output"]
 
 INTERPRETED: bool = bool(triton.knobs.runtime.interpret)
+
+
+def resolved(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t`` with PyTorch's lazy negative and conjugate bits applied (a copy only if set).
+
+    A view such as ``z.conj().imag`` or ``torch._neg_view(x)`` shares memory with its base
+    and carries a bit meaning "negate on read"; PyTorch ops honour it, but a Triton kernel
+    reads the raw memory through the data pointer and would see ``−t``. Every tensor a
+    kernel reads goes through here first (forward operands and incoming gradients).
+    """
+    return None if t is None else t.resolve_neg().resolve_conj()
 
 
 def next_pow2(n: int, minimum: int = 16) -> int:

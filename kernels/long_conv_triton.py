@@ -61,7 +61,7 @@ import triton
 import triton.language as tl
 from torch.autograd.function import once_differentiable
 
-from kernels._triton_common import acc_dtype, check_device, dot_precision, to_output
+from kernels._triton_common import acc_dtype, check_device, dot_precision, resolved, to_output
 from kernels.long_conv_reference import check_long_conv_args
 
 __all__ = ["MAX_LENGTH", "MIN_LENGTH", "LongConv", "Plan", "long_conv_triton", "plan",
@@ -488,6 +488,16 @@ class LongConv(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
+        """Gradients of ``y = post ⊙ conv(pre ⊙ u, k)``; which parts run where:
+
+        * ``g_u`` (and ``g_v``, from which ``g_pre`` follows) — Triton: one convolution with
+          the conjugate filter spectrum (:func:`_conv_kernel`, or the three passes), the
+          spectrum reused from the forward;
+        * ``g_pre = g_v ⊙ u`` and ``g_post = gy ⊙ c`` — PyTorch, elementwise (``c`` stored by
+          the forward kernel);
+        * ``g_k`` — PyTorch: ``torch.fft`` cross-correlation summed over the batch.
+        """
+        gy = resolved(gy)
         u, k, pre, post, c, sr, si = ctx.saved_tensors
         need_u, need_k, need_pre, need_post = ctx.needs_input_grad
         gu = gk = gpre = gpost = None
@@ -521,4 +531,5 @@ def long_conv_triton(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | 
     if not supports_length(length):
         raise ValueError(f"the Monarch-DFT kernel needs L a power of two in "
                          f"[{MIN_LENGTH}, {MAX_LENGTH}], got L = {length}")
-    return LongConv.apply(u, k, pre_gate, post_gate)
+    # the kernels read raw memory: apply lazy negative / conjugate bits first
+    return LongConv.apply(resolved(u), resolved(k), resolved(pre_gate), resolved(post_gate))

@@ -40,6 +40,7 @@ from kernels._triton_common import (
     check_device,
     dot_precision,
     next_pow2,
+    resolved,
     to_output,
 )
 from kernels.monarch_reference import check_monarch_args
@@ -200,6 +201,15 @@ class MonarchMatmul(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy2: torch.Tensor):
+        """Gradients of ``y2 = M(R, L) x2``; which parts run where:
+
+        * ``gx`` — Triton: one launch of :func:`_fused_two_stage_kernel` (``Mᵀ gy``), which
+          also stores ``gh`` when ``R`` needs a gradient;
+        * ``gR[j] = ghⱼᵀ xⱼ`` and ``gL[i] = gzᵢᵀ hᵢ`` — PyTorch (``torch.bmm``, cuBLAS on the
+          GPU) on the tiles ``gh`` (from the backward launch) and ``h`` (stored by the
+          forward launch).
+        """
+        gy2 = resolved(gy2)
         x2, R, L, h = ctx.saved_tensors
         need_x, need_r, need_l = ctx.needs_input_grad[:3]
         k, q, p = R.shape
@@ -223,6 +233,7 @@ def monarch_matmul_triton(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> 
     same dtype (summation order differs).
     """
     k, p, q, s = check_monarch_args(x, R, L)
+    x, R, L = resolved(x), resolved(R), resolved(L)     # the kernel reads raw memory
     batch_shape = x.shape[:-1]
     y2 = MonarchMatmul.apply(x.reshape(-1, k * p), R, L)
     return y2.reshape(*batch_shape, s * q)

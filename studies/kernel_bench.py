@@ -35,8 +35,10 @@ import torch
 import kernels
 from kernels import long_conv_reference, monarch_matmul_reference, use_backend
 from neuralnum.runtime import make_generator, progress
+from studies import markdown as md
 from studies.study_io import figure_row, save_figure, study_parser, write_report
 
+NAME = "kernel_bench"
 TARGETS = {"fused_vs_bmm": 1.5, "fraction_of_flop_ratio": 0.6, "conv_vs_fft": 2.0}
 
 
@@ -233,9 +235,52 @@ def target_lines(monarch: list[dict], conv: list[dict]) -> list[dict]:
         ("fused Monarch vs dense, as fraction of FLOP ratio", fraction, "fraction_of_flop_ratio"),
         ("Monarch-DFT conv vs torch.fft, L=4096", at_l.get("speedup_vs_fft"), "conv_vs_fft"),
     ]
-    return [{"target": name, "measured": value, "goal": TARGETS[key],
+    return [{"target": name, "key": key, "measured": value, "goal": TARGETS[key],
              "met": None if value is None else value >= TARGETS[key]}
             for name, value, key in measured]
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """The GPU targets (:data:`TARGETS`: measured speed-up ≥ goal) for each target that
+    was measured, and ``correctness`` (every Triton-vs-reference check within tolerance)
+    when the checks ran; a CPU run measures none of them and has no verdicts."""
+    out = {line["key"]: line["measured"] >= TARGETS[line["key"]]
+           for line in result.get("targets") or [] if line["measured"] is not None}
+    if result.get("correctness"):
+        out["correctness"] = all(c.get("ok") and c["max_rel_err"] < c["tol"]
+                                 for c in result["correctness"])
+    return out
+
+
+def tables(result: dict) -> str:
+    """README block: the GPU targets (or that they were not measured) and the timings,
+    each header naming its statistic."""
+    stat = ("median of triton.testing.do_bench" if result["mode"] == "gpu" else
+            f"median of {result.get('repeats', '?')}")
+    v = verdicts(result)
+    lines = [md.command(result, f"on {result['device']}"), ""]
+    if result.get("targets"):
+        lines += [md.table(["GPU target", "measured", "goal", "met"], [
+            [t["target"], md.num(t["measured"]), f"≥ {t['goal']:g}",
+             "—" if t["key"] not in v else ("**met**" if v[t["key"]] else "**not met**")]
+            for t in result["targets"]]), ""]
+    else:
+        lines += ["GPU targets (fused multiply ≥ 1.5× two-`bmm` at n = 4096, ≥ 60% of the "
+                  "FLOP ratio over dense, Monarch-DFT convolution ≥ 2× `torch.fft` at "
+                  "L = 4096): **not measured** (no GPU in this run).", ""]
+    mon_cols = [("n", str), ("batch", md.count), ("flop_ratio", md.num),
+                ("triton_ms", md.num), ("bmm_ms", md.num), ("dense_ms", md.num),
+                ("speedup_vs_bmm", md.times), ("speedup_vs_dense", md.times)]
+    conv_cols = [("L", str), ("batch", md.count), ("channels", md.count), ("gated", str),
+                 ("triton_ms", md.num), ("fft_ms", md.num), ("speedup_vs_fft", md.times)]
+    for rows, cols in ((result["monarch"], mon_cols), (result["conv"], conv_cols)):
+        cols = [(c, f) for c, f in cols if any(c in r for r in rows)]
+        header = [c.replace("_ms", f" ms ({stat})") for c, _ in cols]
+        lines += [md.table(header, [[f(r.get(c)) for c, f in cols] for r in rows]), ""]
+    if result.get("correctness"):
+        lines += [f"Triton vs reference (forward and backward): "
+                  f"**{'met' if v['correctness'] else 'not met'}**."]
+    return "\n".join(lines).rstrip("\n")
 
 
 def _fmt(value) -> str:
@@ -304,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     mode = "gpu" if args.gpu else "full" if args.full else "quick"
     device = torch.device("cuda" if args.gpu else "cpu")
     result = {
+        "command": md.study_command(NAME, argv), "repeats": SIZES[mode].repeats,
         "mode": mode,
         "device": torch.cuda.get_device_name() if args.gpu else "CPU",
         "torch": torch.__version__,
@@ -337,6 +383,7 @@ def _run(args: argparse.Namespace, mode: str, device: torch.device, result: dict
     result["conv"] = bench_conv(sizes, device, args.gpu, errors)
     if args.gpu:
         result["targets"] = target_lines(result["monarch"], result["conv"])
+    result["verdicts"] = verdicts(result)
     _guard(errors, "plot", lambda: plot(result, args.out / "kernel_bench.png"))
     table = _save(result, args.out)
     print(table)

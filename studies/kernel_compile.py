@@ -30,8 +30,10 @@ from triton.compiler import ASTSource
 
 from kernels import _triton_common, long_conv_triton, monarch_triton
 from neuralnum.runtime import progress
+from studies import markdown as md
 from studies.study_io import study_parser, write_report
 
+NAME = "kernel_compile"
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in)
 
 
@@ -140,6 +142,36 @@ def conv_variants(lengths: tuple[int, ...], arch: int, all_warps: bool = False) 
     return rows
 
 
+def verdicts(result: dict) -> dict[str, bool]:
+    """``all_fit``: every compiled variant's shared memory fits the target's SM
+    (:data:`SHARED_LIMIT`); a run that compiled nothing does not count as fitting."""
+    rows = result["monarch"] + result["conv"]
+    limit = SHARED_LIMIT.get(result["arch"], 101376)
+    return {"all_fit": bool(rows) and all(r["shared_bytes"] <= limit for r in rows)}
+
+
+def tables(result: dict) -> str:
+    """README block: resources per compiled variant (nothing is run)."""
+    def name(r: dict) -> str:
+        tiles = "×".join(str(r[k]) for k in ("BLOCK_N", "BLOCK_M", "BLOCK_E", "BLOCK_A")
+                         if k in r)
+        return f"{r['kernel']} (tiles N×M×E×A {tiles})" if tiles else r["kernel"]
+
+    rows = [[name(r), str(r["num_warps"]), str(r["num_stages"]),
+             str(r.get("registers", "—")), str(r.get("stack_bytes", "—")),
+             f"{r['shared_bytes'] / 1024:.0f}", "yes" if r["fits"] else "**no**"]
+            for r in result["monarch"] + result["conv"]]
+    met = verdicts(result)["all_fit"]
+    limit = SHARED_LIMIT.get(result["arch"], 101376)
+    return "\n".join([
+        md.command(result, f"ahead-of-time compile for sm_{result['arch']} with Triton "
+                           f"{result['triton']}, nothing run"), "",
+        md.table(["kernel", "warps", "stages", "registers / thread", "stack (spill) bytes / thread",
+                  "shared KB", f"fits ({limit // 1024} KB)"], rows), "",
+        f"Target — every variant fits the SM's shared memory: "
+        f"**{'met' if met else 'not met'}**."])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = study_parser("kernel_compile", __doc__,
                           quick_help="L = 4096 (one pass) and 16384 (three passes) (default)",
@@ -149,9 +181,10 @@ def main(argv: list[str] | None = None) -> dict:
     if _triton_common.INTERPRETED:
         parser.error("unset TRITON_INTERPRET: interpreted kernels cannot be compiled")
     lengths = (256, 1024, 4096, 8192, 16384, 65536) if args.full else (4096, 16384)
-    result = {"arch": args.arch, "triton": triton.__version__,
-              "monarch": monarch_variants(args.arch),
+    result = {"command": md.study_command(NAME, argv), "arch": args.arch,
+              "triton": triton.__version__, "monarch": monarch_variants(args.arch),
               "conv": conv_variants(lengths, args.arch, all_warps=args.full)}
+    result["verdicts"] = verdicts(result)
     write_report(args.out, "kernel_compile", result)
     cols = ("kernel", "num_warps", "num_stages", "registers", "stack_bytes", "shared_bytes",
             "fits", "compile_s")

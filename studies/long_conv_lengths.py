@@ -21,9 +21,11 @@ os.environ["TRITON_INTERPRET"] = "1"  # before kernels.long_conv_triton is impor
 
 import torch
 
+from studies import markdown as md
 from studies.kernel_bench import check_correctness
 from studies.study_io import figure, save_figure, study_parser, write_report
 
+NAME = "long_conv_lengths"
 LENGTHS = {"quick": (256, 8192, 16384), "full": (256, 8192, 16384, 32768, 65536)}
 DTYPES = (torch.float32, torch.float64)
 
@@ -55,19 +57,50 @@ def plot(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = study_parser("long_conv_lengths", __doc__,
-                          quick_help="L = 256, 8192, 16384 (default)",
+def verdicts(result: dict) -> dict[str, bool]:
+    """``all_within_tolerance``: at every length and dtype the largest relative error of
+    ``y`` and the gradients is below the dtype's tolerance (1e-5 fp32, 1e-12 fp64)."""
+    return {"all_within_tolerance": all(r["max_rel_err"] < r["tol"] for r in result["rows"])}
+
+
+def tables(result: dict) -> str:
+    """README block: max relative error per length and dtype, with the plan each ran."""
+    rows = result["rows"]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    cell = {(r["L"], r["dtype"]): r for r in rows}
+    lines = []
+    for length in dict.fromkeys(r["L"] for r in rows):
+        plans = {d: "one pass" if cell[length, d]["passes"] == 1 else "three passes"
+                 for d in dtypes}
+        plan = (next(iter(plans.values())) if len(set(plans.values())) == 1 else
+                " / ".join(f"{p} ({d.removeprefix('torch.')})" for d, p in plans.items()))
+        lines.append([str(length), plan, *(md.sci(cell[length, d]["max_rel_err"], 1)
+                                           for d in dtypes)])
+    met = verdicts(result)["all_within_tolerance"]
+    return "\n".join([
+        md.command(result, "Triton (interpreter) vs `torch.fft`, one gated row, output and "
+                           "the four gradients"), "",
+        md.table(["L", "plan", *(f"{d.removeprefix('torch.')}: max relative error"
+                                 for d in dtypes)], lines), "",
+        f"Target — every error below its dtype's tolerance "
+        f"({', '.join(dict.fromkeys(md.sci(r['tol'], 0) for r in rows))}): "
+        f"**{'met' if met else 'not met'}**."])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = study_parser(NAME, __doc__, quick_help="L = 256, 8192, 16384 (default)",
                           full_help="also L = 32768, 65536")
     args = parser.parse_args(argv)
     rows = run(LENGTHS["full" if args.full else "quick"])
-    write_report(args.out, "long_conv_lengths", rows)
+    result = {"command": md.study_command(NAME, argv), "rows": rows}
+    result["verdicts"] = verdicts(result)
+    write_report(args.out, NAME, result)
     plot(rows, args.out / "long_conv_lengths.png")
     cols = ("L", "dtype", "passes", "N1", "N2", "max_rel_err", "tol", "ok")
     print(" | ".join(cols))
     for row in rows:
         print(" | ".join(f"{row[c]:.2e}" if c == "max_rel_err" else str(row[c]) for c in cols))
-    return rows
+    return result
 
 
 if __name__ == "__main__":

@@ -18,11 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from studies.m2_common import compare_language_models, lm_base_config, study_args
+from studies.m2_common import (
+    compare_language_models,
+    lm_base_config,
+    lm_tables,
+    lm_verdicts,
+    study_args,
+)
 
 NAME = "m2_bert"
 PAPER = ("Fu et al. 2023: M2-BERT matches BERT GLUE with up to 27% fewer params; up to 9.1x "
          "HF-BERT throughput at 4K tokens (A100)")
+
+#: Target verdicts from a result (see :func:`studies.m2_common.lm_verdicts`).
+verdicts = lm_verdicts
+#: README block from a result (see :func:`studies.m2_common.lm_tables`).
+tables = lm_tables
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

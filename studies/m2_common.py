@@ -23,6 +23,8 @@ from neuralnum.runtime import MetricsLog, make_generator, progress
 from structured.mixer import GLUMixer, cached_filters
 from structured.models import ModelConfig, build_model
 from structured.train import TrainConfig, train
+from studies import markdown as md
+from studies.markdown import study_command
 from studies.study_io import (
     figure,
     figure_row,
@@ -33,9 +35,13 @@ from studies.study_io import (
 )
 
 __all__ = [
+    "QUALITY_TARGET",
+    "SPEEDUP_TARGET",
     "compare_language_models",
     "forward_throughput",
     "lm_base_config",
+    "lm_tables",
+    "lm_verdicts",
     "load_note",
     "matched",
     "param_count",
@@ -46,12 +52,20 @@ __all__ = [
 ]
 
 
+#: LM targets (issue): M2's held-out loss ≤ 1.05 × the Transformer's at equal tokens, and
+#: ≥ 3 × its forward throughput at L = 4096.
+QUALITY_TARGET, SPEEDUP_TARGET = 1.05, 3.0
+#: Forward passes per model and length; tokens/s is the best (fastest) of them.
+THROUGHPUT_REPEATS = 10
+
+
 def study_args(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``."""
     parser = study_parser(name, doc)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is least disturbed on a shared machine)")
     args = parser.parse_args(argv)
+    args.command = study_command(name, argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     return args
@@ -232,7 +246,8 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
                                  "loss_vs_tf", "perplexity", "bits_per_byte", "val_acc",
                                  "train_s"]))
 
-    rows = forward_throughput(configs, lengths, repeats=10, uncached=[m2_label])
+    rows = forward_throughput(configs, lengths, repeats=THROUGHPUT_REPEATS,
+                              uncached=[m2_label])
     m2_labels = [label for label in configs if label != tf_label]
     for row in rows:
         for label in m2_labels:
@@ -245,9 +260,6 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
             "speedup_at_4096": next((r[f"{label}_speedup"] for r in rows
                                      if r["seq_len"] == 4096), None),
             "loss_vs_tf": runs[label]["val_loss"] / tf_loss}
-        summary[label]["targets_met"] = {
-            "quality": summary[label]["loss_vs_tf"] <= 1.05,
-            "throughput": (summary[label]["speedup_at_4096"] or 0) >= 3.0}
     row_4096 = next((r for r in rows if r["seq_len"] == 4096), None)
     if row_4096 is not None:
         summary[m2_label]["filter_cache_speedup_at_4096"] = (
@@ -258,7 +270,7 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
                               *(f"{label}_speedup" for label in m2_labels)]))
     for label, row in summary.items():
         print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
-              f"{row['speedup_at_4096']:.2f}x (target ≥ 3x), loss vs {tf_label} "
+              f"{row['speedup_at_4096']:.2f}x (target ≥ {SPEEDUP_TARGET:g}x), loss vs {tf_label} "
               f"{row['loss_vs_tf']:.3f} (target ≤ 1.05)")
     summary[m2_label]["glu_layout_speedup_at_4096"] = glu_layout_speedup(configs[m2_label])
     print(f"{m2_label}: the features-first, chunked GLU layout speeds the GLU forward at "
@@ -272,11 +284,66 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     plot_curves(runs, args.out / f"{name}_loss.png", title=f"{base.task}, equal tokens")
     plot_throughput(rows, args.out / f"{name}_throughput.png", list(configs))
     payload = {
-        "mode": "full" if args.full else "quick", "paper": paper, "quality": quality,
+        "command": args.command, "mode": "full" if args.full else "quick",
+        "paper": paper, "quality": quality, "labels": list(labels),
+        "throughput_repeats": THROUGHPUT_REPEATS,
         "throughput": rows, "summary": summary, "load": load_note(args.threads),
         "model_configs": {k: asdict(v) for k, v in configs.items()},
         "runs": {k: {kk: vv for kk, vv in v.items() if kk != "records"}
                  for k, v in runs.items()},
     }
+    payload["verdicts"] = lm_verdicts(payload)
     write_report(args.out, name, payload)
     return payload
+
+
+def lm_verdicts(result: dict[str, Any]) -> dict[str, bool]:
+    """Targets of the LM studies, per M2 variant: ``<M2>:quality`` — held-out loss at most
+    :data:`QUALITY_TARGET` × the Transformer's (equal tokens); ``<M2>:throughput`` —
+    forward tokens/s at L = 4096 at least :data:`SPEEDUP_TARGET` × the Transformer's
+    (missing measurement: not met)."""
+    tf_label = result["labels"][0]
+    tf_loss = next(q["val_loss"] for q in result["quality"] if q["model"] == tf_label)
+    at_4096 = next((r for r in result["throughput"] if r["seq_len"] == 4096), {})
+    out = {}
+    for q in result["quality"]:
+        label = q["model"]
+        if label == tf_label:
+            continue
+        out[f"{label}:quality"] = q["val_loss"] / tf_loss <= QUALITY_TARGET
+        tf_speed, speed = at_4096.get(f"{tf_label}_tok_per_s"), at_4096.get(f"{label}_tok_per_s")
+        out[f"{label}:throughput"] = bool(tf_speed and speed
+                                          and speed / tf_speed >= SPEEDUP_TARGET)
+    return out
+
+
+def lm_tables(result: dict[str, Any]) -> str:
+    """README block of an LM study: quality and forward throughput per model."""
+    tf_label = result["labels"][0]
+    tf_loss = next(q["val_loss"] for q in result["quality"] if q["model"] == tf_label)
+    lengths = [r["seq_len"] for r in result["throughput"]]
+    shown = [n for n in lengths if n >= 1024] or lengths
+    at_4096 = next((r for r in result["throughput"] if r["seq_len"] == 4096), {})
+    best = f"best of {result['throughput_repeats']}"
+    rows = []
+    for q in result["quality"]:
+        label = q["model"]
+        speeds = {r["seq_len"]: r[f"{label}_tok_per_s"] for r in result["throughput"]}
+        ratio = (at_4096[f"{label}_tok_per_s"] / at_4096[f"{tf_label}_tok_per_s"]
+                 if at_4096 else None)
+        rows.append([label, md.count(q["params"]), md.fixed(q["val_loss"], 3),
+                     md.fixed(q["val_loss"] / tf_loss, 3), *(md.count(speeds[n]) for n in shown),
+                     md.times(ratio)])
+    verdict = lm_verdicts(result)
+    lines = [md.command(result, f"{q['tokens']:,} training tokens per model; forward "
+                                f"throughput at batch 1, one thread"), "",
+             md.table(["model", "params", "val loss (nats/byte)", f"loss vs {tf_label}",
+                       *(f"tokens/s L = {n} ({best})" for n in shown),
+                       "speed-up at L = 4096"], rows), ""]
+    goals = {"quality": f"val loss ≤ {QUALITY_TARGET}× {tf_label}'s",
+             "throughput": f"≥ {SPEEDUP_TARGET:g}× {tf_label}'s tokens/s at L = 4096"}
+    for key, met in verdict.items():
+        label, target = key.split(":")
+        lines.append(f"- {label} {target} target ({goals[target]}): "
+                     f"**{'met' if met else 'not met'}**")
+    return "\n".join(lines)

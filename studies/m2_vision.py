@@ -21,12 +21,38 @@ from dataclasses import replace
 
 from structured.models import ModelConfig
 from structured.train import TrainConfig
+from studies import markdown as md
 from studies.m2_common import plot_curves, study_args, train_run
 from studies.study_io import format_table, write_report
 
 NAME = "m2_vision"
 PAPER = {"M2-ViT-b": {"imagenet_top1": 79.5, "params_M": 45},
          "ViT-b": {"imagenet_top1": 78.5, "params_M": 86}}
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """``M2-ViT:accuracy_with_fewer_params``: M2-ViT's mean test accuracy is at least
+    ViT's, with strictly fewer parameters."""
+    by_model = {r["model"]: r for r in result["rows"]}
+    vit, m2 = by_model["ViT"], by_model["M2-ViT"]
+    return {"M2-ViT:accuracy_with_fewer_params":
+            m2["test_acc_mean"] >= vit["test_acc_mean"] and m2["params"] < vit["params"]}
+
+
+def tables(result: dict) -> str:
+    """README block: parameters and test accuracy (mean, min–max over seeds) per model."""
+    seeds = result["rows"][0]["seeds"]
+    rows = [[r["model"], md.count(r["params"]), md.percent(r["test_acc_mean"]),
+             f"{md.percent(r['test_acc_min'])} – {md.percent(r['test_acc_max'])}"]
+            for r in result["rows"]]
+    met = verdicts(result)["M2-ViT:accuracy_with_fewer_params"]
+    return "\n".join([
+        md.command(result, f"scikit-learn's 8×8 digits, {result['steps']} steps, "
+                           f"{seeds} seeds"), "",
+        md.table(["model", "params", f"test accuracy (mean of {seeds} seeds)",
+                  "min – max over seeds"], rows), "",
+        f"Target — M2-ViT at least as accurate as ViT with fewer parameters: "
+        f"**{'met' if met else 'not met'}**."])
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -51,8 +77,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
                      "test_acc_min": min(accs), "test_acc_max": max(accs),
                      "test_loss_mean": statistics.mean(r["val_loss"] for r in runs),
                      "seeds": len(accs)})
+    payload = {"command": args.command, "mode": "full" if full else "quick", "paper": PAPER,
+               "rows": rows, "steps": base.steps}
+    met = verdicts(payload)["M2-ViT:accuracy_with_fewer_params"]
     vit, m2 = rows
-    met = m2["test_acc_mean"] >= vit["test_acc_mean"] and m2["params"] < vit["params"]
     print(f"\nDigits (8x8, 1437 train / 360 test), {len(seeds)} seeds, {base.steps} steps:")
     print(format_table(rows, ["model", "params", "test_acc_mean", "test_acc_min",
                               "test_acc_max", "test_loss_mean", "seeds"]))
@@ -62,10 +90,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     plot_curves({label: runs[0] for label, runs in results.items()},
                 args.out / "m2_vision_curves.png", title="digits, seed 0",
                 key="val_acc", ylabel="test accuracy")
-    payload = {"mode": "full" if full else "quick", "paper": PAPER, "rows": rows,
-               "target_met": met,
-               "runs": {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v]
-                        for k, v in results.items()}}
+    payload["verdicts"] = verdicts(payload)
+    payload["runs"] = {k: [{kk: vv for kk, vv in r.items() if kk != "records"} for r in v]
+                       for k, v in results.items()}
     write_report(args.out, NAME, payload)
     return payload
 

@@ -29,6 +29,7 @@ from torch import nn
 
 from neuralnum.runtime import make_generator, progress
 from structured import MonarchLinear, densify, project, sparsify
+from studies import markdown as md
 from studies.study_io import figure, save_figure, study_parser, write_report
 
 NAME = "monarch_projection"
@@ -190,6 +191,64 @@ def _plot(report: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+#: Fine-tuning "recovers" the dense accuracy when the mean over seeds is within this.
+RECOVERY_TOLERANCE = 0.01
+STAGES = {"dense": "dense", "sparsified": "projected (`sparsify`)",
+          "finetuned": "fine-tuned", "densified": "`densify`-ed",
+          "monarch_from_scratch": "Monarch from scratch"}
+
+
+def _mean_by_nblocks(report: dict) -> dict[int, dict[str, float]]:
+    """Test accuracy per stage, mean over seeds, for each ``nblocks``."""
+    out = {}
+    for nb in dict.fromkeys(r["nblocks"] for r in report["sparsify"]):
+        rows = [r for r in report["sparsify"] if r["nblocks"] == nb]
+        out[nb] = {s: sum(r[s] for r in rows) / len(rows) for s in STAGES}
+    return out
+
+
+def verdicts(report: dict) -> dict[str, bool]:
+    """``densify_exact``: every densified model scores exactly what its Monarch model did;
+    ``finetune_recovers_dense``: for every ``nblocks``, the fine-tuned Monarch model's mean
+    test accuracy is within :data:`RECOVERY_TOLERANCE` of the dense model's (or above)."""
+    means = _mean_by_nblocks(report)
+    return {
+        "densify_exact": all(r["densified"] == r["finetuned"] for r in report["sparsify"]),
+        "finetune_recovers_dense": all(m["finetuned"] >= m["dense"] - RECOVERY_TOLERANCE
+                                       for m in means.values()),
+    }
+
+
+def tables(report: dict) -> str:
+    """README block: digits-MLP accuracy per stage, and the projection errors."""
+    seeds = len(report["seeds"])
+    acc = [[str(nb), *(md.fixed(m[s], 3) for s in STAGES)]
+           for nb, m in _mean_by_nblocks(report).items()]
+    names = list(dict.fromkeys(r["matrix"] for r in report["projection"]))
+    nblocks = list(dict.fromkeys(r["nblocks"] for r in report["projection"]))
+    err = {(r["matrix"], r["nblocks"]): r for r in report["projection"]}
+    proj = [[name, *(f"{md.fixed(err[name, nb]['monarch_rel_error'], 3)} / "
+                     f"{md.fixed(err[name, nb]['low_rank_rel_error'], 3)}" for nb in nblocks)]
+            for name in names]
+    v = verdicts(report)
+    return "\n".join([
+        md.command(report, f"an MLP on scikit-learn's digits, both hidden layers projected; "
+                           f"{report['steps']} dense steps, {report['finetune_steps']} "
+                           f"fine-tune steps"), "",
+        md.table(["nblocks", *(f"{label} (test accuracy, mean of {seeds} "
+                               f"seed{'s' if seeds > 1 else ''})"
+                               if i == 0 else label for i, label in
+                               enumerate(STAGES.values()))], acc), "",
+        md.table(["matrix", *(f"nblocks {nb}: Monarch / low rank" for nb in nblocks)], proj),
+        "",
+        "Relative Frobenius error of the optimal rank-1 Monarch projection and of the best "
+        "low-rank approximation with the same parameter count.", "",
+        f"- `densify` exact (same accuracy as the Monarch model): "
+        f"**{'met' if v['densify_exact'] else 'not met'}**",
+        f"- fine-tuning recovers the dense accuracy (within {RECOVERY_TOLERANCE:g}): "
+        f"**{'met' if v['finetune_recovers_dense'] else 'not met'}**"])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = study_parser(NAME, __doc__, quick_help="1 seed, short training",
                           full_help="5 seeds, longer training")
@@ -198,7 +257,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     seeds = [0] if args.quick else list(range(5 if args.full else 3))
     steps, finetune = (600, 150) if args.quick else (2000, 500) if args.full else (1200, 300)
-    report = run_study(seeds, steps, finetune, getattr(torch, args.dtype))
+    report = {"command": md.study_command(NAME, argv),
+              **run_study(seeds, steps, finetune, getattr(torch, args.dtype))}
+    report["verdicts"] = verdicts(report)
     _print(report)
     write_report(args.out, NAME, report)
     _plot(report, args.out / f"{NAME}.png")

@@ -45,6 +45,7 @@ from neuralnum.problems import GaussianFamily
 from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDStep, OptimalStep
 from neuralnum.tokens import TokenLayout
+from studies import markdown as md
 from studies.study_io import figure, figure_row, save_figure, study_parser, write_report
 
 ARCHS = ("baseconv", "linear_attention", "transformer")
@@ -238,6 +239,70 @@ def plot_sweep(sweeps: dict[str, list], path: Path) -> None:
     save_figure(fig, path)
 
 
+NAME = "multiplication"
+#: Target: the softmax Transformer's MSE floor at least this many times the best
+#: polynomial model's, on each task ("cannot multiply precisely; polynomial models can").
+RATIO_TARGET = 100.0
+#: Target: the exact GD constructions' one-step MSE at most this many times u², u the
+#: unit roundoff of the dtype (i.e. correct to roundoff).
+ROUNDOFF_FACTOR = 100.0
+LABELS = {"product": "product", "gd_term": "GD term"}
+
+
+def result_name(dtype: str) -> str:
+    """JSON / README block name of a run in ``dtype`` (float64 is the default run)."""
+    return NAME if dtype == "float64" else f"{NAME}_{dtype}"
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """``softmax_vs_polynomial:<task>`` — softmax floor / best polynomial floor ≥
+    :data:`RATIO_TARGET`; ``construction_at_roundoff:<dtype>`` — both exact GD
+    constructions' one-step MSE ≤ :data:`ROUNDOFF_FACTOR` · u² in that dtype."""
+    out = {f"softmax_vs_polynomial:{task}": ratio >= RATIO_TARGET
+           for task, ratio in result["ratio_softmax_over_polynomial"].items()}
+    for dtype, mses in result["constructed_gd_mse"].items():
+        unit = torch.finfo(getattr(torch, dtype)).eps / 2
+        out[f"construction_at_roundoff:{dtype}"] = max(mses.values()) <= ROUNDOFF_FACTOR * unit**2
+    return out
+
+
+def tables(result: dict) -> str:
+    """README block: MSE floors per task and architecture, the softmax / polynomial
+    ratio, and the exact constructions' errors."""
+    floors = {(r["task"], r["arch"]): r["floor"] for r in result["runs"]}
+    tasks = list(dict.fromkeys(r["task"] for r in result["runs"]))
+    rows = [[f"{LABELS.get(t, t)} ({result['dtype']})",
+             *(md.sci(floors[t, a], 1) for a in ARCHS),
+             md.sci(result["ratio_softmax_over_polynomial"][t], 1)] for t in tasks]
+    built = result["constructed_gd_mse"]
+    iterated = result["iterated_constructed_gd_mse_vs_xstar"]
+    softmax = {d: min(sweep, key=lambda point: point[1])
+               for d, sweep in result["softmax_product_sweep"].items()}
+    const = [[d, *(md.sci(built[d][a], 1) for a in POLYNOMIAL),
+              *(md.sci(iterated[d][a], 1) for a in POLYNOMIAL),
+              f"{md.sci(softmax[d][1], 1)} (ε = {md.sci(softmax[d][0], 0)})"] for d in built]
+    v = verdicts(result)
+    lines = [md.command(result, "same parameter budget and optimizer for every "
+                                "architecture; MSE floor = best held-out MSE over the last "
+                                "quarter of training"), "",
+             md.table(["task", "BaseConv (MSE floor)", "linear attention (MSE floor)",
+                       "softmax Transformer (MSE floor)", "softmax / best polynomial"], rows),
+             "",
+             md.table(["exact construction, dtype", "BaseConv one-step MSE",
+                       "linear attention one-step MSE",
+                       f"BaseConv iterated {result['config']['gd_iters']}× (MSE vs x*)",
+                       f"linear attention iterated {result['config']['gd_iters']}×",
+                       "best constructed softmax product (MSE, over ε)"], const),
+             ""]
+    for key, met in v.items():
+        what, arg = key.split(":")
+        goal = (f"softmax floor ≥ {RATIO_TARGET:g}× the best polynomial model's on "
+                f"{LABELS.get(arg, arg)}" if what == "softmax_vs_polynomial" else
+                f"exact GD constructions at roundoff in {arg} (MSE ≤ {ROUNDOFF_FACTOR:g}·u²)")
+        lines.append(f"- {goal}: **{'met' if met else 'not met'}**")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = study_parser("multiplication", __doc__)
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64",
@@ -279,12 +344,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     plot_curves(runs, args.out / "mse_vs_step.png")
     plot_sweep(sweeps, args.out / "softmax_product_eps.png")
-    result = {"config": asdict(cfg), "dtype": args.dtype, "runs": runs,
+    result = {"command": md.study_command(NAME, argv), "config": asdict(cfg),
+              "dtype": args.dtype, "runs": runs,
               "ratio_softmax_over_polynomial": ratios, "constructed_gd_mse": constructed,
               "iterated_constructed_gd_mse_vs_xstar": iterated,
               "softmax_product_sweep": sweeps, "paper": PAPER}
-    write_report(args.out, "multiplication", result)
-    print(f"wrote {args.out}/multiplication.json, mse_vs_step.png, softmax_product_eps.png")
+    result["verdicts"] = verdicts(result)
+    name = result_name(args.dtype)
+    write_report(args.out, name, result)
+    print(f"wrote {args.out}/{name}.json, mse_vs_step.png, softmax_product_eps.png")
     return result
 
 

@@ -35,8 +35,10 @@ from neuralnum.reference import (
 )
 from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDSteps, OptimalStep, contraction_factor
+from studies import markdown as md
 from studies.study_io import figure, save_figure, study_parser, write_report
 
+NAME = "reference"
 FAMILIES = ("gaussian", "spectrum", "noisy", "scaled", "heavy_tailed", "rank_deficient",
             "underdetermined", "ill_conditioned")
 TOL = 1e-12
@@ -151,6 +153,48 @@ def plot(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+LABELS = {"gaussian": "gaussian", "spectrum": "spectrum (κ = 5)", "noisy": "noisy",
+          "scaled": "scaled rows/cols", "heavy_tailed": "heavy-tailed",
+          "rank_deficient": "rank-deficient", "underdetermined": "under-determined",
+          "ill_conditioned": "ill-conditioned"}
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """``gd_within_contraction_bound``: every problem for which GD reached the tolerance
+    reached it within its own contraction bound ``⌈log tol / log ρ⌉``."""
+    return {"gd_within_contraction_bound": all(
+        f["gd_within_bound"] == f["gd_reached"] for f in result["families"])}
+
+
+def tables(result: dict) -> str:
+    """README block: digits of scipy / numpy against mpmath and GD against its bound."""
+    cfg = result["config"]
+    batch, max_iters = cfg["batch"], cfg["max_iters"]
+
+    def its(f: dict) -> str:
+        if not f["gd_reached"]:
+            return f"not within {max_iters}"
+        text = f"{f['gd_iters_median']:.0f}"
+        return text if f["gd_reached"] == batch else f"{text} ({f['gd_reached']}/{batch})"
+
+    rows = [[LABELS.get(f["family"], f["family"]), md.num(f["kappa_median"]),
+             md.fixed(f["digits_scipy_min"]), md.fixed(f["digits_numpy_min"]),
+             md.fixed(f["digits_scipy_f32_min"]), its(f),
+             md.num(f["gd_iters_bound_median"]), f"{f['gd_within_bound']}/{f['gd_reached']}",
+             md.sci(f["gd_f32_final_mse_mean"])] for f in result["families"]]
+    met = verdicts(result)["gd_within_contraction_bound"]
+    return "\n".join([
+        md.command(result, f"worst of {batch} problems per family, float64 unless said"),
+        "",
+        md.table(["family", "κ (median of " + str(batch) + ")", "scipy digits (worst)",
+                  "numpy digits (worst)", "scipy f32 digits (worst)",
+                  f"GD iterations to {result['tolerance']:g} (median)", "bound (median)",
+                  "within own bound", f"float32 GD MSE after {max_iters} (mean)"], rows),
+        "",
+        f"Target — every problem that reached the tolerance did so within its own "
+        f"contraction bound: **{'met' if met else 'not met'}**."])
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = study_parser("reference", __doc__, quick_help="small batch (default)",
                           full_help="larger batch, more GD steps")
@@ -168,8 +212,12 @@ def main(argv: list[str] | None = None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     print_table(rows, cfg)
     plot(rows, args.out / "reference_gd.png")
-    result = {"config": asdict(cfg), "tolerance": TOL, "seconds": elapsed,
-              "paper_exact_gd_mse": PAPER_EXACT_GD_MSE, "families": rows}
+    result = {"command": md.study_command(NAME, argv), "config": asdict(cfg),
+              "tolerance": TOL, "seconds": elapsed,
+              "paper_exact_gd_mse": PAPER_EXACT_GD_MSE,
+              # the per-iteration curves are in the figure; the JSON stays small
+              "families": [{k: v for k, v in r.items() if k != "curve"} for r in rows]}
+    result["verdicts"] = verdicts(result)
     write_report(args.out, "reference", result)
     print(f"wrote {args.out / 'reference.json'} and {args.out / 'reference_gd.png'} "
           f"({elapsed:.1f} s)")

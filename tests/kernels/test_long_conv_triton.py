@@ -7,14 +7,15 @@ tile grids and reduction loops run several iterations; one test runs it at its r
 ``L = 16384``.
 """
 
+import contextlib
 import importlib
 
 import pytest
 import torch
-from conftest import TOL
+from conftest import TOL, triton_backend
 
 import kernels
-from kernels import long_conv, long_conv_reference, use_backend
+from kernels import long_conv, long_conv_reference
 
 # Small three-pass settings (row width, tile sizes); ONE_PASS_MAX_N = 256 < every N = 2L.
 SMALL_PASSES = {
@@ -39,7 +40,7 @@ def _inputs(batch, channels, length, bidirectional, gates, dtype, seed=0):
 
 
 def _triton(u, k, pre=None, post=None):
-    with use_backend("triton"):
+    with triton_backend():
         return long_conv(u, k, pre, post)
 
 
@@ -202,8 +203,8 @@ def test_unsupported_length(monkeypatch, length):
 ])
 def test_bad_inputs_raise(make, err):
     u, k, pre, post = _inputs(2, 2, 256, False, True, torch.float32)
-    for backend in ("triton", "reference"):
-        with pytest.raises(err), use_backend(backend):
+    for backend in (triton_backend, contextlib.nullcontext):   # CPU default: reference
+        with pytest.raises(err), backend():
             long_conv(*make(u, k, pre, post))
 
 

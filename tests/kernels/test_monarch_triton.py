@@ -2,11 +2,11 @@
 
 import pytest
 import torch
-from conftest import TOL
+from conftest import TOL, triton_backend
 from hypothesis import given
 from hypothesis import strategies as st
 
-from kernels import monarch_matmul, monarch_matmul_reference, use_backend
+from kernels import monarch_matmul, monarch_matmul_reference
 
 
 def _factors(k, p, q, s, batch, dtype, seed=0):
@@ -18,7 +18,7 @@ def _factors(k, p, q, s, batch, dtype, seed=0):
 
 
 def _triton(x, R, L):
-    with use_backend("triton"):
+    with triton_backend():
         return monarch_matmul(x, R, L)
 
 

@@ -26,13 +26,14 @@ def test_train_then_solve(tmp_path, dtype, capsys):
     learner = Learner.load(ckpt)
     assert learner.recipe.dtype == dtype and learner.n == 6
     report = main(["solve", "--checkpoint", str(ckpt), "--n", "6", "--d", "2",
-                   "--problems", "4", "--iters", "200", "--judge", "scipy"])
+                   "--problems", "4", "--iters", "200", "--judge", "mpmath"])
     text = capsys.readouterr().out
     assert "learned" in text and "scipy" in text
     # a near-exact GD step (weights perturbed by 1e-6), iterated on κ ≤ 5 problems
     assert report["learned"]["rel_error"] < 1e-3
     assert report["learned"]["diverged"] == 0
-    assert report["scipy"]["rel_error"] < 1e3 * torch.finfo(learner.dtype).eps
+    # scipy judged by mpmath (an independent solver): rounding-level error, not exactly 0
+    assert 0 < report["scipy"]["rel_error"] < 1e3 * torch.finfo(learner.dtype).eps
 
 
 def test_resume_continues_to_the_same_steps(tmp_path):
