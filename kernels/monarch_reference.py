@@ -14,7 +14,7 @@ Entry-wise, ``M[a·q + i, j·p + c] = L[i, a, j] · R[j, i, c]``: for each ``(i,
 Monarch of Dao et al. (``n = m²``) is ``k = p = q = s = m``.
 
 **How the permutations are folded away** (CPU path, :class:`_MonarchFunction`). The rows
-of ``x`` are processed in chunks of ``c`` rows (about 2¹⁸ activations per chunk, so that
+of ``x`` are processed in chunks of ``c`` rows (about 2¹⁹ activations per chunk, so that
 a chunk's intermediates stay in cache). With features first, both permutations become
 strides of the batched matmuls' operands:
 
@@ -38,8 +38,8 @@ import torch
 
 __all__ = ["check_monarch_args", "chunk_rows", "monarch_matmul_reference"]
 
-#: Activations per chunk (rows × features): 2¹⁸ float32 values = 1 MiB.
-CHUNK_ELEMENTS = 1 << 18
+#: Activations per chunk (rows × features): 2¹⁹ float32 values = 2 MiB.
+CHUNK_ELEMENTS = 1 << 19
 
 
 def check_monarch_args(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> tuple[int, ...]:

@@ -35,8 +35,10 @@ where M2's data-dependent gates place it.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -48,8 +50,8 @@ from neuralnum.runtime import seeded
 from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import build_model
 from structured.train import Task, TrainConfig, evaluate
-from studies.m2_common import load_note, matched, param_count, study_args, train_run
-from studies.study_io import figure_row, format_table, save_figure, write_report
+from studies.m2_common import load_note, matched, param_count, train_run
+from studies.study_io import figure_row, format_table, save_figure, study_parser, write_report
 
 NAME = "mqar"
 TEST_SEED_OFFSET = 1000      # the test draw uses generator seed + 1 + this
@@ -73,10 +75,10 @@ class Grid:
 
 
 GRIDS = {
-    "quick": Grid(settings=((32, 4),), widths=(64,), lrs=(3e-3, 1e-2), steps=1500,
+    "quick": Grid(settings=((32, 4),), widths=(64,), lrs=(3e-3, 1e-2), steps=800,
                   batch_size=64, vocab=64, eval_batches=4),
-    "default": Grid(settings=((32, 4), (64, 8)), widths=(16, 32, 64), lrs=(3e-3, 1e-2),
-                    steps=1500, batch_size=64, vocab=64, eval_batches=4),
+    "default": Grid(settings=((32, 4), (64, 8)), widths=(64, 32), lrs=(3e-3, 1e-2),
+                    steps=800, batch_size=64, vocab=64, eval_batches=4),
     # Zoology-scale (Arora et al. 2023: vocab 8192, 64 epochs of 100k examples): a GPU.
     "full": Grid(settings=((64, 4), (128, 8), (256, 16), (512, 64)),
                  widths=(64, 128, 256, 512), lrs=(1e-4, 4.6e-4, 2.2e-3, 1e-2), steps=20000,
@@ -189,9 +191,10 @@ def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
             "test_se": math.sqrt(max(acc * (1 - acc), 0.0) / queries), "test_queries": queries}
 
 
-def sweep_cell(grid: Grid, seq_len: int, num_kv: int, width: int, out: Path
+def sweep_cell(grid: Grid, seq_len: int, num_kv: int, width: int, out: Path, threads: int = 1
                ) -> tuple[list[dict], list[dict]]:
     """Every model at every rate in one (setting, width) cell: (all runs, best per model)."""
+    torch.set_num_threads(threads)
     runs, best_rows = [], []
     makers = builders(config(grid, seq_len, num_kv, width, grid.lrs[0]))
     for label, make in makers.items():
@@ -291,26 +294,57 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = study_parser(NAME, __doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per worker (1 is least disturbed when shared)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="(setting, width) cells trained in parallel processes")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return args
+
+
+@contextlib.contextmanager
+def _pool(workers: int) -> Iterator[Callable]:
+    """``starmap``-like ordered iterator over cells: in-process, or ``workers`` processes
+    (results come back in order as each cell finishes; the JSON is rewritten after each)."""
+    if workers <= 1:
+        yield lambda fn, cells: (fn(*cell) for cell in cells)
+        return
+    context = torch.multiprocessing.get_context("spawn")
+    with context.Pool(workers) as pool:
+        yield lambda fn, cells: pool.imap(_star, [(fn, cell) for cell in cells])
+
+
+def _star(job: tuple[Callable, tuple]) -> object:
+    fn, cell = job
+    return fn(*cell)
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = study_args(NAME, __doc__.split("\n\n")[0], argv)
+    args = _parse(argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
     grid = GRIDS[mode]
-    sweep, rows = [], []
-    for seq_len, num_kv in grid.settings:
-        for width in grid.widths:
-            runs, best = sweep_cell(grid, seq_len, num_kv, width, args.out)
-            sweep += runs
-            rows += best
-            print(format_table(best, ["seq_len", "num_kv", "width", "model", "lr", "params",
-                                      "val_acc", "test_acc", "test_se"]), flush=True)
+    cells = [(grid, seq_len, num_kv, width, args.out, args.threads)
+             for seq_len, num_kv in grid.settings for width in grid.widths]
     result = {"mode": mode, "grid": {"settings": grid.settings, "widths": grid.widths,
                                      "lrs": grid.lrs, "steps": grid.steps,
                                      "batch_size": grid.batch_size, "vocab": grid.vocab},
-              "chance": 1 / (grid.vocab - grid.vocab // 2), "rows": rows, "sweep": sweep,
+              "chance": 1 / (grid.vocab - grid.vocab // 2), "rows": [], "sweep": [],
               "load_note": load_note(args.threads)}
+    with _pool(args.workers) as pool:
+        for runs, best in pool(sweep_cell, cells):
+            result["sweep"] += runs
+            result["rows"] += best
+            print(format_table(best, ["seq_len", "num_kv", "width", "model", "lr", "params",
+                                      "val_acc", "test_acc", "test_se"]), flush=True)
+            write_report(args.out, NAME, {**result, "partial": True})
+    result["load_note"] = load_note(args.threads)
     result["verdicts"] = verdicts(result)
     print("\nAll runs (learning rate chosen on val_acc; test draw unseen by the choice):")
-    print(format_table(sweep, ["seq_len", "num_kv", "width", "model", "lr", "val_acc",
+    print(format_table(result["sweep"], ["seq_len", "num_kv", "width", "model", "lr", "val_acc",
                                "test_acc", "train_s"]))
     print(f"({result['load_note']})\n")
     print(tables(result))
