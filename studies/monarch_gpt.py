@@ -292,8 +292,8 @@ def verdicts(result: dict) -> dict[str, bool]:
     return out
 
 
-def _fmt(value: float | None, spec: str = ".2f", none: str = "never") -> str:
-    return none if value is None else format(value, spec)
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "never" if value is None else format(value, spec) + suffix
 
 
 def tables(result: dict) -> str:
@@ -310,8 +310,8 @@ def tables(result: dict) -> str:
     for label, run in result["runs"].items():
         q = result["quality"].get(label)
         cells = ["", "", "", ""] if q is None else [
-            _fmt(q["wall"]["candidate_time"], ".0f"), _fmt(q["wall"]["speedup"]) + "x",
-            _fmt(q["steps"]["speedup"]) + "x", f"{max(0.0, q['wall']['gap']):.3f}"]
+            _fmt(q["wall"]["candidate_time"], ".0f"), _fmt(q["wall"]["speedup"], suffix="x"),
+            _fmt(q["steps"]["speedup"], suffix="x"), f"{max(0.0, q['wall']['gap']):.3f}"]
         lines.append(f"| {label} | {run['params']:,} | {run['train_flops_per_token']:.3g} | "
                      f"{run['mlp_share']:.0%} | {run['final_val_loss']:.3f} | "
                      f"{run['train_s']:.0f} | " + " | ".join(cells) + " |")

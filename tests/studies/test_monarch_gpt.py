@@ -85,7 +85,8 @@ def test_tables_render_numbers_from_the_result():
     result = _result({"monarch-4": 1.6, "monarch-2": None}, 0.7)
     result["verdicts"] = monarch_gpt.verdicts(result)
     text = monarch_gpt.tables(result)
-    assert "| monarch-4 | 10 |" in text and "1.60x" in text and "| never |" in text
+    assert "| monarch-4 | 10 |" in text and "1.60x" in text and "| never | never |" in text
+    assert "neverx" not in text
     assert "median of 7" in text and text.count("| yes |") == 2
 
 
