@@ -35,6 +35,7 @@ to the autocast dtype itself).
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = ["check_monarch_args", "chunk_rows", "monarch_matmul_reference"]
 
@@ -105,6 +106,7 @@ class _MonarchFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, R, L, h_all = ctx.saved_tensors
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]

@@ -16,8 +16,15 @@ def _plain(x, R, L):
     return x @ MonarchMatrix(R, L).to_dense().T
 
 
+def _leaf(t):
+    """A leaf copy of ``t`` with ``t``'s strides (``clone`` would compact gapped ones)."""
+    leaf = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+    return leaf.copy_(t.detach()).requires_grad_()
+
+
 def _values_and_grads(fn, x, R, L, gy):
-    leaves = [t.detach().clone().requires_grad_() for t in (x, R, L)]
+    leaves = [_leaf(t) for t in (x, R, L)]
+    assert [t.stride() for t in leaves] == [t.stride() for t in (x, R, L)]
     y = fn(*leaves)
     return (y, *torch.autograd.grad(y, leaves, gy))
 
@@ -60,6 +67,11 @@ def test_many_chunks_odd_rows_and_noncontiguous_operands(monkeypatch, dtype):
     assert not (x_nc.is_contiguous() or R_nc.is_contiguous() or L_nc.is_contiguous())
     got = _values_and_grads(monarch_matmul_reference, x_nc, R_nc, L_nc, gy)
     want = _values_and_grads(_plain, x, R, L, gy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    wide = torch.randn(37, k * p + 5, dtype=dtype)[:, 2: 2 + k * p]  # unit stride, row gap
+    wide.copy_(x)
+    got = _values_and_grads(monarch_matmul_reference, wide, R, L, gy)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
 

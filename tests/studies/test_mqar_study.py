@@ -140,6 +140,7 @@ def test_study_end_to_end(monkeypatch, tmp_path, single_thread):
     monkeypatch.setitem(mqar.GRIDS, "quick", _tiny_grid())
     report = mqar.main(["--quick", "--out", str(tmp_path)])
     assert len(report["sweep"]) == 2 * 5 * 2 and len(report["rows"]) == 2 * 5
+    assert report["rows"][0]["model"] == "softmax attention" and report["rows"][0]["width"] == 8
     for row in report["rows"]:
         tried = [r for r in report["sweep"] if (r["model"], r["width"]) == (row["model"],
                                                                            row["width"])]
