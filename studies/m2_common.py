@@ -10,7 +10,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -43,11 +43,16 @@ __all__ = [
 ]
 
 
-def study_args(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``."""
+def study_args(name: str, doc: str, argv: Sequence[str] | None = None,
+               extra: Callable[[argparse.ArgumentParser], object] | None = None
+               ) -> argparse.Namespace:
+    """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``;
+    ``extra(parser)`` adds a study's own options."""
     parser = study_parser(name, doc)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is least disturbed on a shared machine)")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)

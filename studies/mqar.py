@@ -50,8 +50,8 @@ from neuralnum.runtime import seeded
 from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import build_model
 from structured.train import Task, TrainConfig, evaluate
-from studies.m2_common import load_note, matched, param_count, train_run
-from studies.study_io import figure_row, format_table, save_figure, study_parser, write_report
+from studies.m2_common import load_note, matched, param_count, study_args, train_run
+from studies.study_io import figure_row, format_table, save_figure, write_report
 
 NAME = "mqar"
 TEST_SEED_OFFSET = 1000      # the test draw uses generator seed + 1 + this
@@ -289,16 +289,9 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = study_parser(NAME, __doc__.split("\n\n")[0])
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads per worker (1 is least disturbed when shared)")
+def _workers_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=1,
-                        help="(setting, width) cells trained in parallel processes")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    args.out.mkdir(parents=True, exist_ok=True)
-    return args
+                        help="cells (setting, width, model) trained in parallel processes")
 
 
 @contextlib.contextmanager
@@ -319,7 +312,7 @@ def _star(job: tuple[Callable, tuple]) -> object:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    args = _parse(argv)
+    args = study_args(NAME, __doc__.split("\n\n")[0], argv, extra=_workers_option)
     mode = "quick" if args.quick else "full" if args.full else "default"
     grid = GRIDS[mode]
     labels = list(builders(config(grid, *grid.settings[0], grid.widths[0], grid.lrs[0])))

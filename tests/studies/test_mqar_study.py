@@ -20,12 +20,17 @@ def _mqar_args(draw):
     return draw(st.integers(1, 4)), seq_len, num_kv, vocab, draw(st.integers(0, 2**31))
 
 
+def _draw(args):
+    batch, seq_len, num_kv, vocab, seed = args
+    return mqar_batch(batch, seq_len, num_kv=num_kv, vocab_size=vocab,
+                      gen=torch.Generator().manual_seed(seed))
+
+
 @settings(max_examples=60, deadline=None)
 @given(_mqar_args())
 def test_every_query_key_appears_earlier_exactly_once(args):
-    batch, seq_len, num_kv, vocab, seed = args
-    x, y = mqar_batch(batch, seq_len, num_kv=num_kv, vocab_size=vocab,
-                      gen=torch.Generator().manual_seed(seed))
+    batch, seq_len, num_kv, vocab, _ = args
+    x, y = _draw(args)
     assert x.shape == y.shape == (batch, seq_len)
     for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
         queries = [t for t, target in enumerate(row_y) if target != IGNORE_INDEX]
@@ -41,9 +46,8 @@ def test_every_query_key_appears_earlier_exactly_once(args):
 @settings(max_examples=60, deadline=None)
 @given(_mqar_args())
 def test_targets_only_at_query_positions(args):
-    batch, seq_len, num_kv, vocab, seed = args
-    x, y = mqar_batch(batch, seq_len, num_kv=num_kv, vocab_size=vocab,
-                      gen=torch.Generator().manual_seed(seed))
+    batch, num_kv = args[0], args[2]
+    x, y = _draw(args)
     labelled = y != IGNORE_INDEX
     assert not labelled[:, : 2 * num_kv].any()                # never on the key-value pairs
     keys = x[:, : 2 * num_kv: 2]
