@@ -198,6 +198,11 @@ def tables(result: dict) -> str:
         lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | "
                      f"{f['speedup']:.1f}x | {f['pct_of_flop_ratio']:.0f}% | "
                      f"{b['speedup']:.1f}x | {b['pct_of_flop_ratio']:.0f}% |")
+    lines += ["", "Where one Monarch forward spends its time (self CPU time per ATen op, one "
+              "profiled call):", ""]
+    lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
+                                            for p in r["profile_forward"])
+              for r in result["results"]]
     lines += ["", "| target | met |", "|---|---|"]
     lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
     return "\n".join(lines)

@@ -31,7 +31,8 @@ def test_projection_study_end_to_end(monkeypatch):
 def _speed_result(fwd: dict[int, float], fb: float) -> dict:
     rows = [{"n": n, "nblocks": 32, "batch": 1024, "flop_ratio": 16.0,
              "forward": {"speedup": pct * 0.16, "pct_of_flop_ratio": pct},
-             "forward_backward": {"speedup": fb * 0.16, "pct_of_flop_ratio": fb}}
+             "forward_backward": {"speedup": fb * 0.16, "pct_of_flop_ratio": fb},
+             "profile_forward": [{"op": "aten::bmm", "share": 0.75}]}
             for n, pct in fwd.items()]
     return {"results": rows, "threads": 1, "repeats": 7, "load_average_1min": 1.0}
 
@@ -54,4 +55,4 @@ def test_speed_tables_show_medians_and_percentages():
     result["verdicts"] = monarch_speed.verdicts(result)
     text = monarch_speed.tables(result)
     assert "median of 7" in text and "| 1024 | 32 | 16.0x | 6.6x | 41% |" in text
-    assert text.count("| yes |") == 4
+    assert text.count("| yes |") == 4 and "- n = 2048: `aten::bmm` 75%" in text
