@@ -5,22 +5,31 @@ Public entry points (call these, never a kernel directly):
 * :func:`monarch_matmul` ``(x, R, L)`` — Monarch multiply ``y = P L Pᵀ R x``.
 * :func:`long_conv` ``(u, k, pre_gate=None, post_gate=None)`` — FFT long convolution
   (causal or bidirectional), optionally gated: ``post_gate ⊙ conv(pre_gate ⊙ u, k)``.
+* :func:`causal_conv_direct`, :func:`causal_long_conv` ``(u, k)`` — causal convolutions
+  that are exactly causal in floating point (:mod:`kernels.causal_conv`).
 
-Backends: see :mod:`kernels.dispatch`. The Triton modules are imported on the first
-Triton call (so ``TRITON_INTERPRET=1`` can be set before). This package imports nothing
-else of ours.
+Backends: the ``backend=`` argument or :func:`use_backend`; see :mod:`kernels.dispatch`.
+The Triton modules are imported on the first Triton call (so ``TRITON_INTERPRET=1`` can
+be set before).
+
+Layering: ``kernels`` imports nothing of ours; ``neuralnum`` may import ``kernels``;
+``structured`` may import ``kernels`` and ``neuralnum``.
 """
 
 from __future__ import annotations
 
 import torch
 
-from kernels.dispatch import current_backend, use_backend, use_triton
+from kernels.causal_conv import causal_conv_direct, causal_long_conv
+from kernels.dispatch import current_backend, env_backend, use_backend, use_triton
 from kernels.long_conv_reference import check_long_conv_args, long_conv_reference
 from kernels.monarch_reference import monarch_matmul_reference
 
 __all__ = [
+    "causal_conv_direct",
+    "causal_long_conv",
     "current_backend",
+    "env_backend",
     "long_conv",
     "long_conv_reference",
     "monarch_matmul",
@@ -29,13 +38,15 @@ __all__ = [
 ]
 
 
-def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor, *,
+                   backend: str | None = None) -> torch.Tensor:
     """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout.
 
     Runs the fused Triton kernel (:mod:`kernels.monarch_triton`) when the dispatcher
-    chooses Triton, the two-``bmm`` reference otherwise. Differentiable either way.
+    chooses Triton (``backend``: see :mod:`kernels.dispatch`), the two-``bmm`` reference
+    otherwise. Differentiable either way.
     """
-    if use_triton(x, R, L):
+    if use_triton(x, R, L, backend=backend):
         from kernels.monarch_triton import monarch_matmul_triton
 
         return monarch_matmul_triton(x, R, L)
@@ -43,20 +54,21 @@ def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.T
 
 
 def long_conv(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | None = None,
-              post_gate: torch.Tensor | None = None) -> torch.Tensor:
+              post_gate: torch.Tensor | None = None, *,
+              backend: str | None = None) -> torch.Tensor:
     """``post_gate ⊙ conv(pre_gate ⊙ u, k)``; see :mod:`kernels.long_conv_reference`.
 
     ``u: (B, H, L)``, ``k: (H, L)`` causal or ``(H, 2L)`` bidirectional, gates ``(B, H, L)``
     or ``None``. Runs the Monarch-DFT Triton kernel (:mod:`kernels.long_conv_triton`) when
-    the dispatcher chooses Triton and ``L`` is a power of two in ``[256, 65536]``; other
-    lengths fall back to the reference under ``"auto"`` and raise ``ValueError`` when
-    ``"triton"`` is forced. Differentiable in all inputs.
+    the dispatcher chooses Triton (``backend``: see :mod:`kernels.dispatch`) and ``L`` is
+    a power of two in ``[256, 65536]``; other lengths fall back to the reference under
+    ``"auto"`` and raise ``ValueError`` when ``"triton"`` is forced. Differentiable in all inputs.
     """
     check_long_conv_args(u, k, pre_gate, post_gate)
     gates = [g for g in (pre_gate, post_gate) if g is not None]
-    if use_triton(u, k, *gates):
+    if use_triton(u, k, *gates, backend=backend):
         from kernels.long_conv_triton import long_conv_triton, supports_length
 
-        if supports_length(u.shape[-1]) or current_backend() == "triton":
+        if supports_length(u.shape[-1]) or current_backend(backend) == "triton":
             return long_conv_triton(u, k, pre_gate, post_gate)
     return long_conv_reference(u, k, pre_gate, post_gate)

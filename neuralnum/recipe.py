@@ -1,22 +1,26 @@
-"""The high-precision training recipe: composable, switchable pieces.
+"""The high-precision training recipe: a flat config and the loop plug-ins it makes.
 
 A :class:`Recipe` is a frozen, flat configuration (so an ablation is one
-``recipe.replace(field=...)``) and this module holds the small stateful pieces the
-:class:`~neuralnum.learner.Learner` loop composes from it. Each piece has
-``state_dict()`` / ``load_state_dict()`` so a resumed run continues bit-for-bit.
+``recipe.replace(field=...)``); :func:`make_training` turns it into the optimizer, the
+LR schedule, the hooks, the weight average and the finishers that the one training loop
+(:func:`neuralnum.train.train`) runs for a :class:`~neuralnum.learner.Learner`. Every
+stateful hook has ``state_dict()`` / ``load_state_dict()``, so a resumed run continues
+bit-for-bit.
 
 * **Precision** — ``"float32"``, ``"float64"`` or ``"mixed"`` (float64 master weights,
-  float32 forward/backward): :class:`Precision`.
+  float32 forward/backward): :class:`neuralnum.validation.Precision`.
 * **Optimizer** — Adam with tuned ``eps`` (1e-16 as in Liu et al. 2025) and ``betas``:
-  :func:`make_optimizer`; an optional L-BFGS finisher (:attr:`Recipe.finisher_steps`).
-* **LR schedule** — warm-up, cosine / step decay, decay on plateau and the adaptive
-  signal-vs-noise rule (cosine similarity of the gradients of two independent
-  half-batches; ×``adaptive_factor`` when the signal falls below the noise):
-  :class:`LRController`.
+  :func:`make_optimizer`; an optional L-BFGS finisher (:attr:`Recipe.finisher_steps`,
+  :class:`~neuralnum.train.LBFGSFinisher`).
+* **LR schedule** — warm-up then cosine / step / no decay
+  (:class:`~neuralnum.train.Schedule` in ``LambdaLR``), and two hooks scaling it: decay
+  on plateau (:class:`PlateauDecay`) and the adaptive signal-vs-noise rule
+  (:class:`AdaptiveLR`: cosine similarity of the gradients of two independent
+  half-batches; ×``adaptive_factor`` when the signal falls below the noise).
 * **Gradient-noise control** — batch growth as the loss falls (:class:`BatchSchedule`),
   fresh problems every step or a fixed pool (:attr:`Recipe.fresh`), the EMA-of-gradients
   filter ``g + c·EMA_β(g)`` (:class:`GradientFilter`) and an EMA of the weights
-  (:class:`WeightAverage`).
+  (``torch.optim.swa_utils.AveragedModel``, :func:`~neuralnum.train.ema_average`).
 * **Loss** — relative (per problem, ``‖ŷ − y‖² / ‖y‖²``) or absolute MSE: :func:`loss_fn`.
 
 ``Recipe()`` is the best configuration we measured learning the GD update from a random
@@ -30,27 +34,54 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+from torch.optim.swa_utils import AveragedModel
+
+from neuralnum.train import (
+    DECAYS,
+    Finisher,
+    Hook,
+    LBFGSFinisher,
+    Schedule,
+    ema_average,
+    make_scheduler,
+)
+from neuralnum.validation import Precision, parse_precision
 
 __all__ = [
     "ABLATIONS",
+    "AdaptiveLR",
     "BatchSchedule",
     "GradientFilter",
-    "LRController",
+    "PlateauDecay",
     "Precision",
     "Recipe",
-    "WeightAverage",
+    "Training",
     "cosine_similarity",
     "loss_fn",
     "make_optimizer",
+    "make_schedule",
+    "make_training",
 ]
 
 _DTYPES = ("float32", "float64", "mixed")
-_DECAYS = ("none", "cosine", "step")
+#: ``(fields, valid, bound)``: every numeric field of :class:`Recipe` and its valid range.
+_RANGES: tuple[tuple[tuple[str, ...], Callable[[float], bool], str], ...] = (
+    (("lr", "eps", "batch_size", "step_every", "pool_size"), lambda v: v > 0, "> 0"),
+    (("warmup", "finisher_steps", "total_steps", "adaptive_every", "plateau_patience",
+      "grad_ema_coef"), lambda v: v >= 0, ">= 0"),
+    (("step_factor", "plateau_factor", "adaptive_factor", "min_lr_factor"),
+     lambda v: 0 < v <= 1, "in (0, 1]"),
+    (("grad_ema", "weight_ema"), lambda v: 0 <= v < 1, "in [0, 1)"),
+    (("adaptive_threshold",), lambda v: -1 <= v <= 1, "in [-1, 1]"),
+    (("batch_growth",), lambda v: v >= 1, ">= 1"),
+)
 
 
 @dataclass(frozen=True)
@@ -98,37 +129,19 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {_DTYPES}, got {self.dtype!r}")
-        if self.lr_decay not in _DECAYS:
-            raise ValueError(f"lr_decay must be one of {_DECAYS}, got {self.lr_decay!r}")
-        positive = {"lr": self.lr, "eps": self.eps, "batch_size": self.batch_size,
-                    "step_every": self.step_every, "pool_size": self.pool_size}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        nonnegative = {"warmup": self.warmup, "finisher_steps": self.finisher_steps,
-                       "total_steps": self.total_steps, "adaptive_every": self.adaptive_every,
-                       "plateau_patience": self.plateau_patience,
-                       "grad_ema_coef": self.grad_ema_coef}
-        for name, value in nonnegative.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        fractions = {"step_factor": self.step_factor, "plateau_factor": self.plateau_factor,
-                     "adaptive_factor": self.adaptive_factor, "min_lr_factor": self.min_lr_factor}
-        for name, value in fractions.items():
-            if not 0 < value <= 1:
-                raise ValueError(f"{name} must be in (0, 1], got {value}")
-        for name, value in (("grad_ema", self.grad_ema), ("weight_ema", self.weight_ema),
-                            ("betas[0]", self.betas[0]), ("betas[1]", self.betas[1])):
-            if not 0 <= value < 1:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-        if not -1 <= self.adaptive_threshold <= 1:
-            raise ValueError(f"adaptive_threshold must be in [-1, 1], got "
-                             f"{self.adaptive_threshold}")
+        if self.lr_decay not in DECAYS:
+            raise ValueError(f"lr_decay must be one of {DECAYS}, got {self.lr_decay!r}")
+        for names, valid, bound in _RANGES:
+            for name in names:
+                value = getattr(self, name)
+                if not valid(value):
+                    raise ValueError(f"{name} must be {bound}, got {value}")
+        for i, beta in enumerate(self.betas):
+            if not 0 <= beta < 1:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {beta}")
         if self.max_batch_size < self.batch_size:
             raise ValueError(f"max_batch_size {self.max_batch_size} < batch_size "
                              f"{self.batch_size}")
-        if self.batch_growth < 1:
-            raise ValueError(f"batch_growth must be >= 1, got {self.batch_growth}")
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
 
     # construction ------------------------------------------------------------------
@@ -168,45 +181,19 @@ class Recipe:
 
     @property
     def precision(self) -> Precision:
-        return Precision.from_name(self.dtype)
+        return parse_precision(self.dtype, _DTYPES)
 
 
 #: One-flag ablations: the fields that switch each component of the default recipe off.
-#: (Warm-up, the adaptive LR rule, the gradient filter, batch growth and the relative loss
-#: are available but off by default: from a random init they slowed learning or ended
-#: higher — linear attention, n = 20, d = 5, κ = 5, relative loss, 1000 steps: growth ×2
-#: to 1024 gave 1.8e-14 vs 5.5e-15 at a fixed 256, the gradient filter 1.7e-10; the
-#: relative loss reached the same floor (≈5e-32 float64, ≈1.7e-14 float32) but later:
-#: 1.4e-27 vs 4.6e-32 after 3000 steps, seed 0, float64.)
+#: Warm-up, the adaptive LR rule, the gradient filter, batch growth and the relative loss
+#: are available but off by default because, trained from a random init, they slowed
+#: learning or ended higher (the recipe study measures each: ``studies.recipe``).
 ABLATIONS: dict[str, dict[str, Any]] = {
     "float64": {"dtype": "float32"},
     "adam_eps": {"eps": 1e-8},
     "cosine_decay": {"lr_decay": "none"},
     "fresh_problems": {"fresh": False},
 }
-
-
-# --------------------------------------------------------------------------- precision
-@dataclass(frozen=True)
-class Precision:
-    """Parameter (master) dtype and compute dtype of a training run."""
-
-    param_dtype: torch.dtype
-    compute_dtype: torch.dtype
-
-    @classmethod
-    def from_name(cls, name: str) -> Precision:
-        if name == "float32":
-            return cls(torch.float32, torch.float32)
-        if name == "float64":
-            return cls(torch.float64, torch.float64)
-        if name == "mixed":
-            return cls(torch.float64, torch.float32)
-        raise ValueError(f"dtype must be one of {_DTYPES}, got {name!r}")
-
-    @property
-    def mixed(self) -> bool:
-        return self.param_dtype != self.compute_dtype
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -241,71 +228,102 @@ def cosine_similarity(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
     return dot / (na * nb) if na > 0 and nb > 0 else 0.0
 
 
+
+
 # --------------------------------------------------------------------------- LR
-class LRController:
-    """The learning rate at each step: warm-up × decay × plateau factor × adaptive factor.
+def make_schedule(recipe: Recipe, horizon: int | None = None) -> Schedule:
+    """The recipe's LR multiplier; the cosine spans ``recipe.total_steps``, or
+    ``horizon`` (the run's steps) when that is 0."""
+    return Schedule(warmup=recipe.warmup, decay=recipe.lr_decay,
+                    horizon=recipe.total_steps or horizon or 0,
+                    min_factor=recipe.min_lr_factor, step_every=recipe.step_every,
+                    step_factor=recipe.step_factor)
 
-    Call :meth:`lr` before a step and :meth:`observe` after it with the step's loss and,
-    on adaptive steps (:meth:`adaptive_due`), the half-batch gradient cosine similarity.
-    ``horizon``: the cosine decay's length when ``recipe.total_steps`` is 0.
-    """
 
-    def __init__(self, recipe: Recipe, horizon: int | None = None):
-        self.recipe = recipe
-        self.horizon = recipe.total_steps or horizon or 0
-        if recipe.lr_decay == "cosine" and self.horizon < 1:
-            raise ValueError("lr_decay='cosine' needs total_steps >= 1 (or a fit with steps)")
-        self.plateau = 1.0
-        self.adaptive = 1.0
-        self.best = math.inf
-        self.since_best = 0
+class PlateauDecay(Hook):
+    """Scale the LR by ``plateau_factor`` after ``plateau_patience`` steps without a new
+    best loss (then the count starts again from the current loss)."""
 
-    def lr(self, step: int) -> float:
-        r = self.recipe
-        factor = 1.0
-        if r.warmup and step < r.warmup:
-            factor = (step + 1) / r.warmup
-        if r.lr_decay == "cosine":
-            t = min(step / self.horizon, 1.0)
-            factor *= r.min_lr_factor + (1 - r.min_lr_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        elif r.lr_decay == "step":
-            factor *= r.step_factor ** (step // r.step_every)
-        factor *= self.plateau * self.adaptive
-        return r.lr * (max(factor, r.min_lr_factor) if step >= r.warmup else factor)
+    def __init__(self, recipe: Recipe, schedule: Schedule):
+        self.recipe, self.schedule = recipe, schedule
+        self.factor, self.best, self.since_best = 1.0, math.inf, 0
 
-    def adaptive_due(self, step: int) -> bool:
-        every = self.recipe.adaptive_every
-        return every > 0 and step >= self.recipe.warmup and step % every == 0
+    def observe(self, loss: float) -> None:
+        if loss < self.best:
+            self.best, self.since_best = loss, 0
+            return
+        self.since_best += 1
+        if self.since_best >= self.recipe.plateau_patience:
+            self.factor *= self.recipe.plateau_factor
+            self.best, self.since_best = loss, 0
+        self.schedule.scales["plateau"] = self.factor
 
-    def observe(self, loss: float, cosine: float | None = None) -> None:
-        r = self.recipe
-        if cosine is not None:
-            if cosine < r.adaptive_threshold:  # noise dominates the gradient: slow down
-                self.adaptive *= r.adaptive_factor
-            else:  # signal dominates: recover towards the scheduled LR
-                self.adaptive = min(1.0, self.adaptive / r.adaptive_factor)
-        if r.plateau_patience:
-            if loss < self.best:
-                self.best, self.since_best = loss, 0
-            else:
-                self.since_best += 1
-                if self.since_best >= r.plateau_patience:
-                    self.plateau *= r.plateau_factor
-                    self.best, self.since_best = loss, 0
+    def after_step(self, step: int, loss: float) -> None:
+        self.observe(loss)
 
     def state_dict(self) -> dict[str, float]:
-        return {"plateau": self.plateau, "adaptive": self.adaptive, "best": self.best,
-                "since_best": self.since_best}
+        return {"factor": self.factor, "best": self.best, "since_best": self.since_best}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        self.plateau = float(state["plateau"])
-        self.adaptive = float(state["adaptive"])
-        self.best = float(state["best"])
+        self.factor, self.best = float(state["factor"]), float(state["best"])
         self.since_best = int(state["since_best"])
 
 
+class AdaptiveLR(Hook):
+    """Every ``adaptive_every`` steps after the warm-up, compute the gradient as the mean of
+    two half-batch gradients (no extra cost) and compare them: a cosine below
+    ``adaptive_threshold`` (noise dominates) scales the LR by ``adaptive_factor``, one
+    above it recovers towards the scheduled LR."""
+
+    def __init__(self, recipe: Recipe, schedule: Schedule, params: list[nn.Parameter]):
+        self.recipe, self.schedule, self.params = recipe, schedule, params
+        self.factor = 1.0
+        self.cosine: float | None = None
+
+    def due(self, step: int) -> bool:
+        every = self.recipe.adaptive_every
+        return every > 0 and step >= self.recipe.warmup and step % every == 0
+
+    def backward(self, step: int, batch: tuple[Any, ...],
+                 backward: Callable[[tuple[Any, ...]], float]) -> float | None:
+        if not self.due(step):
+            return None
+        half = batch[0].shape[0] // 2
+        if half < 1:
+            raise ValueError("the adaptive LR needs at least 2 problems per process")
+        halves, losses = [], []
+        for part in (slice(0, half), slice(half, 2 * half)):
+            losses.append(backward(tuple(t[part] for t in batch)))
+            halves.append([p.grad.clone() for p in self.params])
+            for p in self.params:
+                p.grad = None
+        for p, g1, g2 in zip(self.params, *halves, strict=True):
+            p.grad = (g1 + g2) / 2
+        self.cosine = cosine_similarity(*halves)
+        return sum(losses) / 2
+
+    def observe(self, cosine: float) -> None:
+        r = self.recipe
+        if cosine < r.adaptive_threshold:
+            self.factor *= r.adaptive_factor
+        else:
+            self.factor = min(1.0, self.factor / r.adaptive_factor)
+        self.schedule.scales["adaptive"] = self.factor
+
+    def after_step(self, step: int, loss: float) -> None:
+        if self.cosine is not None:
+            self.observe(self.cosine)
+            self.cosine = None
+
+    def state_dict(self) -> dict[str, float]:
+        return {"factor": self.factor}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.factor = float(state["factor"])
+
+
 # --------------------------------------------------------------------------- batch
-class BatchSchedule:
+class BatchSchedule(Hook):
     """Global batch size that grows ×``batch_growth`` each time the loss falls 10×.
 
     The loss is smoothed with an EMA (β = 0.9) so one lucky batch does not trigger it.
@@ -323,6 +341,9 @@ class BatchSchedule:
         self.smoothed = math.nan
         self.reference = math.nan
 
+    def batch_size(self, size: int) -> int:
+        return self.size
+
     def observe(self, loss: float) -> None:
         r = self.recipe
         self.smoothed = loss if math.isnan(self.smoothed) else 0.9 * self.smoothed + 0.1 * loss
@@ -333,6 +354,9 @@ class BatchSchedule:
             self.size = min(max(grown, self.size), r.max_batch_size)
             self.reference = self.smoothed
 
+    def after_step(self, step: int, loss: float) -> None:
+        self.observe(loss)
+
     def state_dict(self) -> dict[str, float]:
         return {"size": self.size, "smoothed": self.smoothed, "reference": self.reference}
 
@@ -342,11 +366,11 @@ class BatchSchedule:
         self.reference = float(state["reference"])
 
 
-# --------------------------------------------------------------------------- filters
-class GradientFilter:
+# --------------------------------------------------------------------------- filter
+class GradientFilter(Hook):
     """Replace each gradient by ``g + coef·EMA_β(g)`` in place (off when ``β = 0``)."""
 
-    def __init__(self, params: list[torch.nn.Parameter], beta: float, coef: float):
+    def __init__(self, params: list[nn.Parameter], beta: float, coef: float):
         self.params = params
         self.beta = beta
         self.coef = coef
@@ -359,45 +383,47 @@ class GradientFilter:
             m.mul_(self.beta).add_(p.grad, alpha=1 - self.beta)
             p.grad.add_(m, alpha=self.coef)
 
+    def on_gradients(self, model: nn.Module) -> None:
+        self.apply()
+
     def state_dict(self) -> dict[str, list[torch.Tensor]]:
         return {"ema": [m.clone() for m in self.ema]}
 
     def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
-        _copy_saved(self.ema, state["ema"], "gradient-filter")
+        if len(state["ema"]) != len(self.ema):
+            raise ValueError("gradient-filter state does not match the parameters")
+        for tensor, value in zip(self.ema, state["ema"], strict=True):
+            tensor.copy_(value)
 
 
-class WeightAverage:
-    """Exponential moving average of the parameters (off when ``decay = 0``)."""
+# --------------------------------------------------------------------------- assembly
+@dataclass
+class Training:
+    """What :func:`make_training` builds from a recipe for one run."""
 
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params = params
-        self.decay = decay
-        self.average = [p.detach().clone() for p in params] if decay > 0 else []
-
-    @property
-    def enabled(self) -> bool:
-        return self.decay > 0
-
-    @torch.no_grad()
-    def update(self) -> None:
-        for p, a in zip(self.params, self.average, strict=False):
-            a.mul_(self.decay).add_(p, alpha=1 - self.decay)
-
-    @torch.no_grad()
-    def copy_to_params(self) -> None:
-        for p, a in zip(self.params, self.average, strict=False):
-            p.copy_(a)
-
-    def state_dict(self) -> dict[str, list[torch.Tensor]]:
-        return {"average": [a.clone() for a in self.average]}
-
-    def load_state_dict(self, state: dict[str, list[torch.Tensor]]) -> None:
-        _copy_saved(self.average, state["average"], "weight-average")
+    optimizer: torch.optim.Adam
+    scheduler: LambdaLR
+    hooks: list[Hook]
+    average: AveragedModel | None
+    finishers: list[Finisher]
 
 
-def _copy_saved(tensors: list[torch.Tensor], saved: list[torch.Tensor], what: str) -> None:
-    """Copy checkpointed per-parameter tensors into ``tensors`` (same count required)."""
-    if len(saved) != len(tensors):
-        raise ValueError(f"{what} state does not match the parameters")
-    for tensor, value in zip(tensors, saved, strict=True):
-        tensor.copy_(value)
+def make_training(recipe: Recipe, model: nn.Module, *, horizon: int | None,
+                  world_size: int = 1) -> Training:
+    """The recipe's optimizer, LR schedule, hooks (only those switched on), weight average
+    and finishers for ``model``'s trainable parameters; ``horizon``: the run's steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = make_optimizer(params, recipe)
+    schedule = make_schedule(recipe, horizon)
+    hooks: list[Hook] = [BatchSchedule(recipe, world_size)]
+    if recipe.adaptive_every:
+        hooks.append(AdaptiveLR(recipe, schedule, params))
+    if recipe.plateau_patience:
+        hooks.append(PlateauDecay(recipe, schedule))
+    if recipe.grad_ema:
+        hooks.append(GradientFilter(params, recipe.grad_ema, recipe.grad_ema_coef))
+    finishers: list[Finisher] = []
+    if recipe.finisher_steps:
+        finishers.append(LBFGSFinisher(recipe.finisher_steps, recipe.max_batch_size))
+    return Training(optimizer, make_scheduler(optimizer, schedule), hooks,
+                    ema_average(model, recipe.weight_ema), finishers)

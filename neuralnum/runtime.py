@@ -1,10 +1,13 @@
 """What every training loop shares: seeding, progress, metrics, checkpoints, DDP.
 
-Both :class:`neuralnum.learner.Learner` and ``structured.train`` build on this module;
-nothing here is written twice elsewhere.
+The one training loop (:mod:`neuralnum.train`) builds on this module, and through it
+:class:`neuralnum.learner.Learner` and ``structured.train``; nothing here is written
+twice elsewhere.
 
 * :func:`make_generator` — explicit, seeded ``torch.Generator`` (no global RNG state).
-* :func:`progress` — a tqdm bar shown only on the main process.
+* :func:`progress` — a tqdm bar shown only on the main process; :func:`show_progress`
+  silences bars in a block; :func:`cli_defaults` applies the environment defaults
+  (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``) at a command-line entry point.
 * :class:`MetricsLog` — append-only JSON-lines metrics, truncated on resume.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
   ``os.replace``) and safe load (``torch.load(weights_only=True)``).
@@ -13,12 +16,14 @@ nothing here is written twice elsewhere.
 * :func:`training_state` / :func:`restore_training_state` — step, model, optimizer, named
   generators and torch's global RNG in one checkpointable dict, for exact resume.
 * :class:`Distributed` / :func:`init_distributed` — ``torchrun`` set-up (gloo on CPU,
-  NCCL on CUDA), rank-aware helpers, gradient all-reduce.
+  NCCL on CUDA) and rank-aware helpers; gradients are averaged by
+  ``DistributedDataParallel`` in :mod:`neuralnum.train`, the one training loop.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import math
 import os
@@ -32,10 +37,14 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
+from kernels import env_backend, use_backend
+
 __all__ = [
     "CheckpointError",
     "Distributed",
     "MetricsLog",
+    "cli_defaults",
+    "env_progress",
     "generator_state",
     "init_distributed",
     "load_checkpoint",
@@ -45,6 +54,7 @@ __all__ = [
     "restore_training_state",
     "save_checkpoint",
     "seeded",
+    "show_progress",
     "training_state",
 ]
 
@@ -92,19 +102,22 @@ def training_state(
     step: int,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
     **extra: Any,
 ) -> dict[str, Any]:
     """Everything an exact resume needs, as a dict :func:`save_checkpoint` can write.
 
-    Holds ``step``, the model's and optimizer's ``state_dict``, the state of each named
-    generator, torch's global CPU RNG state (and CUDA's, when available; dropout draws
-    from these) and any ``extra`` plain values.
+    Holds ``step``, the model's, optimizer's and LR scheduler's ``state_dict``, the state
+    of each named generator, torch's global CPU RNG state (and CUDA's, when available;
+    dropout draws from these) and any ``extra`` plain values. The one resume-state
+    builder of the tree (:func:`neuralnum.train.train` writes it).
     """
     state: dict[str, Any] = {
         "step": int(step),
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "generators": {k: generator_state(g) for k, g in (generators or {}).items()},
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -118,9 +131,11 @@ def restore_training_state(
     *,
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     generators: Mapping[str, torch.Generator] | None = None,
 ) -> int:
-    """Load a :func:`training_state` dict into ``model``/``optimizer``/``generators``.
+    """Load a :func:`training_state` dict into ``model``/``optimizer``/``scheduler``/
+    ``generators``.
 
     Also restores torch's global RNG. Returns the saved step. Raises
     :class:`CheckpointError` when a named generator is missing from the checkpoint.
@@ -128,6 +143,8 @@ def restore_training_state(
     model.load_state_dict(state["model"])
     if optimizer is not None:
         optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
     saved = state["generators"]
     for name, gen in (generators or {}).items():
         if name not in saved:
@@ -140,6 +157,33 @@ def restore_training_state(
 
 
 # --------------------------------------------------------------------------- progress
+_PROGRESS: contextvars.ContextVar[bool] = contextvars.ContextVar("progress", default=True)
+
+
+@contextlib.contextmanager
+def show_progress(enabled: bool) -> Iterator[None]:
+    """Show (or silence) every :func:`progress` bar inside the ``with`` block."""
+    token = _PROGRESS.set(bool(enabled))
+    try:
+        yield
+    finally:
+        _PROGRESS.reset(token)
+
+
+def env_progress(environ: Mapping[str, str] = os.environ) -> bool:
+    """``False`` when ``NEURALNUM_PROGRESS=0`` in ``environ`` (for CLI entry points only)."""
+    return environ.get("NEURALNUM_PROGRESS", "1") != "0"
+
+
+@contextlib.contextmanager
+def cli_defaults(environ: Mapping[str, str] = os.environ) -> Iterator[None]:
+    """The documented environment defaults, read once at a command-line entry point:
+    ``NEURALNUM_PROGRESS`` (:func:`show_progress`) and ``NEURALNUM_KERNELS``
+    (:func:`kernels.use_backend`)."""
+    with show_progress(env_progress(environ)), use_backend(env_backend(environ)):
+        yield
+
+
 def progress(
     iterable: Iterable[Any] | None = None,
     *,
@@ -148,17 +192,14 @@ def progress(
     desc: str | None = None,
     enabled: bool = True,
 ) -> tqdm:
-    """A tqdm progress bar; silent when ``enabled`` is False (e.g. non-zero ranks).
-
-    ``NEURALNUM_PROGRESS=0`` in the environment silences every bar (useful in CI logs).
-    """
-    enabled = enabled and os.environ.get("NEURALNUM_PROGRESS", "1") != "0"
+    """A tqdm progress bar; silent when ``enabled`` is False (e.g. non-zero ranks) or
+    inside ``show_progress(False)``."""
     return tqdm(
         iterable,
         total=total,
         initial=initial,
         desc=desc,
-        disable=not enabled,
+        disable=not (enabled and _PROGRESS.get()),
         dynamic_ncols=True,
         mininterval=0.5,
     )
@@ -246,11 +287,14 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
 
 
 def load_checkpoint(
-    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu"
+    path: str | os.PathLike[str], *, map_location: str | torch.device = "cpu",
+    format: str | None = None,
 ) -> dict[str, Any]:
     """Load a checkpoint with ``torch.load(weights_only=True)``: no arbitrary unpickling.
 
-    Raises :class:`CheckpointError` naming the file when it is missing or unreadable.
+    Raises :class:`CheckpointError` naming the file when it is missing or unreadable, or
+    when ``format`` is given and the file's ``"format"`` entry differs (another kind of
+    checkpoint, or another version of this one).
     """
     path = Path(path)
     if not path.is_file():
@@ -261,6 +305,9 @@ def load_checkpoint(
         raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(state)})")
+    if format is not None and state.get("format") != format:
+        raise CheckpointError(f"{path} is not a {format} checkpoint (format "
+                              f"{state.get('format')!r})")
     return state
 
 
@@ -296,20 +343,6 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
             tensor.div_(self.world_size)
         return tensor
-
-    def average_gradients(self, parameters: Iterable[torch.nn.Parameter]) -> None:
-        """Average ``.grad`` of ``parameters`` over ranks (one flat all-reduce)."""
-        if not self.enabled:
-            return
-        grads = [p.grad for p in parameters if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        self.all_reduce_mean(flat)
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset : offset + g.numel()].view_as(g))
-            offset += g.numel()
 
     def barrier(self) -> None:
         if self.enabled:

@@ -1,17 +1,108 @@
-"""Up-front input checks shared by every public numerical function.
+"""Up-front argument checks shared by every package (``neuralnum``, ``structured``).
 
-Each check raises ``TypeError`` (wrong type / dtype) or ``ValueError`` (shape, empty
-batch, non-finite values) with a message naming the offending argument. Nothing is
-silently broadcast or cast.
+Each check raises ``TypeError`` (wrong type / dtype) or ``ValueError`` (a value out of
+range, a shape, an empty batch, non-finite values) with a message naming the offending
+argument. Nothing is silently broadcast or cast.
+
+The precision vocabulary is defined here too, once: a model's dtype is named as torch
+names it (``"float32"``, ``"float64"``, ``"bfloat16"``), plus ``"mixed"`` for float64
+master weights with a float32 forward/backward; :func:`parse_precision` is its parser.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
-__all__ = ["SUPPORTED_DTYPES", "check_dtype", "check_finite", "check_problem", "check_tensor"]
+__all__ = [
+    "PRECISIONS",
+    "SUPPORTED_DTYPES",
+    "Precision",
+    "check_choice",
+    "check_dtype",
+    "check_finite",
+    "check_nonnegative_int",
+    "check_positive_float",
+    "check_positive_int",
+    "check_problem",
+    "check_tensor",
+    "parse_precision",
+]
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+
+def _check_int(value: object, name: str, minimum: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be {what} int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be {what} int, got {value!r}")
+    return value
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """``value`` if it is an ``int`` >= 1 (not a bool): else ``TypeError`` (not an int) or
+    ``ValueError`` (< 1), the message naming ``name``."""
+    return _check_int(value, name, 1, "a positive")
+
+
+def check_nonnegative_int(value: object, name: str) -> int:
+    """``value`` if it is an ``int`` >= 0 (not a bool): else ``TypeError`` / ``ValueError``."""
+    return _check_int(value, name, 0, "a non-negative")
+
+
+def check_positive_float(value: object, name: str) -> float:
+    """``value`` as a ``float`` if it is a finite real > 0 (not a bool): else ``TypeError``
+    (not a real) or ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Parameter (master) dtype, compute dtype and autocast dtype of a run.
+
+    ``autocast`` is ``None`` unless the forward pass runs under ``torch.autocast`` (the
+    ``"bfloat16"`` precision: float32 weights, bfloat16 matmuls).
+    """
+
+    name: str
+    param_dtype: torch.dtype
+    compute_dtype: torch.dtype
+    autocast: torch.dtype | None = None
+
+    @property
+    def mixed(self) -> bool:
+        """Whether the forward pass runs on a lower-precision copy of the weights."""
+        return self.param_dtype != self.compute_dtype
+
+
+_PRECISIONS = {
+    "float32": Precision("float32", torch.float32, torch.float32),
+    "float64": Precision("float64", torch.float64, torch.float64),
+    "bfloat16": Precision("bfloat16", torch.float32, torch.float32, torch.bfloat16),
+    "mixed": Precision("mixed", torch.float64, torch.float32),
+}
+#: Every precision name, in torch's dtype vocabulary (plus ``"mixed"``).
+PRECISIONS: tuple[str, ...] = tuple(_PRECISIONS)
+
+
+def parse_precision(name: object, choices: tuple[str, ...] = PRECISIONS) -> Precision:
+    """The :class:`Precision` called ``name``; ``ValueError`` unless it is in ``choices``
+    (a subset of :data:`PRECISIONS`: the precisions a caller supports)."""
+    return _PRECISIONS[check_choice(name, "precision", choices)]
 
 
 def check_dtype(dtype: torch.dtype, name: str = "dtype") -> torch.dtype:

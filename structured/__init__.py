@@ -1,4 +1,11 @@
-"""Monarch matrices, Monarch Mixer layers and models."""
+"""Monarch matrices, Monarch Mixer layers and models.
+
+Built on ``kernels`` (Monarch multiply, long and exactly causal convolutions) and on
+``neuralnum``'s shared pieces: the model convention and the softmax attention block of
+:mod:`neuralnum.arch`, the argument checks and precision names of
+:mod:`neuralnum.validation`, and :mod:`neuralnum.runtime`. ``neuralnum`` never imports
+this package.
+"""
 
 from structured.conversion import densify, sparsify
 from structured.layers import BlockdiagLinear, MonarchLinear

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from kernels import monarch_matmul
+from neuralnum.validation import check_positive_int
 from structured.monarch import MonarchMatrix, MonarchShape, project
 
 __all__ = ["BlockdiagLinear", "MonarchLinear"]
@@ -151,8 +152,7 @@ class BlockdiagLinear(nn.Module):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features),
                             ("nblocks", nblocks)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(value, name)
         if in_features % nblocks or out_features % nblocks:
             raise ValueError(f"nblocks={nblocks} must divide in_features={in_features} and "
                              f"out_features={out_features}")
@@ -215,20 +215,13 @@ def _blockdiag_matmul(x: torch.Tensor, weight: torch.Tensor,
     """``x: (N, b·i)``, ``weight: (b, o, i)``, ``bias: (b·o,)`` or None → ``(N, b·o)``.
 
     One batched matmul over the ``b`` blocks on the strided view ``(b, N, i)`` of ``x``
-    (no copy of ``x``), the bias added inside it (``baddbmm``). Without autograd the
-    result is written (``out=``) straight into the batch-major ``(N, b, o)`` buffer;
-    with it, one transposing copy of the result.
+    (no copy of ``x``), the bias added inside it (``baddbmm``), then one transposing
+    copy of the result.
     """
     n, (b, o, i) = x.shape[0], weight.shape
     xb, wt = x.reshape(n, b, i).transpose(0, 1), weight.transpose(1, 2)
-    args = (xb, wt) if bias is None else (bias.view(b, 1, o), xb, wt)
-    op = torch.bmm if bias is None else torch.baddbmm
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, weight, bias)
-                                       if t is not None):
-        return op(*args).transpose(0, 1).reshape(n, b * o)
-    y = x.new_empty(n, b, o)
-    op(*args, out=y.transpose(0, 1))
-    return y.view(n, b * o)
+    y = torch.bmm(xb, wt) if bias is None else torch.baddbmm(bias.view(b, 1, o), xb, wt)
+    return y.transpose(0, 1).reshape(n, b * o)
 
 
 def _dense_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:

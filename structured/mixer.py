@@ -11,10 +11,9 @@ The filter ``k`` is implicit: positional features of ``t`` go through a small ML
 sine activations and are modulated by an exponential decay (:class:`ImplicitFilter`).
 The bidirectional variant concatenates a forward filter with a flipped reverse filter into
 a ``2L``-tap filter and makes one :func:`kernels.long_conv` call. The causal variant uses
-an ``L``-tap filter through :func:`causal_long_conv`, which is causal *in floating point*,
-not only in exact arithmetic: a single zero-padded FFT lets every input leak rounding
-noise into every output, so instead each output block receives earlier blocks' taps
-through :func:`kernels.long_conv` calls that never see a later input (O(L log² L)).
+an ``L``-tap filter through :func:`kernels.causal_long_conv`, which is causal *in
+floating point*, not only in exact arithmetic (a single zero-padded FFT would let every
+input leak rounding noise into every output).
 
 Dimension mixer: ``GLU(u) = down(gelu(gate(u)) · up(u))`` with Monarch, block-diagonal or
 dense projections (:func:`make_linear`).
@@ -22,7 +21,9 @@ dense projections (:func:`make_linear`).
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ __all__ = [
     "GLUMixer",
     "ImplicitFilter",
     "SequenceMixer",
-    "causal_long_conv",
+    "cached_filters",
     "features_first",
     "make_linear",
 ]
@@ -71,53 +72,6 @@ def features_first(layer: nn.Module, x_t: torch.Tensor) -> torch.Tensor:
             return torch.mm(layer.weight, x_t)
         return torch.addmm(layer.bias[:, None], layer.weight, x_t)
     return layer(x_t.T).T
-
-
-def _direct_causal_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """``y[t] = Σ_{s≤t} k[t−s] u[s]`` within each block, ``u: (B, H, m, b)``, ``k: (H, b)``.
-
-    A product with the lower-triangular Toeplitz matrices ``T[h, t, s] = k[h, t − s]``,
-    read as a strided window view of ``k`` zero-padded in front. Taps above the diagonal
-    are exact zeros, so a later (finite) input changes no earlier output, bit for bit.
-    """
-    b = u.shape[-1]
-    toeplitz = F.pad(k, (b - 1, 0)).unfold(-1, b, 1).flip(-1)          # (H, b, b)
-    return torch.matmul(u, toeplitz.transpose(-1, -2))
-
-
-def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 64) -> torch.Tensor:
-    """Causal long convolution ``y[t] = Σ_{s≤t} k[t−s] u[s]``, exactly causal in floating point.
-
-    ``u: (B, H, L)``, ``k: (H, L)``; returns ``(B, H, L)`` in ``u``'s dtype. Blocks of
-    ``block`` samples are convolved directly (:func:`_direct_causal_conv`); then for
-    ``n = block, 2·block, …`` every block ``2j+1`` of size ``n`` receives the
-    contribution of block ``2j`` with one batched :func:`kernels.long_conv` call whose
-    ``2n``-tap filter ``[k[n:2n], k[0:n]]`` maps offsets ``−(n−1) … n−1`` to taps
-    ``k[1] … k[2n−1]``. Output ``t`` is computed only from inputs ``s ≤ t``;
-    ``L`` is zero-padded at the end to ``block · 2^j``. Cost O(L log² L) per channel.
-    """
-    if u.ndim != 3 or k.ndim != 2 or k.shape != (u.shape[1], u.shape[2]):
-        raise ValueError(f"need u: (B, H, L) and k: (H, L), got {tuple(u.shape)}, "
-                         f"{tuple(k.shape)}")
-    batch, channels, length = u.shape
-    block = min(block, length)
-    padded = block
-    while padded < length:
-        padded *= 2
-    u_p = F.pad(u, (0, padded - length)) if padded > length else u
-    k_p = F.pad(k, (0, padded - length)) if padded > length else k
-    k_p = k_p.to(u.dtype)
-    y = _direct_causal_conv(u_p.view(batch, channels, -1, block),
-                            k_p[:, :block]).reshape(batch, channels, padded)
-    n = block
-    while n < padded:
-        pairs = u_p.view(batch, channels, padded // (2 * n), 2, n)
-        early = pairs[..., 0, :].permute(0, 2, 1, 3).reshape(-1, channels, n)
-        taps = torch.cat([k_p[:, n: 2 * n], k_p[:, :n]], dim=-1)
-        cross = kernels.long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
-        y.view(batch, channels, -1, 2, n)[..., 1, :] += cross
-        n *= 2
-    return y[..., :length]
 
 
 class Sine(nn.Module):
@@ -185,7 +139,7 @@ class SequenceMixer(nn.Module):
         self.filter_rev = None if causal else ImplicitFilter(d_model, order=filter_order)
         self.skip = nn.Parameter(torch.randn(d_model) * 0.02)
         self.out_proj = nn.Linear(d_model, d_model)
-        self._filter_cache: tuple[tuple, torch.Tensor, torch.Tensor] | None = None
+        self._filter_cache: dict[tuple, torch.Tensor] | None = None  # see cached_filters
 
     def long_filter(self, length: int) -> torch.Tensor:
         """Taps ``(d, L)`` (causal) or ``(d, 2L)``: forward taps then flipped reverse taps.
@@ -193,22 +147,22 @@ class SequenceMixer(nn.Module):
         In the ``2L`` layout tap ``L + j`` multiplies input ``s = t + L − j``, so the
         reverse filter's tap ``m`` (at index ``2L − 1 − m``) reaches ``m + 1`` steps ahead.
 
-        The taps are a function of the filter parameters and ``length`` alone, so without
-        autograd (inference) they are computed once and reused, as long as ``length``,
-        the autocast state and the parameter values stay the same; the check compares a
-        snapshot of the parameters (a few thousand numbers), so it also sees updates made
-        through ``.data``. The returned tensor is then shared: do not modify it in place.
+        Inside :func:`cached_filters` and without autograd, the taps of the previous call
+        are returned again while the length, dtype, device, autocast state and parameter
+        versions are the same (a shared tensor: do not modify it in place); otherwise,
+        and always outside the block, they are computed afresh.
         """
-        if torch.is_grad_enabled():
+        if self._filter_cache is None or torch.is_grad_enabled():
             return self._compute_long_filter(length)
-        params = torch.cat([p.reshape(-1) for p in self._filter_parameters()])
-        device = params.device.type
+        params = self._filter_parameters()
+        device = params[0].device.type
         autocast = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
-        key = (length, autocast, params.dtype, params.device)
-        cache = self._filter_cache
-        if cache is None or cache[0] != key or not torch.equal(cache[1], params):
-            cache = self._filter_cache = (key, params, self._compute_long_filter(length))
-        return cache[2]
+        key = (length, autocast, params[0].dtype, params[0].device,
+               tuple(p._version for p in params))
+        if key not in self._filter_cache:
+            self._filter_cache.clear()  # one entry: stale versions are never asked again
+            self._filter_cache[key] = self._compute_long_filter(length)
+        return self._filter_cache[key]
 
     def _filter_parameters(self) -> list[torch.Tensor]:
         filters = [self.filter] if self.filter_rev is None else [self.filter, self.filter_rev]
@@ -230,9 +184,30 @@ class SequenceMixer(nn.Module):
         x1, x2, v = z.split(self.d_model, dim=1)                  # (B, d, L) each
         v = v * x1
         k = self.long_filter(length).to(v.dtype)
-        conv = causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
+        conv = kernels.causal_long_conv(v, k) if self.causal else kernels.long_conv(v, k)
         y = torch.addcmul(conv, self.skip.to(v.dtype)[:, None], v) * x2
         return self.out_proj(y.transpose(1, 2))
+
+
+@contextlib.contextmanager
+def cached_filters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inference block: every :class:`SequenceMixer` in ``model`` reuses its filter taps.
+
+    The implicit filter is a function of its parameters and the length alone, so at
+    inference (no autograd) computing it once per length is exact; ``studies.m2_lm``
+    prints the forward speed-up this gives. The cache is keyed on the parameters'
+    version counters, so in-place updates (optimizer steps, ``load_state_dict``) inside
+    the block invalidate it; a write through ``.data`` bypasses the counters and is not
+    seen. The cache is dropped on exit.
+    """
+    mixers = [m for m in model.modules() if isinstance(m, SequenceMixer)]
+    for mixer in mixers:
+        mixer._filter_cache = {}
+    try:
+        yield model
+    finally:
+        for mixer in mixers:
+            mixer._filter_cache = None
 
 
 class GLUMixer(nn.Module):
@@ -263,7 +238,4 @@ class GLUMixer(nn.Module):
     def _features_first(self, x_t: torch.Tensor) -> torch.Tensor:
         """``x_t: (d, N)`` → ``(d, N)``."""
         gate, value = features_first(self.up, x_t).split(self.hidden)       # (hidden, N)
-        hidden = F.gelu(gate)
-        # in place when nothing needs gelu's output for a backward pass (one buffer less)
-        hidden = hidden.mul_(value) if not hidden.requires_grad else hidden * value
-        return features_first(self.down, hidden)
+        return features_first(self.down, F.gelu(gate) * value)

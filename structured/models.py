@@ -12,22 +12,33 @@ kind          arch="m2"           arch="transformer"
 
 Every block is pre-norm: ``x + mixer(LN(x))`` then ``x + mlp(LN(x))``. M2 blocks use the
 gated long-conv :class:`~structured.mixer.SequenceMixer` and the Monarch/block-diagonal
-:class:`~structured.mixer.GLUMixer`; Transformer blocks use
-``torch.nn.functional.scaled_dot_product_attention`` and a dense GELU MLP. Language
-models take ``idx: (B, L) int64`` and return logits ``(B, L, vocab)``; vision models take
-``images: (B, C, H, W)`` and return logits ``(B, n_classes)``. Learned positional
-embeddings and a head tied to the token embedding (LM) are shared by both architectures.
+:class:`~structured.mixer.GLUMixer`; Transformer blocks are the project's one softmax
+attention block, :class:`neuralnum.arch.SoftmaxBlock` (torch SDPA, dense GELU MLP).
+Language models take ``idx: (B, L) int64`` and return logits ``(B, L, vocab)``; vision
+models take ``images: (B, C, H, W)`` and return logits ``(B, n_classes)``. Learned
+positional embeddings and a head tied to the token embedding (LM) are shared by both
+architectures.
+
+Models follow the project's convention (:mod:`neuralnum.arch.base`)::
+
+    cfg = ModelConfig(kind="gpt", arch="m2", d_model=64, seq_len=128)
+    model = build_model(cfg, dtype=torch.float32, generator=make_generator(0))
+    count_parameters(model), cfg.replace(seq_len=256)
+
+Weights are drawn in float32 from ``generator`` alone and then cast to ``dtype``.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralnum.arch import Config, SoftmaxBlock, count_parameters, drawing_from
+from neuralnum.validation import check_choice, check_positive_int
 from structured.mixer import LINEAR_KINDS, GLUMixer, SequenceMixer
 from structured.monarch import MonarchShape
 
@@ -35,10 +46,11 @@ __all__ = [
     "ARCHS",
     "KINDS",
     "LanguageModel",
+    "M2Block",
     "ModelConfig",
     "VisionModel",
     "build_model",
-    "count_parameters",
+    "make_block",
 ]
 
 KINDS = ("gpt", "bert", "vit")
@@ -53,7 +65,7 @@ def _is_power_of_two(n: int) -> bool:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Config):
     """Everything that defines a model; validated on construction (``ValueError``)."""
 
     kind: str = "gpt"            # gpt | bert | vit
@@ -73,19 +85,17 @@ class ModelConfig:
     n_classes: int = 10
 
     def __post_init__(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
-        if self.dim_mixer not in LINEAR_KINDS:
-            raise ValueError(f"dim_mixer must be one of {LINEAR_KINDS}, got {self.dim_mixer!r}")
+        check_choice(self.kind, "kind", KINDS)
+        check_choice(self.arch, "arch", ARCHS)
+        check_choice(self.dim_mixer, "dim_mixer", LINEAR_KINDS)
         for name in ("seq_len", "vocab_size", "d_model", "n_layers", "n_heads", "nblocks",
                      "filter_order", "image_size", "patch_size", "channels", "n_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            check_positive_int(getattr(self, name), name)
         if not self.mlp_ratio > 0:
             raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        self._check_shapes()
+
+    def _check_shapes(self) -> None:
         if self.kind == "vit" and self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not divisible by "
                              f"patch_size {self.patch_size}")
@@ -126,48 +136,29 @@ class ModelConfig:
         return max(self.nblocks, round(self.mlp_ratio * self.d_model / self.nblocks)
                    * self.nblocks)
 
-    def with_(self, **changes: object) -> ModelConfig:
-        """A validated copy with ``changes`` applied."""
-        return replace(self, **changes)
 
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention through SDPA: ``(B, L, d) → (B, L, d)``."""
-
-    def __init__(self, d_model: int, n_heads: int, *, causal: bool):
-        super().__init__()
-        self.n_heads = n_heads
-        self.causal = causal
-        self.qkv = nn.Linear(d_model, 3 * d_model)
-        self.out_proj = nn.Linear(d_model, d_model)
-
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
-        batch, length, width = u.shape
-        qkv = self.qkv(u).view(batch, length, 3, self.n_heads, width // self.n_heads)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4)                      # (B, heads, L, d_head)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out_proj(y.transpose(1, 2).reshape(batch, length, width))
-
-
-class Block(nn.Module):
-    """Pre-norm residual block: sequence mixer then dimension mixer, ``(B, L, d)``."""
+class M2Block(nn.Module):
+    """Pre-norm residual M2 block: sequence mixer then dimension mixer, ``(B, L, d)``."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.norm1 = nn.LayerNorm(d)
-        self.norm2 = nn.LayerNorm(d)
-        if cfg.arch == "m2":
-            self.mixer = SequenceMixer(d, causal=cfg.causal, filter_order=cfg.filter_order)
-            self.mlp = GLUMixer(d, cfg.mlp_hidden, linear=cfg.dim_mixer, nblocks=cfg.nblocks)
-        else:
-            self.mixer = SelfAttention(d, cfg.n_heads, causal=cfg.causal)
-            self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_hidden), nn.GELU(),
-                                     nn.Linear(cfg.mlp_hidden, d))
+        self.ln1 = nn.LayerNorm(d)
+        self.mixer = SequenceMixer(d, causal=cfg.causal, filter_order=cfg.filter_order)
+        self.ln2 = nn.LayerNorm(d)
+        self.mlp = GLUMixer(d, cfg.mlp_hidden, linear=cfg.dim_mixer, nblocks=cfg.nblocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.mixer(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = x + self.mixer(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+def make_block(cfg: ModelConfig) -> nn.Module:
+    """One block of the model ``cfg`` describes: :class:`M2Block` or the softmax block."""
+    if cfg.arch == "m2":
+        return M2Block(cfg)
+    return SoftmaxBlock(cfg.d_model, n_heads=cfg.n_heads, causal=cfg.causal,
+                        hidden=cfg.mlp_hidden)
 
 
 class Backbone(nn.Module):
@@ -176,7 +167,7 @@ class Backbone(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.pos = nn.Parameter(torch.randn(cfg.n_tokens, cfg.d_model) * 0.02)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(make_block(cfg) for _ in range(cfg.n_layers))
         self.norm = nn.LayerNorm(cfg.d_model)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -186,12 +177,29 @@ class Backbone(nn.Module):
         return self.norm(x)
 
 
-class LanguageModel(nn.Module):
+class _Model(nn.Module):
+    """The constructor convention: layers from :meth:`build`, drawn from ``generator``
+    in float32 on the CPU, then cast to ``dtype`` and moved to ``device``."""
+
+    def __init__(self, cfg: ModelConfig, *, dtype: torch.dtype | None = None,
+                 device: str | torch.device | None = None,
+                 generator: torch.Generator | None = None):
+        super().__init__()
+        if not isinstance(cfg, ModelConfig):
+            raise TypeError(f"cfg must be a ModelConfig, got {type(cfg).__name__}")
+        self.cfg = cfg
+        with drawing_from(generator):
+            self.build(cfg)
+        self.to(device=device, dtype=dtype)
+
+    def build(self, cfg: ModelConfig) -> None:
+        raise NotImplementedError
+
+
+class LanguageModel(_Model):
     """M2-GPT / M2-BERT / GPT / BERT: ``idx: (B, L) int64 → logits (B, L, vocab)``."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
+    def build(self, cfg: ModelConfig) -> None:
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         nn.init.normal_(self.embed.weight, std=0.02)
         self.backbone = Backbone(cfg)
@@ -206,12 +214,10 @@ class LanguageModel(nn.Module):
         return self.head(self.backbone(self.embed(idx)))
 
 
-class VisionModel(nn.Module):
+class VisionModel(_Model):
     """M2-ViT / ViT: ``images: (B, C, H, W) → logits (B, n_classes)`` (mean-pooled tokens)."""
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.cfg = cfg
+    def build(self, cfg: ModelConfig) -> None:
         self.patch = nn.Linear(cfg.channels * cfg.patch_size ** 2, cfg.d_model)
         self.backbone = Backbone(cfg)
         self.head = nn.Linear(cfg.d_model, cfg.n_classes)
@@ -225,16 +231,13 @@ class VisionModel(nn.Module):
         return self.head(self.backbone(tokens).mean(dim=1))
 
 
-def build_model(cfg: ModelConfig, *, dtype: torch.dtype = torch.float32,
-                device: str | torch.device = "cpu") -> nn.Module:
-    """The model ``cfg`` describes, initialised from the global RNG (seed it first)."""
-    model = VisionModel(cfg) if cfg.kind == "vit" else LanguageModel(cfg)
-    return model.to(device=device, dtype=dtype)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of distinct trainable parameters (tied weights counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+def build_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None,
+                device: str | torch.device | None = None,
+                generator: torch.Generator | None = None) -> nn.Module:
+    """The model ``cfg`` describes (:class:`VisionModel` or :class:`LanguageModel`),
+    weights drawn from ``generator`` (``None``: seed 0); see the module docstring."""
+    model_class = VisionModel if cfg.kind == "vit" else LanguageModel
+    return model_class(cfg, dtype=dtype, device=device, generator=generator)
 
 
 def main(argv: list[str] | None = None) -> None:

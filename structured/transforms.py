@@ -23,6 +23,7 @@ import math
 
 import torch
 
+from neuralnum.validation import check_positive_int
 from structured.monarch import MonarchMatrix
 
 __all__ = [
@@ -38,9 +39,8 @@ _REAL = (torch.float32, torch.float64)
 
 
 def _split(n: int, n1: int) -> int:
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    if not isinstance(n1, int) or isinstance(n1, bool) or n1 < 1 or n % n1:
+    check_positive_int(n, "n")
+    if check_positive_int(n1, "n1") > n or n % n1:
         raise ValueError(f"n1 must be a positive divisor of n={n}, got {n1!r}")
     return n // n1
 

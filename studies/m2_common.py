@@ -6,6 +6,7 @@ Not a study itself; ``studies.m2_lm``, ``m2_bert``, ``m2_vision`` and ``mqar`` u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import statistics
@@ -17,8 +18,10 @@ from typing import Any
 
 import torch
 
-from neuralnum.runtime import MetricsLog, progress, seeded
-from structured.models import ModelConfig, build_model, count_parameters
+from neuralnum.arch import count_parameters
+from neuralnum.runtime import MetricsLog, make_generator, progress
+from structured.mixer import GLUMixer, cached_filters
+from structured.models import ModelConfig, build_model
 from structured.train import TrainConfig, train
 from studies.study_io import (
     figure,
@@ -67,8 +70,7 @@ def load_note(threads: int) -> str:
 
 def param_count(cfg: ModelConfig) -> int:
     """Parameters of the model ``cfg`` describes."""
-    with seeded(0):
-        return count_parameters(build_model(cfg))
+    return count_parameters(build_model(cfg))
 
 
 def matched(cfg: ModelConfig, target: int) -> ModelConfig:
@@ -77,7 +79,7 @@ def matched(cfg: ModelConfig, target: int) -> ModelConfig:
     candidates = []
     for ratio in (r / 8 for r in range(2, 129)):
         try:
-            candidates.append(cfg.with_(mlp_ratio=ratio))
+            candidates.append(cfg.replace(mlp_ratio=ratio))
         except ValueError:  # a hidden width the Monarch layout cannot tile
             continue
     return min(candidates, key=lambda c: abs(param_count(c) - target))
@@ -96,36 +98,64 @@ def train_run(cfg: TrainConfig, out: Path, label: str, **kwargs: Any) -> dict[st
 
 
 def forward_throughput(configs: dict[str, ModelConfig], lengths: Sequence[int], *,
-                       batch: int = 1, repeats: int = 2) -> list[dict[str, Any]]:
+                       batch: int = 1, repeats: int = 2,
+                       uncached: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Inference tokens/s of each model at each length (best of ``repeats``, alternated).
 
-    Every model is rebuilt with ``seq_len = L``; the calls alternate between models so
-    that background load hits all of them alike. Returns one row per length.
+    Every model is rebuilt with ``seq_len = L`` and runs inside
+    :func:`structured.mixer.cached_filters`; the models named in ``uncached`` are also
+    timed without it (keys ``"<label> (no filter cache)_…"``). The calls alternate
+    between models so that background load hits all of them alike. Returns one row per
+    length.
     """
     rows = []
     for length in progress(lengths, desc="throughput"):
-        models, inputs = {}, {}
-        for label, cfg in configs.items():
-            cfg = cfg.with_(seq_len=length)
-            with seeded(0):
-                models[label] = build_model(cfg).eval()
-            gen = torch.Generator().manual_seed(length)
-            inputs[label] = torch.randint(0, cfg.vocab_size, (batch, length), generator=gen)
-        times: dict[str, list[float]] = {label: [] for label in configs}
-        with torch.no_grad():
-            for label in configs:                                   # warm-up
-                models[label](inputs[label])
-            for _ in range(repeats):
-                for label in configs:
-                    start = time.perf_counter()
-                    models[label](inputs[label])
-                    times[label].append(time.perf_counter() - start)
+        runs: dict[str, tuple[torch.nn.Module, torch.Tensor]] = {}
+        with contextlib.ExitStack() as caches:
+            for label, cfg in configs.items():
+                cfg = cfg.replace(seq_len=length)
+                gen = torch.Generator().manual_seed(length)
+                idx = torch.randint(0, cfg.vocab_size, (batch, length), generator=gen)
+                model = build_model(cfg, generator=make_generator(0)).eval()
+                runs[label] = (caches.enter_context(cached_filters(model)), idx)
+                if label in uncached:
+                    runs[f"{label} (no filter cache)"] = (
+                        build_model(cfg, generator=make_generator(0)).eval(), idx)
+            times: dict[str, list[float]] = {label: [] for label in runs}
+            with torch.no_grad():
+                for _ in range(repeats + 1):                # the first round warms up
+                    for label, (model, idx) in runs.items():
+                        start = time.perf_counter()
+                        model(idx)
+                        times[label].append(time.perf_counter() - start)
         row: dict[str, Any] = {"seq_len": length}
         for label, t in times.items():
-            row[f"{label}_tok_per_s"] = batch * length / min(t)
-            row[f"{label}_median_s"] = statistics.median(t)
+            row[f"{label}_tok_per_s"] = batch * length / min(t[1:])
+            row[f"{label}_median_s"] = statistics.median(t[1:])
         rows.append(row)
     return rows
+
+
+def glu_layout_speedup(cfg: ModelConfig, *, length: int = 4096, repeats: int = 10) -> float:
+    """Forward speed-up of :class:`structured.mixer.GLUMixer`'s features-first, chunked
+    layout over the plain ``down(gelu(gate) · value)`` on ``(1, length, d)`` tokens (best
+    of ``repeats``, alternated; the two are equal in value and gradient, see
+    ``tests/structured/test_mixer.py``)."""
+    mlp = GLUMixer(cfg.d_model, cfg.mlp_hidden, linear=cfg.dim_mixer, nblocks=cfg.nblocks)
+    u = torch.randn(1, length, cfg.d_model, generator=make_generator(0))
+
+    def plain() -> torch.Tensor:
+        gate, value = mlp.up(u).split(cfg.mlp_hidden, dim=-1)
+        return mlp.down(torch.nn.functional.gelu(gate) * value)
+
+    times: dict[str, list[float]] = {"layout": [], "plain": []}
+    with torch.no_grad():
+        for _ in range(repeats + 1):                        # the first round warms up
+            for name, run in (("layout", lambda: mlp(u)), ("plain", plain)):
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+    return min(times["plain"][1:]) / min(times["layout"][1:])
 
 
 def plot_curves(runs: dict[str, dict[str, Any]], path: Path, *, title: str,
@@ -166,11 +196,11 @@ def plot_throughput(rows: Sequence[dict[str, Any]], path: Path, labels: Sequence
 
 def lm_base_config(task: str, full: bool) -> TrainConfig:
     """The Transformer run both LM studies compare against (quick: 2×64, 128-byte context)."""
+    model = ModelConfig(arch="transformer", d_model=256 if full else 64,
+                        n_layers=4 if full else 2, n_heads=4, seq_len=512 if full else 128)
     return TrainConfig(
-        task=task, model="transformer", d_model=256 if full else 64,
-        n_layers=4 if full else 2, n_heads=4, seq_len=512 if full else 128,
-        steps=3000 if full else 150, batch_size=32 if full else 16, lr=3e-3,
-        warmup_steps=100 if full else 15, eval_every=500 if full else 50,
+        task=task, model=model, steps=3000 if full else 150, batch_size=32 if full else 16,
+        lr=3e-3, warmup=100 if full else 15, eval_every=500 if full else 50,
         eval_batches=16 if full else 8, plot=False)
 
 
@@ -186,16 +216,15 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     (:func:`matched`).
     """
     tf_label, m2_label = labels
-    tf_cfg = base.model_config()
+    tf_cfg = base.model
     configs = {tf_label: tf_cfg}
     for label, mixer in ((m2_label, "blockdiag"), (f"{m2_label}-dense", "dense")):
-        configs[label] = matched(tf_cfg.with_(arch="m2", dim_mixer=mixer), param_count(tf_cfg))
+        configs[label] = matched(tf_cfg.replace(arch="m2", dim_mixer=mixer), param_count(tf_cfg))
     runs = {}
     for label, cfg in configs.items():
-        run_cfg = base if label == tf_label else replace(
-            base, model="m2", dim_mixer=cfg.dim_mixer, mlp_ratio=cfg.mlp_ratio)
+        run_cfg = base if label == tf_label else replace(base, model=cfg)
         runs[label] = train_run(run_cfg, args.out, label)
-    tokens = base.steps * base.batch_size * base.seq_len
+    tokens = base.steps * base.batch_size * base.model.seq_len
     tf_loss = runs[tf_label]["val_loss"]
     quality = [{"model": label, "params": run["params"], "mlp_hidden": configs[label].mlp_hidden,
                 "tokens": tokens, "val_loss": run["val_loss"],
@@ -208,7 +237,7 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
                                  "loss_vs_tf", "perplexity", "bits_per_byte", "val_acc",
                                  "train_s"]))
 
-    rows = forward_throughput(configs, lengths, repeats=10)
+    rows = forward_throughput(configs, lengths, repeats=10, uncached=[m2_label])
     m2_labels = [label for label in configs if label != tf_label]
     for row in rows:
         for label in m2_labels:
@@ -224,6 +253,11 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
         summary[label]["targets_met"] = {
             "quality": summary[label]["loss_vs_tf"] <= 1.05,
             "throughput": (summary[label]["speedup_at_4096"] or 0) >= 3.0}
+    row_4096 = next((r for r in rows if r["seq_len"] == 4096), None)
+    if row_4096 is not None:
+        summary[m2_label]["filter_cache_speedup_at_4096"] = (
+            row_4096[f"{m2_label}_tok_per_s"]
+            / row_4096[f"{m2_label} (no filter cache)_tok_per_s"])
     print(f"\nForward throughput, batch 1 ({load_note(args.threads)}):")
     print(format_table(rows, ["seq_len", *(f"{label}_tok_per_s" for label in configs),
                               *(f"{label}_speedup" for label in m2_labels)]))
@@ -231,6 +265,13 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
         print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
               f"{row['speedup_at_4096']:.2f}x (target ≥ 3x), loss vs {tf_label} "
               f"{row['loss_vs_tf']:.3f} (target ≤ 1.05)")
+    summary[m2_label]["glu_layout_speedup_at_4096"] = glu_layout_speedup(configs[m2_label])
+    print(f"{m2_label}: the features-first, chunked GLU layout speeds the GLU forward at "
+          f"L=4096 by {summary[m2_label]['glu_layout_speedup_at_4096']:.2f}x")
+    if "filter_cache_speedup_at_4096" in summary[m2_label]:
+        print(f"{m2_label}: the inference filter cache (structured.mixer.cached_filters) "
+              f"speeds the forward pass at L=4096 by "
+              f"{summary[m2_label]['filter_cache_speedup_at_4096']:.2f}x")
     print(f"paper: {paper}")
 
     plot_curves(runs, args.out / f"{name}_loss.png", title=f"{base.task}, equal tokens")

@@ -19,6 +19,7 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import replace
 
+from structured.models import ModelConfig
 from structured.train import TrainConfig
 from studies.m2_common import plot_curves, study_args, train_run
 from studies.study_io import format_table, write_report
@@ -32,13 +33,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = study_args(NAME, __doc__.split("\n\n")[0], argv)
     full = args.full
     seeds = range(5) if full else range(2)
-    base = TrainConfig(task="vision", d_model=128 if full else 64, n_layers=4 if full else 2,
-                       n_heads=4, patch_size=2, steps=3000 if full else 300, batch_size=64,
-                       lr=3e-3, warmup_steps=30, eval_every=100 if full else 50, plot=False)
+    model = ModelConfig(d_model=128 if full else 64, n_layers=4 if full else 2, n_heads=4,
+                        patch_size=2)
+    base = TrainConfig(task="vision", model=model, steps=3000 if full else 300,
+                       batch_size=64, lr=3e-3, warmup=30, eval_every=100 if full else 50,
+                       plot=False)
     results: dict[str, list[dict]] = {"ViT": [], "M2-ViT": []}
     for seed in seeds:
         for label, arch in (("ViT", "transformer"), ("M2-ViT", "m2")):
-            cfg = replace(base, model=arch, seed=seed)
+            cfg = replace(base, model=replace(base.model, arch=arch), seed=seed)
             results[label].append(train_run(cfg, args.out, f"{label}-seed{seed}"))
     rows = []
     for label, runs in results.items():

@@ -37,11 +37,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralnum.runtime import make_generator, progress, seeded
+from neuralnum.arch import drawing_from
+from neuralnum.runtime import make_generator, progress
+from neuralnum.train import Schedule
 from structured.conversion import densify, sparsify
 from structured.layers import MonarchLinear
-from structured.models import build_model, count_parameters
-from structured.train import Task, TrainConfig, evaluate, loss_and_correct, lr_at
+from structured.models import ModelConfig, build_model, count_parameters
+from structured.train import Task, TrainConfig, evaluate, loss_and_correct
 from studies.m2_common import load_note, study_args
 from studies.study_io import figure_row, format_table, save_figure, write_report
 
@@ -56,17 +58,19 @@ PAPER = ("Dao et al. 2022: Monarch MLPs train GPT-2 about 2x faster to the same 
 # ----------------------------------------------------------------------------- config
 def base_config(mode: str) -> TrainConfig:
     """The GPT and training every variant shares (``mode``: quick | default | full)."""
-    common = {"task": "lm-causal", "model": "transformer", "mlp_ratio": 4.0,
-              "warmup_steps": 20, "lr": 3e-3, "plot": False}
+    def gpt(d_model: int, n_layers: int, n_heads: int, seq_len: int) -> ModelConfig:
+        return ModelConfig(arch="transformer", d_model=d_model, n_layers=n_layers,
+                           n_heads=n_heads, seq_len=seq_len, mlp_ratio=4.0)
+
+    common = {"task": "lm-causal", "warmup": 20, "lr": 3e-3, "plot": False}
     if mode == "quick":
-        return TrainConfig(**common, d_model=64, n_layers=1, n_heads=2, seq_len=16,
-                           batch_size=4, steps=6, eval_every=3, eval_batches=1)
+        return TrainConfig(**common, model=gpt(64, 1, 2, 16), batch_size=4, steps=6,
+                           eval_every=3, eval_batches=1)
     if mode == "full":
-        return TrainConfig(**{**common, "lr": 6e-4, "warmup_steps": 200}, d_model=768,
-                           n_layers=12, n_heads=12, seq_len=256, batch_size=32, steps=5000,
-                           eval_every=250, eval_batches=16)
-    return TrainConfig(**common, d_model=256, n_layers=2, n_heads=4, seq_len=64,
-                       batch_size=8, steps=400, eval_every=25, eval_batches=8)
+        return TrainConfig(**{**common, "lr": 6e-4, "warmup": 200}, model=gpt(768, 12, 12, 256),
+                           batch_size=32, steps=5000, eval_every=250, eval_batches=16)
+    return TrainConfig(**common, model=gpt(256, 2, 4, 64), batch_size=8, steps=400,
+                       eval_every=25, eval_batches=8)
 
 
 def _is_mlp(name: str, _linear: nn.Linear) -> bool:
@@ -80,12 +84,11 @@ def build(cfg: TrainConfig, nblocks: int | None = None) -> nn.Module:
     layers get :class:`MonarchLinear`'s own fan-in initialisation (not the projection of
     the dense initial weights, whose norm would shrink by the discarded rank).
     """
-    with seeded(cfg.seed):
-        model = build_model(cfg.model_config(), dtype=cfg.dtype)
+    model = build_model(cfg.model, dtype=cfg.dtype, generator=make_generator(cfg.seed))
     if nblocks is None:
         return model
     sparsify(model, nblocks, filter=_is_mlp)
-    with seeded(cfg.seed + 1):
+    with drawing_from(make_generator(cfg.seed + 1)):
         for layer in model.modules():
             if isinstance(layer, MonarchLinear):
                 layer.reset_parameters()
@@ -125,7 +128,7 @@ def flops_per_token(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     """Training FLOPs per token (3 × forward: 2 per multiply-add, attention scores and
     values at ``2·seq_len·d`` multiply-adds per layer) and the MLPs' share."""
     total, mlp = linear_weights(model)
-    attention = 2 * cfg.seq_len * cfg.d_model * cfg.n_layers
+    attention = 2 * cfg.model.seq_len * cfg.model.d_model * cfg.model.n_layers
     forward = 2 * (total + attention)
     return {"train_flops_per_token": 3.0 * forward, "mlp_share": 2 * mlp / forward}
 
@@ -175,7 +178,7 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+                             lr=cfg.lr, betas=cfg.betas)
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
@@ -204,6 +207,8 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
            for label, m in models.items()}
     clock = {label: [0.0, 0.0] for label in models}
     task, gen = Task(cfg), make_generator(cfg.seed)
+    schedule = Schedule(warmup=cfg.warmup, decay="cosine", horizon=cfg.steps,
+                        min_factor=cfg.min_lr_factor)          # structured.train's schedule
     labels = list(models)
 
     def log(step: int) -> None:
@@ -215,7 +220,7 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
     log(0)
     for step in progress(range(cfg.steps), desc="lockstep"):
         x, y = task.sample(cfg.batch_size, gen)
-        lr = lr_at(cfg, step)
+        lr = cfg.lr * schedule(step)
         shift = step % len(labels)
         for label in labels[shift:] + labels[:shift]:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -245,7 +250,7 @@ def profile_steps(cfg: TrainConfig, specs: dict[str, dict[str, Any]], repeats: i
     labels = [label for label, s in specs.items() if s["densify_at"] is None]
     models = {label: build(cfg, specs[label]["nblocks"]) for label in labels}
     x, y = Task(cfg).sample(cfg.batch_size, make_generator(cfg.seed))
-    hidden = torch.randn(cfg.batch_size, cfg.seq_len, cfg.d_model,
+    hidden = torch.randn(cfg.batch_size, cfg.model.seq_len, cfg.model.d_model,
                          generator=make_generator(cfg.seed))
 
     def whole(model: nn.Module) -> None:
@@ -360,11 +365,13 @@ def run_study(cfg: TrainConfig, profile_repeats: int) -> dict:
             axis: time_to_quality([(r[key], r["val_loss"]) for r in dense],
                                   [(r[key], r["val_loss"]) for r in run["records"]])
             for axis, key in (("wall", "train_s"), ("cpu", "cpu_s"), ("steps", "step"))}
-    return {"study": NAME, "paper": PAPER, "config": {k: getattr(cfg, k) for k in (
-        "d_model", "n_layers", "n_heads", "seq_len", "batch_size", "steps", "lr",
-        "mlp_ratio", "seed")}, "densify_at": DENSIFY_AT, "runs": runs, "quality": quality,
-        "profile": profile_steps(cfg, specs, profile_repeats),
-        "profile_repeats": profile_repeats}
+    config = {k: getattr(cfg.model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len",
+                                                  "mlp_ratio")}
+    config.update({k: getattr(cfg, k) for k in ("batch_size", "steps", "lr", "seed")})
+    return {"study": NAME, "paper": PAPER, "config": config, "densify_at": DENSIFY_AT,
+            "runs": runs, "quality": quality,
+            "profile": profile_steps(cfg, specs, profile_repeats),
+            "profile_repeats": profile_repeats}
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

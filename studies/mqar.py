@@ -45,10 +45,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from neuralnum.arch import TokenConfig, arch_config, drawing_from
 from neuralnum.arch import build_model as build_arch
-from neuralnum.runtime import seeded
+from neuralnum.runtime import make_generator
 from structured.mixer import ImplicitFilter, SequenceMixer
-from structured.models import build_model
+from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import load_note, matched, param_count, study_args, train_run
 from studies.study_io import figure_row, format_table, save_figure, write_report
@@ -90,12 +91,12 @@ GRIDS = {
 
 def config(grid: Grid, seq_len: int, num_kv: int, width: int, lr: float) -> TrainConfig:
     """The training every model of one cell shares (GPT shape: 2 layers, 4 heads)."""
-    return TrainConfig(task="mqar", model="transformer", seq_len=seq_len, mqar_num_kv=num_kv,
-                       mqar_vocab=grid.vocab, d_model=width, n_layers=2,
-                       n_heads=4 if width >= 32 else 2, steps=grid.steps,
-                       batch_size=grid.batch_size, lr=lr, warmup_steps=50,
-                       dim_mixer="blockdiag", eval_every=max(1, grid.steps // 6),
-                       eval_batches=grid.eval_batches, ckpt_every=grid.steps, plot=False)
+    model = ModelConfig(arch="transformer", seq_len=seq_len, d_model=width, n_layers=2,
+                        n_heads=4 if width >= 32 else 2, dim_mixer="blockdiag")
+    return TrainConfig(task="mqar", model=model, mqar_num_kv=num_kv, mqar_vocab=grid.vocab,
+                       steps=grid.steps, batch_size=grid.batch_size, lr=lr, warmup=50,
+                       eval_every=max(1, grid.steps // 6), eval_batches=grid.eval_batches,
+                       checkpoint_every=grid.steps, plot=False)
 
 
 class ShortConv(nn.Module):
@@ -122,63 +123,82 @@ class ShortConv(nn.Module):
 
 
 class ArchLM(nn.Module):
-    """A :mod:`neuralnum.arch` body as a token model: embed → body → LayerNorm → head."""
+    """A :mod:`neuralnum.arch` body as a token model: embed (→ :class:`ShortConv`) → body
+    → LayerNorm → head, weights drawn from ``generator`` (``None``: seed 0)."""
 
-    def __init__(self, name: str, vocab: int, d_model: int, n_layers: int, seq_len: int,
-                 *, short_conv: bool = False, **options: object):
+    def __init__(self, config: TokenConfig, vocab: int, *, front_conv: bool = False,
+                 generator: torch.Generator | None = None):
         super().__init__()
-        embed = nn.Embedding(vocab, d_model)
-        self.embed = ShortConv(embed) if short_conv else embed
-        self.body = build_arch(name, d_model, n_layers, seq_len, **options)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
+        with drawing_from(generator) as gen:
+            embed = nn.Embedding(vocab, config.d_model)
+            self.embed = ShortConv(embed) if front_conv else embed
+            self.body = build_arch(config, generator=gen)
+            self.norm = nn.LayerNorm(config.d_model)
+            self.head = nn.Linear(config.d_model, vocab)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.body(self.embed(idx))))
 
 
-def with_filter_decay(model: nn.Module, fast: float, slow: float) -> nn.Module:
-    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L."""
-    for mixer in model.modules():
-        if isinstance(mixer, SequenceMixer):
-            old = mixer.filter
-            mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
-                                          bands=old.bands, fast_decay=fast, slow_decay=slow)
+def with_filter_decay(model: nn.Module, fast: float, slow: float, *,
+                      generator: torch.Generator | None = None) -> nn.Module:
+    """``model`` with every M2 filter rebuilt to decay to 1% at ``fast``·L … ``slow``·L
+    (new weights drawn from ``generator``)."""
+    with drawing_from(generator):
+        for mixer in model.modules():
+            if isinstance(mixer, SequenceMixer):
+                old = mixer.filter
+                mixer.filter = ImplicitFilter(mixer.d_model, order=old.mlp[0].out_features,
+                                              bands=old.bands, fast_decay=fast,
+                                              slow_decay=slow).to(old.mlp[0].weight.dtype)
     return model
 
 
-def _gpt(cfg: TrainConfig) -> nn.Module:
+#: A model constructor: weights drawn from the generator it is given (``None``: seed 0).
+Builder = Callable[..., nn.Module]
+
+
+def _gpt(cfg: ModelConfig, generator: torch.Generator | None) -> nn.Module:
     """The one place the study builds a :mod:`structured.models` model."""
-    return build_model(cfg)
+    return build_model(cfg, generator=generator)
 
 
-def builders(base: TrainConfig) -> dict[str, Callable[[], nn.Module]]:
-    """A constructor of each model (seed the global RNG first), matched to the GPT's size."""
-    d, layers, vocab, length = base.d_model, base.n_layers, base.mqar_vocab, base.seq_len
-    gpt = replace(base, model="transformer").model_config()
+def builders(base: TrainConfig) -> dict[str, Builder]:
+    """A constructor of each model, all matched to the GPT's size."""
+    d, layers, vocab, length = (base.model.d_model, base.model.n_layers, base.mqar_vocab,
+                                base.model.seq_len)
+    gpt = replace(base.model, arch="transformer")
     target = param_count(gpt)
-    m2 = matched(replace(base, model="m2").model_config(), target)
+    m2 = matched(replace(base.model, arch="m2"), target)
 
-    def arch_lm(name: str, n_layers: int, **options: object) -> Callable[[], nn.Module]:
-        return lambda: ArchLM(name, vocab, d, n_layers, length, **options)
+    def arch_lm(name: str, n_layers: int, front_conv: bool = False,
+                **options: object) -> Builder:
+        config = arch_config(name, d_model=d, n_layers=n_layers, seq_len=length, **options)
+        return lambda generator=None: ArchLM(config, vocab, front_conv=front_conv,
+                                             generator=generator)
 
-    def size(make: Callable[[], nn.Module]) -> int:
+    def size(make: Builder) -> int:
         return sum(p.numel() for p in make().parameters())
 
     baseconv_layers = min(range(1, 17), key=lambda n: abs(
         size(arch_lm("baseconv", n, short_conv=3)) - target))
 
-    def attention() -> nn.Module:
-        model = _gpt(gpt)
-        model.embed = ShortConv(model.embed)
+    def attention(generator: torch.Generator | None = None) -> nn.Module:
+        with drawing_from(generator) as gen:
+            model = _gpt(gpt, gen)
+            model.embed = ShortConv(model.embed)
         return model
 
+    def m2_slow(generator: torch.Generator | None = None) -> nn.Module:
+        with drawing_from(generator) as gen:
+            return with_filter_decay(_gpt(m2, gen), *SLOW_DECAY, generator=gen)
+
     return {"softmax attention": attention,
-            "linear attention": arch_lm("linear_attention", layers, short_conv=True,
-                                        n_heads=base.n_heads, mlp=True),
+            "linear attention": arch_lm("linear_attention", layers, front_conv=True,
+                                        n_heads=base.model.n_heads, mlp=True),
             "BaseConv": arch_lm("baseconv", baseconv_layers, short_conv=3),
-            "M2": lambda: _gpt(m2),
-            "M2 slow decay": lambda: with_filter_decay(_gpt(m2), *SLOW_DECAY)}
+            "M2": lambda generator=None: _gpt(m2, generator),
+            "M2 slow decay": m2_slow}
 
 
 def test_accuracy(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
@@ -201,8 +221,7 @@ def sweep_cell(grid: Grid, seq_len: int, num_kv: int, width: int, label: str, ou
     runs = []
     for lr in grid.lrs:
         cfg = config(grid, seq_len, num_kv, width, lr)
-        with seeded(cfg.seed):
-            model = make()
+        model = make(make_generator(cfg.seed))
         tag = f"L{seq_len}-kv{num_kv}-d{width}-{label.replace(' ', '-')}-lr{lr:g}"
         run = train_run(cfg, out / "runs", tag, model=model, name=tag)
         runs.append({"seq_len": seq_len, "num_kv": num_kv, "width": width, "model": label,

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from neuralnum.arch import TokenModel, build_model
+from neuralnum.arch import TokenConfig, TokenModel, arch_config, build_model, count_parameters
 from neuralnum.arch.construct import (
     SoftmaxProduct,
     apply_gd_model,
@@ -119,15 +119,19 @@ TASKS = {
 
 
 # --------------------------------------------------------------------------- models
-def make_model(arch: str, task: Task, dtype: torch.dtype) -> TokenModel:
+def model_config(arch: str, task: Task) -> TokenConfig:
     """Polynomial models at ``task.poly_width``; the Transformer matched to BaseConv's size."""
+    shape = {"d_model": task.d_model, "n_layers": task.n_layers, "seq_len": task.seq_len}
     if arch in POLYNOMIAL:
-        return build_model(arch, task.d_model, task.n_layers, task.seq_len, dtype,
-                           width=task.poly_width)
-    budget = make_model("baseconv", task, dtype).num_parameters()
-    candidates = (build_model(arch, task.d_model, task.n_layers, task.seq_len, dtype,
-                              width=w, n_heads=2) for w in range(4, 129, 2))
-    return min(candidates, key=lambda m: abs(m.num_parameters() - budget))
+        return arch_config(arch, **shape, width=task.poly_width)
+    budget = count_parameters(build_model(model_config("baseconv", task)))
+    candidates = (arch_config(arch, **shape, width=w, n_heads=2) for w in range(4, 129, 2))
+    return min(candidates, key=lambda c: abs(count_parameters(build_model(c)) - budget))
+
+
+def make_model(arch: str, task: Task, dtype: torch.dtype, seed: int = 0) -> TokenModel:
+    """The model of :func:`model_config`, weights drawn from a generator seeded ``seed``."""
+    return build_model(model_config(arch, task), dtype=dtype, generator=make_generator(seed))
 
 
 def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
@@ -136,8 +140,7 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
 
 def train(arch: str, task: Task, cfg: Config, dtype: torch.dtype) -> dict:
     """Train one model; returns its curve, floor and size."""
-    torch.manual_seed(cfg.seed)
-    model = make_model(arch, task, dtype)
+    model = make_model(arch, task, dtype, cfg.seed)
     gen = make_generator(cfg.seed)
     eval_tokens, eval_target = task.sample(cfg.eval_batch, make_generator(cfg.seed + 1), dtype)
     steps, batch = cfg.steps[task.name], cfg.batch[task.name]
@@ -163,7 +166,7 @@ def train(arch: str, task: Task, cfg: Config, dtype: torch.dtype) -> dict:
     tail = [m for s, m in curve if s >= 0.75 * steps]
     finite = [m for m in tail if math.isfinite(m)]
     return {"arch": arch, "task": task.name, "dtype": str(dtype).removeprefix("torch."),
-            "params": model.num_parameters(), "width": model.width,
+            "params": count_parameters(model), "width": model.width,
             "floor": min(finite) if finite else float("nan"),
             "seconds": time.perf_counter() - start, "curve": curve}
 

@@ -1,6 +1,7 @@
 """What every study's command line and output share.
 
-``study_parser`` builds ``--quick | --full`` and ``--out DIR`` (default ``runs/<name>``);
+``study_parser`` builds ``--quick | --full`` and ``--out DIR`` (default ``runs/<name>``)
+with :mod:`neuralnum.cli`, the project's one config → command-line mechanism;
 ``format_table`` lays rows out as a fixed-width text table; ``write_report`` writes
 ``DIR/<name>.json``; ``figure`` / ``figure_row`` / ``save_figure`` make and write
 matplotlib figures with the Agg backend (no display needed).
@@ -11,10 +12,20 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuralnum.cli import add_dataclass_arguments, add_modes
+
 __all__ = ["figure", "figure_row", "format_table", "save_figure", "study_parser", "write_report"]
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """The options every study shares besides its mode (``--quick`` / ``--full`` / …)."""
+
+    out: Path = Path("runs")  # output directory
 
 
 def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores (default)",
@@ -22,16 +33,13 @@ def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores 
                  modes: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the shared ``--quick``/``--full`` and ``--out`` options;
     ``modes`` adds more mutually exclusive flags (name → help); ``doc`` (the study's
-    module docstring) is shown by ``--help``."""
+    module docstring) is shown by ``--help``. Built with :mod:`neuralnum.cli` from
+    :class:`StudyOptions` (``--out`` defaults to ``runs/<name>``), the mechanism of every
+    command line of the project."""
     parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--quick", action="store_true", help=quick_help)
-    mode.add_argument("--full", action="store_true", help=full_help)
-    for flag, text in (modes or {}).items():
-        mode.add_argument(f"--{flag}", action="store_true", help=text)
-    parser.add_argument("--out", type=Path, default=Path("runs") / name,
-                        help=f"output directory (default runs/{name})")
+    add_modes(parser, {"quick": quick_help, "full": full_help, **(modes or {})})
+    add_dataclass_arguments(parser, StudyOptions, base=StudyOptions(out=Path("runs") / name))
     return parser
 
 

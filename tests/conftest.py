@@ -6,12 +6,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
+from neuralnum.runtime import show_progress
+
 settings.register_profile(
     "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-os.environ.setdefault("NEURALNUM_PROGRESS", "0")
 
 
 @pytest.fixture
@@ -23,3 +24,10 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _no_progress_bars():
+    """No progress bars in test logs (what a CLI does under ``NEURALNUM_PROGRESS=0``)."""
+    with show_progress(False):
+        yield

@@ -1,4 +1,12 @@
-"""The interface every sequence model of :mod:`neuralnum.arch` shares.
+"""The interface every sequence model of :mod:`neuralnum.arch` shares, and the model
+convention of the whole project.
+
+Model convention (``neuralnum.arch`` and ``structured.models`` alike): a model is built
+from a frozen dataclass config as ``Model(config, *, dtype=None, device=None,
+generator=None)`` (or ``build_model(config, ...)``); its weights are drawn from
+``generator`` alone (:func:`drawing_from`: never from the global RNG; ``None`` means a
+generator seeded with 0); ``config.replace(**changes)`` is a validated copy; the number
+of trainable scalars is :func:`count_parameters`.
 
 A :class:`TokenModel` maps tokens ``u: (B, L, d_model)`` to outputs ``(B, L, d_model)``
 of the same dtype, with ``1 <= L <= seq_len``; ``d_model`` is the token width of
@@ -17,47 +25,123 @@ and rejects any other ``n``, width or a malformed encoding.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import dataclasses
+from collections.abc import Iterator
+from typing import ClassVar, Self
+
 import torch
 from torch import nn
 
 from neuralnum.tokens import TokenLayout
-from neuralnum.validation import check_dtype, check_finite, check_tensor
+from neuralnum.validation import check_dtype, check_finite, check_positive_int, check_tensor
 
-__all__ = ["TokenModel", "check_positive_int"]
+__all__ = ["Config", "TokenConfig", "TokenModel", "count_parameters", "drawing_from"]
 
 
-def check_positive_int(value: object, name: str) -> int:
-    """``value`` as an ``int`` >= 1, else ``TypeError``/``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
+_DRAWING_FROM: contextvars.ContextVar[torch.Generator | None] = contextvars.ContextVar(
+    "drawing_from", default=None)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct trainable scalars of ``model`` (tied weights counted once)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@contextlib.contextmanager
+def drawing_from(generator: torch.Generator | None) -> Iterator[torch.Generator]:
+    """Make torch's initialisers draw from ``generator`` inside the block.
+
+    ``nn.Linear``, ``nn.init`` and friends draw from the default CPU generator. Inside
+    the block that generator holds ``generator``'s state; on exit the advanced state is
+    written back into ``generator`` and the global RNG is restored as it was, so a model
+    built inside is a function of ``generator`` alone. ``None``: a fresh generator
+    seeded with 0. ``generator`` must live on the CPU (build on the CPU, then move).
+    Blocks nest: an inner block with the same generator continues its stream.
+    """
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    if not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+        raise TypeError(f"generator must be a CPU torch.Generator, got {generator!r}")
+    if _DRAWING_FROM.get() is generator:  # nested: the default generator already is it
+        yield generator
+        return
+    token = _DRAWING_FROM.set(generator)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.set_state(generator.get_state())
+            yield generator
+            generator.set_state(torch.default_generator.get_state())
+    finally:
+        _DRAWING_FROM.reset(token)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """Base of every model config: frozen, validated in ``__post_init__``."""
+
+    def replace(self, **changes: object) -> Self:
+        """A validated copy with ``changes`` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TokenConfig(Config):
+    """Fields every :class:`TokenModel` shares: token width ``d_model``, depth, the longest
+    sequence ``seq_len`` and the internal ``width`` (``None``: ``d_model``)."""
+
+    name: ClassVar[str] = ""
+    d_model: int
+    n_layers: int
+    seq_len: int
+    width: int | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("d_model", "n_layers", "seq_len"):
+            check_positive_int(getattr(self, field), field)
+        if self.width is not None:
+            check_positive_int(self.width, "width")
+
+    @property
+    def inner_width(self) -> int:
+        """The channels the layers work at."""
+        return self.d_model if self.width is None else self.width
 
 
 class TokenModel(nn.Module):
     """Base class: configuration, input checks, optional width projections.
 
-    Subclasses build ``self.layers`` (an ``nn.ModuleList``) after ``super().__init__``,
-    call :meth:`projections`, and override :meth:`mix` if they need more than the layers.
+    Subclasses build their layers in :meth:`build` (called with the weights drawn from
+    the constructor's ``generator``): ``self.layers`` (an ``nn.ModuleList``), then
+    :meth:`projections`; they override :meth:`mix` if they need more than the layers.
     """
 
     def __init__(
         self,
-        d_model: int,
-        n_layers: int,
+        config: TokenConfig,
         *,
-        seq_len: int,
-        dtype: torch.dtype = torch.float32,
-        width: int | None = None,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        self.d_model = check_positive_int(d_model, "d_model")
-        self.n_layers = check_positive_int(n_layers, "n_layers")
-        self.seq_len = check_positive_int(seq_len, "seq_len")
-        self.dtype = check_dtype(dtype)
-        self.width = self.d_model if width is None else check_positive_int(width, "width")
+        if not isinstance(config, TokenConfig):
+            raise TypeError(f"config must be a TokenConfig, got {type(config).__name__}")
+        self.config = config
+        self.d_model, self.n_layers = config.d_model, config.n_layers
+        self.seq_len, self.width = config.seq_len, config.inner_width
+        self.dtype = check_dtype(torch.float32 if dtype is None else dtype)
         self.layout: TokenLayout | None = None
+        with drawing_from(generator):
+            self.build(config)
+        if device is not None:
+            self.to(device)
+
+    def build(self, config: TokenConfig) -> None:
+        """Create the layers (parameters in ``self.dtype``, drawn from the global RNG that
+        :func:`drawing_from` has swapped in)."""
+        raise NotImplementedError
 
     def projections(self, always: bool = False) -> None:
         """Create ``in_proj``/``out_proj`` if ``width != d_model`` (or ``always``)."""
@@ -65,10 +149,6 @@ class TokenModel(nn.Module):
         if self.projected:
             self.in_proj = nn.Linear(self.d_model, self.width, dtype=self.dtype)
             self.out_proj = nn.Linear(self.width, self.d_model, dtype=self.dtype)
-
-    def num_parameters(self) -> int:
-        """Number of trainable scalars."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def require_layout(self, layout: TokenLayout) -> TokenModel:
         """Accept only tokens encoded by ``layout`` (exact ``n`` and width, zero scratch

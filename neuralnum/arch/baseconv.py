@@ -20,40 +20,48 @@ the gate is its bias ``c₁``), the filters of all layers but the last are a del
 (``k[t] = 1/seq_len``: a sum over positions), each plus ``0.01·randn/√seq_len``; ``c₁``
 and ``W₂`` keep their random defaults. This is the shape of a computation "form
 products at each position, then sum them" (the GD gradient ``Σᵢ aᵢ(aᵢᵀx − bᵢ)``), with
-no channel routing given. Learning the GD step from scratch (n = 20, d = 5, κ = 5, the
-default recipe with the relative loss, 1000 steps) it reached one-step MSE 5.8e-5
-(float64) / 1.6e-4 (float32) where ``"random"`` stayed at 0.33; see
-``studies/recipe.py``.
+no channel routing given, so learning the GD step from scratch starts near it; how much
+it helps is measured by ``studies/recipe.py`` (README, "recipe").
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 
-from kernels import long_conv
-from neuralnum.arch.base import TokenModel, check_positive_int
+from kernels import causal_conv_direct, long_conv
+from neuralnum.arch.base import TokenConfig, TokenModel
+from neuralnum.validation import check_choice, check_nonnegative_int, check_positive_int
 
-__all__ = ["BaseConv", "BaseConvLayer", "causal_conv_direct"]
+__all__ = ["BaseConv", "BaseConvConfig", "BaseConvLayer"]
 
 CONV_MODES = ("auto", "direct", "fft")
 INITS = ("random", "delta_sum")
 _FILTER_NOISE = 0.01  # the scale of the random part of a "delta_sum" filter
 
 
-def causal_conv_direct(z: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal convolution ``z: (B, L, H)`` with ``k: (H, L)`` via the Toeplitz matrix.
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class BaseConvConfig(TokenConfig):
+    """:class:`BaseConv`: ``short_conv`` (kernel size of a depthwise causal short conv
+    before the long conv; 0 = none), ``conv_mode`` (``"auto"`` = direct for
+    ``L <= fft_threshold``, else FFT; or ``"direct"`` / ``"fft"``), ``init``
+    (``"random"`` or ``"delta_sum"``, see the module docstring)."""
 
-    ``y[:, t, h] = Σ_{s≤t} k[h, t−s] z[:, s, h]``; ``O(H L²)`` work, exact zeros above
-    the diagonal. Returns ``(B, L, H)``.
-    """
-    length = z.shape[1]
-    pos = torch.arange(length, device=z.device)
-    lag = pos[:, None] - pos[None, :]  # (t, s)
-    toeplitz = k[:, lag.clamp(min=0)] * (lag >= 0).to(k.dtype)  # (H, t, s)
-    return (toeplitz @ z.permute(2, 1, 0)).permute(2, 1, 0)  # (H, t, s) @ (H, s, B)
+    name = "baseconv"
+    short_conv: int = 0
+    conv_mode: str = "auto"
+    fft_threshold: int = 128
+    init: str = "random"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_nonnegative_int(self.short_conv, "short_conv")
+        check_choice(self.conv_mode, "conv_mode", CONV_MODES)
+        check_positive_int(self.fft_threshold, "fft_threshold")
+        check_choice(self.init, "init", INITS)
 
 
 class BaseConvLayer(nn.Module):
@@ -70,12 +78,7 @@ class BaseConvLayer(nn.Module):
         fft_threshold: int = 128,
     ) -> None:
         super().__init__()
-        if conv_mode not in CONV_MODES:
-            raise ValueError(f"conv_mode must be one of {CONV_MODES}, got {conv_mode!r}")
-        if isinstance(short_conv, bool) or not isinstance(short_conv, int) or short_conv < 0:
-            raise ValueError(f"short_conv must be an int >= 0 (0 = none), got {short_conv!r}")
-        self.conv_mode = conv_mode
-        self.fft_threshold = check_positive_int(fft_threshold, "fft_threshold")
+        self.conv_mode, self.fft_threshold = conv_mode, fft_threshold
         self.gate = nn.Linear(width, width, dtype=dtype)  # W₁, c₁
         self.proj = nn.Linear(width, width, bias=False, dtype=dtype)  # W₂
         self.filter = nn.Parameter(torch.randn(width, seq_len, dtype=dtype) / math.sqrt(seq_len))
@@ -92,9 +95,8 @@ class BaseConvLayer(nn.Module):
         k = self.filter[:, :length]
         fft = self.conv_mode == "fft" or (
             self.conv_mode == "auto" and length > self.fft_threshold)
-        if fft:
-            return long_conv(z.transpose(1, 2), k).transpose(1, 2)
-        return causal_conv_direct(z, k)
+        conv = long_conv if fft else causal_conv_direct
+        return conv(z.transpose(1, 2), k).transpose(1, 2)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         z = self.proj(u)
@@ -106,43 +108,28 @@ class BaseConvLayer(nn.Module):
 class BaseConv(TokenModel):
     """A stack of ``n_layers`` :class:`BaseConvLayer` (no MLP, no normalisation).
 
-    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``, causal.
-    Options: ``width`` (internal channels, default ``d_model``), ``short_conv`` (kernel
-    size of a depthwise causal short conv before the long conv; 0 = none), ``conv_mode``
-    (``"auto"`` = direct for ``L <= fft_threshold``, else FFT; or force ``"direct"`` /
-    ``"fft"``), ``init`` (``"random"`` or ``"delta_sum"``, see the module docstring; the
-    learner's default for BaseConv is ``"delta_sum"``).
+    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``, causal; options
+    in :class:`BaseConvConfig` (the learner's default init for BaseConv is
+    ``"delta_sum"``).
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_layers: int,
-        *,
-        seq_len: int,
-        dtype: torch.dtype = torch.float32,
-        width: int | None = None,
-        short_conv: int = 0,
-        conv_mode: str = "auto",
-        fft_threshold: int = 128,
-        init: str = "random",
-    ) -> None:
-        super().__init__(d_model, n_layers, seq_len=seq_len, dtype=dtype, width=width)
-        if init not in INITS:
-            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+    config: BaseConvConfig
+
+    def build(self, config: BaseConvConfig) -> None:
         self.layers = nn.ModuleList(
-            BaseConvLayer(self.width, self.seq_len, dtype=self.dtype, short_conv=short_conv,
-                          conv_mode=conv_mode, fft_threshold=fft_threshold)
+            BaseConvLayer(self.width, self.seq_len, dtype=self.dtype,
+                          short_conv=config.short_conv, conv_mode=config.conv_mode,
+                          fft_threshold=config.fft_threshold)
             for _ in range(self.n_layers)
         )
         self.projections()
-        if init == "delta_sum":
+        if config.init == "delta_sum":
             self._init_delta_sum()
 
     @torch.no_grad()
     def _init_delta_sum(self) -> None:
         """Linear layers (``W₁ = 0``), delta filters, a causal-mean filter in the last layer;
-        every filter plus ``0.01·randn/√seq_len`` (from the global RNG, like ``"random"``)."""
+        every filter plus ``0.01·randn/√seq_len`` (its random draw, scaled)."""
         for i, layer in enumerate(self.layers):
             layer.gate.weight.zero_()
             layer.filter.mul_(_FILTER_NOISE)

@@ -26,17 +26,20 @@ against a rounding error ``O(u/ε)``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neuralnum.arch.base import TokenModel, check_positive_int
-from neuralnum.arch.baseconv import BaseConv
-from neuralnum.arch.linear_attention import LinearAttention
+from neuralnum.arch.base import TokenModel
+from neuralnum.arch.baseconv import BaseConv, BaseConvConfig
+from neuralnum.arch.linear_attention import LinearAttention, LinearAttentionConfig
 from neuralnum.tokens import TokenLayout
-from neuralnum.validation import check_dtype, check_problem
+from neuralnum.validation import (
+    check_dtype,
+    check_positive_float,
+    check_positive_int,
+    check_problem,
+)
 
 __all__ = [
     "SoftmaxProduct",
@@ -45,14 +48,6 @@ __all__ = [
     "construct_linear_attention_gd",
     "gd_rounding_bound",
 ]
-
-
-def _check_positive(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be finite and > 0, got {value}")
-    return float(value)
 
 
 def _zero_(model: nn.Module) -> None:
@@ -82,13 +77,14 @@ def construct_baseconv_gd(
     ``layout = TokenLayout(n, d, 4d+1)`` required; parameters are frozen.
     """
     n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
-    eta, dtype = _check_positive(eta, "eta"), check_dtype(dtype)
+    eta, dtype = check_positive_float(eta, "eta"), check_dtype(dtype)
     layout = TokenLayout(n, d, width=4 * d + 1)
     a = torch.arange(d)
     x = a + d + 1
     p = a + 2 * d + 1
     g = a + 3 * d + 1
-    model = BaseConv(layout.width, 3, seq_len=n, dtype=dtype, conv_mode="direct")
+    config = BaseConvConfig(d_model=layout.width, n_layers=3, seq_len=n, conv_mode="direct")
+    model = BaseConv(config, dtype=dtype)
     _zero_(model)
     first, second, third = model.layers
     with torch.no_grad():
@@ -126,15 +122,16 @@ def construct_linear_attention_gd(
     """
     n, d = check_positive_int(n, "n"), check_positive_int(d, "d")
     steps = check_positive_int(steps, "steps")
-    eta, dtype = _check_positive(eta, "eta"), check_dtype(dtype)
+    eta, dtype = check_positive_float(eta, "eta"), check_dtype(dtype)
     if causal and steps > 1:
         raise ValueError("steps > 1 needs causal=False: a causal layer leaves partial sums "
                          "in the x slots of all but the last token")
     layout = TokenLayout(n, d)
     a = torch.arange(d)
     x = a + d + 1
-    model = LinearAttention(layout.width, steps, seq_len=n, dtype=dtype, head_dim=d + 1,
-                            causal=causal)
+    config = LinearAttentionConfig(d_model=layout.width, n_layers=steps, seq_len=n,
+                                   head_dim=d + 1, causal=causal)
+    model = LinearAttention(config, dtype=dtype)
     _zero_(model)
     with torch.no_grad():
         for layer in model.layers:
@@ -185,7 +182,7 @@ class SoftmaxProduct(nn.Module):
     def __init__(self, m: int, eps: float, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.m = check_positive_int(m, "m")
-        self.eps = _check_positive(eps, "eps")
+        self.eps = check_positive_float(eps, "eps")
         self.dtype = check_dtype(dtype)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:

@@ -15,21 +15,38 @@ polynomial of its input, so products of token entries are represented exactly.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
-from neuralnum.arch.base import TokenModel, check_positive_int
+from neuralnum.arch.base import TokenConfig, TokenModel
+from neuralnum.validation import check_positive_int
 
-__all__ = ["LinearAttention", "LinearAttentionLayer", "Mlp"]
+__all__ = ["LinearAttention", "LinearAttentionConfig", "LinearAttentionLayer", "Mlp",
+           "check_heads"]
+
+
+def check_heads(width: int, n_heads: object, head_dim: object = None) -> int:
+    """Validate ``n_heads`` (and ``head_dim``; ``None``: ``width // n_heads``, which must
+    then divide evenly); return the head dimension."""
+    check_positive_int(n_heads, "n_heads")
+    if head_dim is None:
+        if width % n_heads:
+            raise ValueError(f"width={width} is not divisible by n_heads={n_heads}")
+        return width // n_heads
+    return check_positive_int(head_dim, "head_dim")
 
 
 class Mlp(nn.Module):
-    """``Linear(width, 4·width) → GELU → Linear(4·width, width)``."""
+    """``Linear(width, hidden) → GELU → Linear(hidden, width)`` (``hidden``: 4·width)."""
 
-    def __init__(self, width: int, *, dtype: torch.dtype) -> None:
+    def __init__(self, width: int, hidden: int | None = None, *,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.fc = nn.Linear(width, 4 * width, dtype=dtype)
-        self.proj = nn.Linear(4 * width, width, dtype=dtype)
+        hidden = 4 * width if hidden is None else hidden
+        self.fc = nn.Linear(width, hidden, dtype=dtype)
+        self.proj = nn.Linear(hidden, width, dtype=dtype)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.proj(nn.functional.gelu(self.fc(h)))
@@ -74,40 +91,38 @@ class LinearAttentionLayer(nn.Module):
         return h if self.mlp is None else h + self.mlp(h)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LinearAttentionConfig(TokenConfig):
+    """:class:`LinearAttention`: ``n_heads`` (default 1), ``head_dim`` (default
+    ``width // n_heads``), ``causal`` (default True), ``mlp`` (default False: a pure
+    polynomial)."""
+
+    name = "linear_attention"
+    n_heads: int = 1
+    head_dim: int | None = None
+    causal: bool = True
+    mlp: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_heads(self.inner_width, self.n_heads, self.head_dim)
+
+
 class LinearAttention(TokenModel):
     """A stack of ``n_layers`` :class:`LinearAttentionLayer`.
 
-    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``. Options:
-    ``width`` (internal channels, default ``d_model``), ``n_heads`` (default 1),
-    ``head_dim`` (default ``width // n_heads``), ``causal`` (default True), ``mlp``
-    (default False: a pure polynomial).
+    ``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, ``L <= seq_len``; options in
+    :class:`LinearAttentionConfig`.
     """
 
-    def __init__(
-        self,
-        d_model: int,
-        n_layers: int,
-        *,
-        seq_len: int,
-        dtype: torch.dtype = torch.float32,
-        width: int | None = None,
-        n_heads: int = 1,
-        head_dim: int | None = None,
-        causal: bool = True,
-        mlp: bool = False,
-    ) -> None:
-        super().__init__(d_model, n_layers, seq_len=seq_len, dtype=dtype, width=width)
-        check_positive_int(n_heads, "n_heads")
-        if head_dim is None:
-            if self.width % n_heads:
-                raise ValueError(f"width={self.width} is not divisible by n_heads={n_heads}; "
-                                 "pass head_dim explicitly")
-            head_dim = self.width // n_heads
-        check_positive_int(head_dim, "head_dim")
-        self.causal = bool(causal)
+    config: LinearAttentionConfig
+
+    def build(self, config: LinearAttentionConfig) -> None:
+        head_dim = check_heads(self.width, config.n_heads, config.head_dim)
+        self.causal = bool(config.causal)
         self.layers = nn.ModuleList(
-            LinearAttentionLayer(self.width, n_heads=n_heads, head_dim=head_dim,
-                                 causal=self.causal, mlp=mlp, dtype=self.dtype)
+            LinearAttentionLayer(self.width, n_heads=config.n_heads, head_dim=head_dim,
+                                 causal=self.causal, mlp=config.mlp, dtype=self.dtype)
             for _ in range(self.n_layers)
         )
         self.projections()

@@ -12,29 +12,39 @@ convention as every :class:`~neuralnum.arch.base.TokenModel` with projections).
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from neuralnum.arch.base import TokenModel, check_positive_int
-from neuralnum.arch.linear_attention import Mlp
+from neuralnum.arch.base import TokenConfig, TokenModel
+from neuralnum.arch.linear_attention import Mlp, check_heads
 
-__all__ = ["SoftmaxBlock", "Transformer"]
+__all__ = ["SoftmaxBlock", "Transformer", "TransformerConfig"]
 
 
 class SoftmaxBlock(nn.Module):
-    """One pre-LN block: softmax self-attention and an MLP, both residual."""
+    """One pre-LN block on ``(B, L, width)``: softmax self-attention (``n_heads`` heads,
+    torch SDPA) and an MLP (``hidden`` channels, default ``4·width``), both residual.
 
-    def __init__(self, width: int, *, n_heads: int, causal: bool, dtype: torch.dtype) -> None:
+    The one softmax attention block of the project: the Transformer baselines of
+    :mod:`structured.models` use it too.
+    """
+
+    def __init__(self, width: int, *, n_heads: int, causal: bool, hidden: int | None = None,
+                 dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        check_heads(width, n_heads)
         self.n_heads, self.causal = n_heads, causal
         self.ln1 = nn.LayerNorm(width, dtype=dtype)
         self.qkv = nn.Linear(width, 3 * width, dtype=dtype)
         self.proj = nn.Linear(width, width, dtype=dtype)
         self.ln2 = nn.LayerNorm(width, dtype=dtype)
-        self.mlp = Mlp(width, dtype=dtype)
+        self.mlp = Mlp(width, hidden, dtype=dtype)
 
     def attention(self, h: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention ``(B, L, width)`` → ``(B, L, width)``."""
         batch, length, width = h.shape
         q, k, v = self.qkv(h).view(batch, length, 3, self.n_heads, -1).permute(2, 0, 3, 1, 4)
         a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
@@ -45,32 +55,32 @@ class SoftmaxBlock(nn.Module):
         return h + self.mlp(self.ln2(h))
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TransformerConfig(TokenConfig):
+    """:class:`Transformer`: ``n_heads`` (default 1; must divide the width), ``causal``
+    (default True)."""
+
+    name = "transformer"
+    n_heads: int = 1
+    causal: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_heads(self.inner_width, self.n_heads)
+
+
 class Transformer(TokenModel):
-    """GPT-2-style softmax Transformer on token sequences (see module docstring).
+    """GPT-2-style softmax Transformer on token sequences (see module docstring); options
+    in :class:`TransformerConfig`."""
 
-    Options: ``width`` (default ``d_model``), ``n_heads`` (default 1; must divide
-    ``width``), ``causal`` (default True).
-    """
+    config: TransformerConfig
 
-    def __init__(
-        self,
-        d_model: int,
-        n_layers: int,
-        *,
-        seq_len: int,
-        dtype: torch.dtype = torch.float32,
-        width: int | None = None,
-        n_heads: int = 1,
-        causal: bool = True,
-    ) -> None:
-        super().__init__(d_model, n_layers, seq_len=seq_len, dtype=dtype, width=width)
-        check_positive_int(n_heads, "n_heads")
-        if self.width % n_heads:
-            raise ValueError(f"width={self.width} is not divisible by n_heads={n_heads}")
-        self.causal = bool(causal)
+    def build(self, config: TransformerConfig) -> None:
+        self.causal = bool(config.causal)
         self.pos = nn.Parameter(0.02 * torch.randn(self.seq_len, self.width, dtype=self.dtype))
         self.blocks = nn.ModuleList(
-            SoftmaxBlock(self.width, n_heads=n_heads, causal=self.causal, dtype=self.dtype)
+            SoftmaxBlock(self.width, n_heads=config.n_heads, causal=self.causal,
+                         dtype=self.dtype)
             for _ in range(self.n_layers)
         )
         self.ln_f = nn.LayerNorm(self.width, dtype=self.dtype)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import current_backend, use_backend
+from kernels import current_backend, env_backend, use_backend
 from kernels.dispatch import use_triton
 
 
@@ -48,47 +48,49 @@ CASES = {
 }
 
 
-def _run(monkeypatch, case):
+def _run(monkeypatch, case, **kwargs):
     public, module, entry, make_args = CASES[case]
     calls = _spy(monkeypatch, importlib.import_module(f"kernels.{module}"), entry)
-    return calls, lambda: getattr(kernels, public)(*make_args())
+    return calls, lambda: getattr(kernels, public)(*make_args(), **kwargs)
 
 
 @pytest.mark.parametrize("case", CASES)
 def test_auto_on_cpu_runs_reference(monkeypatch, case):
     calls, call = _run(monkeypatch, case)
-    monkeypatch.delenv("NEURALNUM_KERNELS", raising=False)
+    monkeypatch.setenv("NEURALNUM_KERNELS", "triton")  # read only at the CLI edge
     assert current_backend() == "auto" and not use_triton(torch.zeros(1))
     call()
     assert calls == []
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("how", ["context", "env"])
+@pytest.mark.parametrize("how", ["argument", "context", "env"])
 def test_override_runs_triton(monkeypatch, how, case):
-    calls, call = _run(monkeypatch, case)
-    if how == "env":
-        monkeypatch.setenv("NEURALNUM_KERNELS", "triton")
+    calls, call = _run(monkeypatch, case, **({"backend": "triton"} if how == "argument" else {}))
+    if how == "argument":
         call()
     else:
-        with use_backend("triton"):
+        backend = env_backend({"NEURALNUM_KERNELS": "triton"}) if how == "env" else "triton"
+        with use_backend(backend):
             call()
     assert calls == [CASES[case][2]]
+    assert current_backend() == "auto"  # the context is restored
 
 
-def test_reference_override_beats_env(monkeypatch):
-    from kernels import monarch_triton
-
-    calls = _spy(monkeypatch, monarch_triton, "monarch_matmul_triton")
-    monkeypatch.setenv("NEURALNUM_KERNELS", "triton")
-    with use_backend("reference"):
-        kernels.monarch_matmul(*_monarch_args())
+@pytest.mark.parametrize("case", CASES)
+def test_argument_beats_context(monkeypatch, case):
+    calls, call = _run(monkeypatch, case, backend="reference")
+    with use_backend("triton"):
+        assert current_backend() == "triton" and current_backend("reference") == "reference"
+        call()
     assert calls == []
 
 
-def test_unknown_backend_raises(monkeypatch):
+def test_unknown_backend_raises():
     with pytest.raises(ValueError, match="backend"), use_backend("cuda"):
         pass
-    monkeypatch.setenv("NEURALNUM_KERNELS", "fast")
     with pytest.raises(ValueError, match="backend"):
-        current_backend()
+        env_backend({"NEURALNUM_KERNELS": "fast"})
+    with pytest.raises(ValueError, match="backend"):
+        kernels.long_conv(*_conv_args(), backend="fast")
+    assert env_backend({}) == "auto"

@@ -5,8 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralnum.arch import MODELS, BaseConv, LinearAttention, build_model
-from neuralnum.arch.baseconv import causal_conv_direct
+from neuralnum.arch import (
+    MODELS,
+    BaseConv,
+    BaseConvConfig,
+    LinearAttention,
+    LinearAttentionConfig,
+    arch_config,
+    build_model,
+    count_parameters,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -19,6 +27,11 @@ OPTIONS = {
 CASES = [(name, opts) for name, options in OPTIONS.items() for opts in options]
 
 
+def _build(name, d_model, n_layers, seq_len, dtype=torch.float32, seed=0, **opts):
+    config = arch_config(name, d_model=d_model, n_layers=n_layers, seq_len=seq_len, **opts)
+    return build_model(config, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+
+
 def _tokens(batch: int, length: int, width: int, dtype: torch.dtype, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     return torch.randn(batch, length, width, generator=gen, dtype=torch.float64).to(dtype)
@@ -27,8 +40,7 @@ def _tokens(batch: int, length: int, width: int, dtype: torch.dtype, seed: int =
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "opts"), CASES)
 def test_shapes_dtypes_and_gradients(name, opts, dtype):
-    torch.manual_seed(0)
-    model = build_model(name, 7, 2, 9, dtype, **opts)
+    model = _build(name, 7, 2, 9, dtype, **opts)
     assert isinstance(model, MODELS[name])
     tokens = _tokens(3, 9, 7, dtype).requires_grad_(True)
     out = model(tokens)
@@ -36,14 +48,13 @@ def test_shapes_dtypes_and_gradients(name, opts, dtype):
     out.square().sum().backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
-    assert model.num_parameters() == sum(p.numel() for p in model.parameters()) > 0
+    assert count_parameters(model) == sum(p.numel() for p in model.parameters()) > 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "opts"), CASES)
 def test_causal_models_ignore_the_future(name, opts, dtype):
-    torch.manual_seed(1)
-    model = build_model(name, 5, 2, 8, dtype, **opts)
+    model = _build(name, 5, 2, 8, dtype, seed=1, **opts)
     tokens = _tokens(2, 8, 5, dtype)
     changed = tokens.clone()
     changed[:, 5:] += 1.0
@@ -56,9 +67,9 @@ def test_causal_models_ignore_the_future(name, opts, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_noncausal_linear_attention_sees_everything(dtype):
-    torch.manual_seed(2)
-    causal = LinearAttention(5, 1, seq_len=6, dtype=dtype)
-    full = LinearAttention(5, 1, seq_len=6, dtype=dtype, causal=False)
+    config = LinearAttentionConfig(d_model=5, n_layers=1, seq_len=6)
+    causal = LinearAttention(config, dtype=dtype, generator=torch.Generator().manual_seed(2))
+    full = LinearAttention(config.replace(causal=False), dtype=dtype)
     full.load_state_dict(causal.state_dict())
     tokens = _tokens(2, 6, 5, dtype)
     changed = tokens.clone()
@@ -71,8 +82,7 @@ def test_noncausal_linear_attention_sees_everything(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_transformer_noncausal_sees_everything(dtype):
-    torch.manual_seed(3)
-    model = build_model("transformer", 5, 1, 6, dtype, causal=False)
+    model = _build("transformer", 5, 1, 6, dtype, seed=3, causal=False)
     tokens = _tokens(2, 6, 5, dtype)
     changed = tokens.clone()
     changed[:, -1] += 1.0
@@ -81,10 +91,10 @@ def test_transformer_noncausal_sees_everything(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fft_and_direct_convolutions_agree(dtype):
-    torch.manual_seed(4)
-    direct = BaseConv(4, 2, seq_len=40, dtype=dtype, conv_mode="direct")
-    fft = BaseConv(4, 2, seq_len=40, dtype=dtype, conv_mode="fft")
-    auto = BaseConv(4, 2, seq_len=40, dtype=dtype, fft_threshold=16)
+    config = BaseConvConfig(d_model=4, n_layers=2, seq_len=40, conv_mode="direct")
+    direct = BaseConv(config, dtype=dtype, generator=torch.Generator().manual_seed(4))
+    fft = BaseConv(config.replace(conv_mode="fft"), dtype=dtype)
+    auto = BaseConv(config.replace(conv_mode="auto", fft_threshold=16), dtype=dtype)
     fft.load_state_dict(direct.state_dict())
     auto.load_state_dict(direct.state_dict())
     tokens = _tokens(2, 40, 4, dtype)
@@ -93,20 +103,10 @@ def test_fft_and_direct_convolutions_agree(dtype):
     torch.testing.assert_close(auto(tokens), direct(tokens), rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("dtype", DTYPES)
-def test_direct_convolution_definition(dtype):
-    z = _tokens(2, 6, 3, dtype)
-    k = _tokens(1, 3, 6, dtype, seed=1)[0]
-    expected = torch.stack(
-        [sum(k[:, t - s] * z[:, s] for s in range(t + 1)) for t in range(6)], dim=1)
-    torch.testing.assert_close(causal_conv_direct(z, k), expected)
-
-
 def test_polynomial_models_are_polynomials():
     """Without MLP, scaling the input by c scales BaseConv's added term by a polynomial
     in c: a 1-layer BaseConv without biases is exactly homogeneous of degree 2."""
-    torch.manual_seed(5)
-    model = BaseConv(4, 1, seq_len=5, dtype=torch.float64)
+    model = _build("baseconv", 4, 1, 5, torch.float64, seed=5)
     with torch.no_grad():
         model.layers[0].gate.bias.zero_()
     tokens = _tokens(2, 5, 4, torch.float64)
@@ -115,10 +115,33 @@ def test_polynomial_models_are_polynomials():
                                atol=1e-13)
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_weights_come_from_the_generator_alone(name):
+    global_state = torch.random.get_rng_state()
+    same, other = _build(name, 5, 1, 6, seed=7), _build(name, 5, 1, 6, seed=8)
+    model = _build(name, 5, 1, 6, seed=7)
+    assert torch.equal(torch.random.get_rng_state(), global_state)  # global RNG untouched
+    assert model.dtype == torch.float32 and model.config.replace() == model.config
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, same.state_dict()[key])
+    assert any(not torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())
+    gen = torch.Generator().manual_seed(7)  # the generator advances: a second draw differs
+    first, second = (build_model(model.config, generator=gen) for _ in range(2))
+    assert all(torch.equal(v, first.state_dict()[k]) for k, v in model.state_dict().items())
+    assert not all(torch.equal(v, second.state_dict()[k]) for k, v in first.state_dict().items())
+
+
+def test_build_model_rejects_other_configs():
+    with pytest.raises(TypeError, match="config must be one of"):
+        build_model({"d_model": 5})
+    with pytest.raises(TypeError, match=r"CPU torch\.Generator"):
+        BaseConv(BaseConvConfig(d_model=5, n_layers=1, seq_len=6), generator=7)
+
+
 # --------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_bad_tokens_are_rejected(name):
-    model = build_model(name, 5, 1, 6)
+    model = _build(name, 5, 1, 6)
     with pytest.raises(TypeError, match=r"tokens must be a torch\.Tensor"):
         model([[0.0] * 5] * 6)
     with pytest.raises(ValueError, match="tokens must have 3 dimensions"):
@@ -141,31 +164,31 @@ def test_bad_tokens_are_rejected(name):
 
 def test_bad_configuration_is_rejected():
     with pytest.raises(ValueError, match="unknown architecture"):
-        build_model("mamba", 5, 1, 6)
-    with pytest.raises(ValueError, match="n_layers must be >= 1"):
-        build_model("baseconv", 5, 0, 6)
-    with pytest.raises(TypeError, match="d_model must be an int"):
-        build_model("baseconv", 5.0, 1, 6)
-    with pytest.raises(ValueError, match="seq_len must be >= 1"):
-        build_model("linear_attention", 5, 1, 0)
+        _build("mamba", 5, 1, 6)
+    with pytest.raises(ValueError, match="n_layers must be a positive int, got 0"):
+        _build("baseconv", 5, 0, 6)
+    with pytest.raises(TypeError, match=r"d_model must be a positive int, got 5\.0"):
+        _build("baseconv", 5.0, 1, 6)
+    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+        _build("linear_attention", 5, 1, 0)
     with pytest.raises(TypeError, match="dtype"):
-        build_model("transformer", 5, 1, 6, torch.float16)
+        _build("transformer", 5, 1, 6, torch.float16)
     with pytest.raises(ValueError, match="divisible"):
-        build_model("transformer", 5, 1, 6, n_heads=2)
+        _build("transformer", 5, 1, 6, n_heads=2)
     with pytest.raises(ValueError, match="divisible"):
-        build_model("linear_attention", 5, 1, 6, n_heads=2)
+        _build("linear_attention", 5, 1, 6, n_heads=2)
     with pytest.raises(ValueError, match="conv_mode"):
-        build_model("baseconv", 5, 1, 6, conv_mode="spectral")
+        _build("baseconv", 5, 1, 6, conv_mode="spectral")
     with pytest.raises(ValueError, match="short_conv"):
-        build_model("baseconv", 5, 1, 6, short_conv=-1)
+        _build("baseconv", 5, 1, 6, short_conv=-1)
     with pytest.raises(TypeError, match="unexpected keyword"):
-        build_model("baseconv", 5, 1, 6, n_heads=2)
+        _build("baseconv", 5, 1, 6, n_heads=2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_baseconv_delta_sum_init(dtype):
-    torch.manual_seed(0)
-    model = BaseConv(7, 3, seq_len=9, dtype=dtype, init="delta_sum")
+    config = BaseConvConfig(d_model=7, n_layers=3, seq_len=9, init="delta_sum")
+    model = BaseConv(config, dtype=dtype)
     *local, last = model.layers
     delta = torch.zeros(9, dtype=dtype)
     delta[0] = 1
@@ -177,4 +200,4 @@ def test_baseconv_delta_sum_init(dtype):
     assert (last.filter - 1 / 9).abs().max() < 0.1  # the causal mean
     assert last.filter.std(dim=1).min() > 0  # noise breaks the symmetry
     with pytest.raises(ValueError, match="init"):
-        BaseConv(7, 3, seq_len=9, init="zeros")
+        config.replace(init="zeros")

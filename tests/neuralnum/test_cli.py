@@ -6,19 +6,19 @@ import pytest
 import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
-from neuralnum.__main__ import main, parse_overrides
+from neuralnum.__main__ import _build_parser, main, recipe_from_args
 from neuralnum.learner import Learner
 from neuralnum.recipe import Recipe
 
-TINY = ["--n", "6", "--d", "2", "--log-every", "2", "--eval-batch", "8", "--set", "batch_size=8",
-        "--set", "max_batch_size=8"]
+TINY = ["--n", "6", "--d", "2", "--log-every", "2", "--eval-batch", "8", "--batch-size", "8",
+        "--max-batch-size", "8"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_train_then_solve(tmp_path, dtype, capsys):
     ckpt = tmp_path / "l.pt"
     out = main(["train", "--arch", "baseconv", "--dtype", dtype, "--steps", "4",
-                "--init", "construct", "--init-noise", "1e-6", "--set", "lr=1e-7",
+                "--init", "construct", "--init-noise", "1e-6", "--lr", "1e-7",
                 "--out", str(ckpt), *TINY])
     assert out["steps"] == 4 and ckpt.is_file()
     records = [json.loads(s) for s in ckpt.with_suffix(".jsonl").read_text().splitlines()]
@@ -53,12 +53,19 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="recipe field"):
-        parse_overrides(["bogus=1"], Recipe())
-    with pytest.raises(ValueError, match="true/false"):
-        parse_overrides(["fresh=maybe"], Recipe())
-    assert parse_overrides(["fresh=false", "betas=0.8,0.9", "lr=0.5"], Recipe()) == Recipe(
+    def recipe(*flags):
+        return recipe_from_args(_build_parser().parse_args(["train", *flags]))
+
+    assert recipe() == Recipe() and recipe("--baseline") == Recipe.baseline()
+    assert recipe("--no-fresh", "--betas", "0.8", "0.9", "--lr", "0.5") == Recipe(
         fresh=False, betas=(0.8, 0.9), lr=0.5)
+    assert recipe("--baseline", "--dtype", "mixed") == Recipe.baseline(dtype="mixed")
+    with pytest.raises(SystemExit):
+        main(["train", "--bogus", "1", "--steps", "1"])
+    with pytest.raises(SystemExit):
+        main(["train", "--fresh", "maybe", "--steps", "1"])
+    with pytest.raises(SystemExit, match="lr must be > 0"):
+        main(["train", "--lr", "0", "--steps", "1"])
     with pytest.raises(SystemExit):
         main(["train", "--arch", "nope"])
     with pytest.raises(SystemExit):

@@ -17,7 +17,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuralnum.arch import BaseConv
+from neuralnum.arch import BaseConv, BaseConvConfig
 from neuralnum.arch.construct import (
     SoftmaxProduct,
     apply_gd_model,
@@ -197,7 +197,7 @@ def test_bad_construction_arguments():
         construct_baseconv_gd(4, 2, "0.1")
     with pytest.raises(ValueError, match="n must be"):
         construct_baseconv_gd(0, 2, 0.1)
-    with pytest.raises(TypeError, match="d must be an int"):
+    with pytest.raises(TypeError, match=r"d must be a positive int, got 2\.0"):
         construct_linear_attention_gd(4, 2.0, 0.1)
     with pytest.raises(TypeError, match="dtype"):
         construct_baseconv_gd(4, 2, 0.1, dtype=torch.float16)
@@ -208,5 +208,5 @@ def test_bad_construction_arguments():
     with pytest.raises(ValueError, match="eps"):
         SoftmaxProduct(3, -1.0)
     with pytest.raises(ValueError, match="no required layout"):
-        apply_gd_model(BaseConv(5, 1, seq_len=2), *_sample(("gaussian", {}), 2, 2, 0,
-                                                             torch.float32))
+        model = BaseConv(BaseConvConfig(d_model=5, n_layers=1, seq_len=2))
+        apply_gd_model(model, *_sample(("gaussian", {}), 2, 2, 0, torch.float32))

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from neuralnum.fit import draw_problems
 from neuralnum.learner import Learner
 from neuralnum.problems import SpectrumFamily
 from neuralnum.recipe import Recipe
@@ -13,7 +14,7 @@ def test_linear_attention_learns_gd_from_random_init(single_thread):
     recipe = Recipe()  # the default: LR 1e-2, cosine over the fit, batch 256
     learner = Learner("linear_attention", "gd", recipe, n=20, d=5, seed=0)
     records = learner.fit(family, 500, log_every=500, eval_batch=64, show_progress=False)
-    A, b, x, label = learner._draw(family, 64, torch.Generator().manual_seed(7), None)
+    A, b, x, label = draw_problems(learner, family, 64, torch.Generator().manual_seed(7))
     untrained = Learner("linear_attention", "gd", recipe, n=20, d=5, seed=0)
     start, final = untrained.evaluate(A, b, x, label), learner.evaluate(A, b, x, label)
     assert records[-1]["step"] == 500
@@ -31,7 +32,7 @@ def test_baseconv_learns_gd_from_random_init(single_thread, dtype):
     learner = Learner("baseconv", "gd", recipe, n=20, d=5, seed=0)
     assert learner.arch_config["options"] == {"init": "delta_sum"}
     learner.fit(family, 500, log_every=500, eval_batch=64, show_progress=False)
-    A, b, x, label = learner._draw(family, 64, torch.Generator().manual_seed(7), None)
+    A, b, x, label = draw_problems(learner, family, 64, torch.Generator().manual_seed(7))
     untrained = Learner("baseconv", "gd", recipe, n=20, d=5, seed=0)
     start, final = untrained.evaluate(A, b, x, label), learner.evaluate(A, b, x, label)
     assert final["mse"] < 0.25 * start["mse"], (start, final)

@@ -10,16 +10,19 @@ from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.recipe import (
     ABLATIONS,
+    AdaptiveLR,
     BatchSchedule,
     GradientFilter,
-    LRController,
-    Precision,
+    PlateauDecay,
     Recipe,
-    WeightAverage,
     cosine_similarity,
     loss_fn,
     make_optimizer,
+    make_schedule,
+    make_training,
 )
+from neuralnum.train import ema_average
+from neuralnum.validation import Precision
 
 DTYPES = [torch.float32, torch.float64]
 
@@ -58,10 +61,10 @@ def test_dict_round_trip(lr, eps, batch, dtype, ema):
 
 
 def test_precision():
-    assert Precision.from_name("mixed") == Precision(torch.float64, torch.float32)
-    assert Precision.from_name("mixed").mixed and not Precision.from_name("float32").mixed
-    with pytest.raises(ValueError):
-        Precision.from_name("half")
+    assert Recipe(dtype="mixed").precision == Precision("mixed", torch.float64, torch.float32)
+    assert Recipe(dtype="mixed").precision.mixed and not Recipe(dtype="float32").precision.mixed
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Recipe(dtype="bfloat16")  # a model precision the recipe does not train in
 
 
 def test_optimizer_uses_recipe_eps_and_betas():
@@ -71,42 +74,78 @@ def test_optimizer_uses_recipe_eps_and_betas():
 
 
 def test_lr_warmup_cosine_and_step():
-    ramp = LRController(Recipe(lr=1.0, warmup=4, adaptive_every=0, lr_decay="none"))
-    assert [ramp.lr(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    ctl = LRController(Recipe(lr=1.0, warmup=0, lr_decay="cosine", total_steps=100,
-                              adaptive_every=0, min_lr_factor=1e-3))
-    assert ctl.lr(0) == 1.0
-    assert ctl.lr(50) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
-    assert ctl.lr(100) == pytest.approx(1e-3)
-    step = LRController(Recipe(lr=1.0, warmup=0, lr_decay="step", step_every=10,
-                               step_factor=0.9, adaptive_every=0))
-    assert step.lr(9) == 1.0 and step.lr(25) == pytest.approx(0.81)
-    fit_long = LRController(Recipe(lr=1.0, lr_decay="cosine", min_lr_factor=1e-3), 100)
-    assert fit_long.lr(50) == pytest.approx(ctl.lr(50))  # total_steps=0: the fit's steps
+    ramp = make_schedule(Recipe(lr=1.0, warmup=4, adaptive_every=0, lr_decay="none"))
+    assert [ramp(s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    ctl = make_schedule(Recipe(lr=1.0, warmup=0, lr_decay="cosine", total_steps=100,
+                               adaptive_every=0, min_lr_factor=1e-3))
+    assert ctl(0) == 1.0
+    assert ctl(50) == pytest.approx(1e-3 + (1 - 1e-3) * 0.5)
+    assert ctl(100) == pytest.approx(1e-3)
+    step = make_schedule(Recipe(lr=1.0, warmup=0, lr_decay="step", step_every=10,
+                                step_factor=0.9, adaptive_every=0))
+    assert step(9) == 1.0 and step(25) == pytest.approx(0.81)
+    fit_long = make_schedule(Recipe(lr=1.0, lr_decay="cosine", min_lr_factor=1e-3), 100)
+    assert fit_long(50) == pytest.approx(ctl(50))  # total_steps=0: the fit's steps
     with pytest.raises(ValueError, match="total_steps"):
-        LRController(Recipe(lr_decay="cosine"))
+        make_schedule(Recipe(lr_decay="cosine"))
+
+
+def test_scheduler_applies_the_schedule_to_the_optimizer():
+    made = make_training(Recipe(lr=0.5, warmup=2, lr_decay="cosine", total_steps=10,
+                                min_lr_factor=0.1), torch.nn.Linear(1, 1), horizon=None)
+    lrs = []
+    for _ in range(12):
+        lrs.append(made.optimizer.param_groups[0]["lr"])
+        made.optimizer.step()
+        made.scheduler.step()
+    schedule = made.scheduler.lr_lambdas[0]
+    assert lrs == [0.5 * schedule(s) for s in range(12)]
+    assert lrs[:3] == [0.25, 0.5, 0.5] and lrs[-1] == pytest.approx(0.05)
 
 
 @given(st.lists(st.floats(-1, 1), min_size=1, max_size=40))
 def test_adaptive_lr_moves_by_factor(cosines):
     recipe = Recipe(lr=1.0, warmup=0, adaptive_every=10, adaptive_threshold=0.2,
                     adaptive_factor=0.9, lr_decay="none")
-    ctl = LRController(recipe)
+    schedule = make_schedule(recipe)
+    ctl = AdaptiveLR(recipe, schedule, [])
     expected = 1.0
     for c in cosines:
-        ctl.observe(1.0, c)
+        ctl.observe(c)
         expected = expected * 0.9 if c < 0.2 else min(1.0, expected / 0.9)
-        assert ctl.lr(10) == pytest.approx(max(expected, recipe.min_lr_factor))
-    assert ctl.adaptive_due(20) and not ctl.adaptive_due(21)
+        assert schedule(10) == pytest.approx(max(expected, recipe.min_lr_factor))
+    assert ctl.due(20) and not ctl.due(21)
+
+
+def test_adaptive_lr_gradient_is_the_mean_of_the_half_batch_gradients():
+    recipe = Recipe(lr=1.0, warmup=0, adaptive_every=2, lr_decay="none")
+    p = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    ctl = AdaptiveLR(recipe, make_schedule(recipe), [p])
+
+    def backward(part):
+        (values,) = part
+        loss = (p * values).sum()
+        loss.backward()
+        return float(loss.detach())
+
+    batch = (torch.tensor([1.0, 2.0, -5.0, -6.0], dtype=torch.float64),)
+    assert ctl.backward(1, batch, backward) is None  # not due: the loop does it
+    ctl.backward(2, batch, backward)
+    assert float(p.grad) == pytest.approx((3.0 - 11.0) / 2)
+    assert ctl.cosine == pytest.approx(-1.0)
+    ctl.after_step(2, 0.0)
+    assert ctl.factor == recipe.adaptive_factor and ctl.cosine is None
 
 
 def test_plateau_decay_and_state_round_trip():
-    ctl = LRController(Recipe(lr=1.0, warmup=0, adaptive_every=0, plateau_patience=3,
-                              plateau_factor=0.5, lr_decay="none"))
+    recipe = Recipe(lr=1.0, warmup=0, adaptive_every=0, plateau_patience=3,
+                    plateau_factor=0.5, lr_decay="none")
+    schedule = make_schedule(recipe)
+    ctl = PlateauDecay(recipe, schedule)
     for loss in [1.0, 0.5, 0.6, 0.6, 0.6]:
-        ctl.observe(loss)
-    assert ctl.lr(0) == 0.5
-    other = LRController(ctl.recipe)
+        ctl.after_step(0, loss)
+    assert schedule(0) == 0.5
+    other = PlateauDecay(recipe, make_schedule(recipe))
     other.load_state_dict(ctl.state_dict())
     assert other.state_dict() == ctl.state_dict()
 
@@ -140,14 +179,15 @@ def test_gradient_filter_formula(grads, beta):
 
 
 def test_weight_average():
-    p = torch.nn.Parameter(torch.zeros(2, dtype=torch.float64))
-    avg = WeightAverage([p], 0.5)
+    model = torch.nn.Linear(2, 1, bias=False, dtype=torch.float64)
     with torch.no_grad():
-        p.fill_(4.0)
-    avg.update()
-    avg.copy_to_params()
-    assert torch.equal(p.detach(), torch.full((2,), 2.0, dtype=torch.float64))
-    assert not WeightAverage([p], 0.0).enabled
+        model.weight.zero_()
+    avg = ema_average(model, 0.5)
+    with torch.no_grad():
+        model.weight.fill_(4.0)
+    avg.update_parameters(model)
+    assert torch.equal(avg.module.weight.detach(), torch.full((1, 2), 2.0, dtype=torch.float64))
+    assert ema_average(model, 0.0) is None
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -11,7 +11,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 from lsq_strategies import dtypes
 
-from neuralnum.validation import check_dtype, check_finite, check_problem, check_tensor
+from neuralnum.validation import (
+    PRECISIONS,
+    check_choice,
+    check_dtype,
+    check_finite,
+    check_nonnegative_int,
+    check_positive_float,
+    check_positive_int,
+    check_problem,
+    check_tensor,
+    parse_precision,
+)
 
 dims = st.integers(min_value=1, max_value=4)
 
@@ -66,3 +77,43 @@ def test_tensor_checks():
         check_problem(torch.ones(2, 3, 2), torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="x_star must have shape"):
         check_problem(torch.ones(2, 3, 2), torch.ones(2, 3), torch.ones(2, 3), x_name="x_star")
+
+
+@pytest.mark.parametrize(("check", "good", "low"), [
+    (check_positive_int, 1, 0), (check_nonnegative_int, 0, -1)])
+def test_int_checks_raise_type_error_for_non_ints_and_value_error_below(check, good, low):
+    assert check(good, "n") == good and check(7, "n") == 7
+    for bad in (True, 2.0, "3", None):
+        with pytest.raises(TypeError, match="n must be a"):
+            check(bad, "n")
+    with pytest.raises(ValueError, match=f"n must be a .* int, got {low}"):
+        check(low, "n")
+
+
+def test_float_and_choice_checks():
+    assert check_positive_float(2, "eta") == 2.0
+    with pytest.raises(TypeError, match="eta"):
+        check_positive_float("1", "eta")
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="eta must be finite and > 0"):
+            check_positive_float(bad, "eta")
+    assert check_choice("b", "mode", ("a", "b")) == "b"
+    with pytest.raises(ValueError, match=r"mode must be one of \('a', 'b'\), got 'c'"):
+        check_choice("c", "mode", ("a", "b"))
+
+
+def test_precision_vocabulary_is_torch_dtype_names():
+    assert PRECISIONS == ("float32", "float64", "bfloat16", "mixed")
+    for name in ("float32", "float64"):
+        p = parse_precision(name)
+        assert p.param_dtype == p.compute_dtype == getattr(torch, name) and p.autocast is None
+    bf16 = parse_precision("bfloat16")
+    assert (bf16.param_dtype, bf16.autocast, bf16.mixed) == (torch.float32, torch.bfloat16, False)
+    mixed = parse_precision("mixed")
+    assert (mixed.param_dtype, mixed.compute_dtype, mixed.mixed) == (
+        torch.float64, torch.float32, True)
+    for old in ("fp32", "fp64", "bf16"):  # the old names are gone
+        with pytest.raises(ValueError, match="precision must be one of"):
+            parse_precision(old)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        parse_precision("mixed", ("float32", "float64"))

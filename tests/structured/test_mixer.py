@@ -6,11 +6,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import kernels
+from kernels import causal_conv_direct
 from structured.mixer import (
     GLUMixer,
     ImplicitFilter,
     SequenceMixer,
-    causal_long_conv,
+    cached_filters,
     features_first,
     make_linear,
 )
@@ -26,52 +27,13 @@ def _gen(seed=0):
 
 
 def _direct_conv(u, k_fwd, k_rev=None):
-    """O(L²) reference: y[t] = Σ_{s≤t} k_fwd[t−s] u[s] + Σ_{s>t} k_rev[s−t−1] u[s]."""
-    lag = torch.arange(u.shape[-1])[:, None] - torch.arange(u.shape[-1])      # t − s
-    toeplitz = k_fwd[:, lag.clamp(min=0)] * (lag >= 0)                        # (H, L, L)
-    if k_rev is not None:
-        toeplitz = toeplitz + k_rev[:, (-lag - 1).clamp(min=0)] * (lag < 0)
-    return torch.einsum("hts,bhs->bht", toeplitz, u)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("length", [1, 7, 32, 100])
-def test_causal_long_conv_matches_direct_convolution(dtype, length):
-    g = _gen(length)
-    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
-    k = torch.randn(3, length, generator=g, dtype=dtype)
-    y = causal_long_conv(u, k, block=8)
-    assert y.dtype == dtype and y.shape == u.shape
-    torch.testing.assert_close(y, _direct_conv(u, k), rtol=TOL[dtype], atol=TOL[dtype])
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("length", [64, 300, 1024])
-def test_causal_long_conv_default_blocks_match_direct_convolution(dtype, length):
-    g = _gen(length)
-    u = torch.randn(2, 3, length, generator=g, dtype=dtype)
-    k = torch.randn(3, length, generator=g, dtype=dtype) / length ** 0.5
-    y = causal_long_conv(u, k)
-    assert y.dtype == dtype and y.shape == u.shape
-    torch.testing.assert_close(y.double(), _direct_conv(u.double(), k.double()), rtol=TOL[dtype],
-                               atol=TOL[dtype])
-
-
-@given(length=st.integers(2, 80), frac=st.floats(0, 1), seed=st.integers(0, 2**16))
-def test_causal_long_conv_is_causal_bit_for_bit(length, frac, seed):
-    t = min(length - 1, int(frac * length))
-    g = _gen(seed)
-    u = torch.randn(1, 2, length, generator=g, dtype=torch.float64)
-    k = torch.randn(2, length, generator=g, dtype=torch.float64)
-    v = u.clone()
-    v[..., t:] = torch.randn(1, 2, length - t, generator=g, dtype=torch.float64) * 1e3
-    assert torch.equal(causal_long_conv(u, k, block=4)[..., :t],
-                       causal_long_conv(v, k, block=4)[..., :t])
-
-
-def test_causal_long_conv_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="k: \\(H, L\\)"):
-        causal_long_conv(torch.zeros(1, 2, 8), torch.zeros(2, 16))
+    """O(L²) reference: y[t] = Σ_{s≤t} k_fwd[t−s] u[s] + Σ_{s>t} k_rev[s−t−1] u[s] (the
+    reverse sum is a causal one on the flipped sequence, taps shifted by one)."""
+    y = causal_conv_direct(u, k_fwd)
+    if k_rev is None:
+        return y
+    shifted = torch.nn.functional.pad(k_rev, (1, 0))[:, : u.shape[-1]]
+    return y + causal_conv_direct(u.flip(-1), shifted).flip(-1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -147,29 +109,43 @@ def test_sequence_mixer_matches_its_formula(dtype, causal):
     u = torch.randn(3, 12, 4, generator=_gen(2), dtype=dtype)
     expected = _mixer_reference(mixer, u)
     torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
-    with torch.no_grad():                                  # the cached-filter path
+    with torch.no_grad(), cached_filters(mixer):           # the cached-filter path
         torch.testing.assert_close(mixer(u), expected, rtol=TOL[dtype], atol=TOL[dtype])
 
 
 def test_filter_cache_follows_length_and_parameter_changes():
     torch.manual_seed(3)
     mixer = SequenceMixer(4, causal=True, filter_order=8).double()
-    assert mixer.long_filter(16).requires_grad            # autograd: never cached
     with torch.no_grad():
+        assert mixer.long_filter(16) is not mixer.long_filter(16)  # outside: never cached
+    with cached_filters(mixer), torch.no_grad():
         first = mixer.long_filter(16)
         assert mixer.long_filter(16) is first             # reused
+        assert torch.equal(first, mixer._compute_long_filter(16))
         assert mixer.long_filter(8).shape == (4, 8)       # new length, recomputed
-        mixer.filter.mlp[0].weight.data.mul_(2)           # through .data: no version bump
-        changed = mixer.long_filter(8)
-        assert torch.equal(changed, mixer._compute_long_filter(8))
-        mixer.filter.mlp[0].weight.add_(1)                # in place, version bump
+        before = mixer.long_filter(8)
+        mixer.filter.mlp[0].weight.add_(1)                # in place: a version bump
         assert torch.equal(mixer.long_filter(8), mixer._compute_long_filter(8))
-        assert not torch.equal(mixer.long_filter(8), changed)
+        assert not torch.equal(mixer.long_filter(8), before)
         plain = mixer.float().long_filter(8)
         assert plain.dtype == torch.float32                            # new dtype
         with torch.autocast("cpu", dtype=torch.bfloat16):              # bf16 matmuls inside
             assert not torch.equal(mixer.long_filter(8), plain)
         assert torch.equal(mixer.long_filter(8), plain)                # autocast left
+        with torch.enable_grad():
+            assert mixer.long_filter(8).requires_grad                  # autograd: not cached
+    assert mixer._filter_cache is None                                 # dropped on exit
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_cached_filters_change_no_output(causal):
+    torch.manual_seed(3)
+    mixer = SequenceMixer(4, causal=causal, filter_order=8).double()
+    u = torch.randn(2, 16, 4, generator=_gen(3), dtype=torch.float64)
+    with torch.no_grad():
+        plain = mixer(u)
+        with cached_filters(mixer):
+            assert torch.equal(mixer(u), plain) and torch.equal(mixer(u), plain)
 
 
 def test_bidirectional_mixer_sees_the_future():
@@ -197,7 +173,7 @@ def test_glu_mixer(dtype, kind):
     assert y.shape == u.shape and y.dtype == dtype
     gate, value = mlp.up(u).split(16, dim=-1)
     torch.testing.assert_close(y, mlp.down(torch.nn.functional.gelu(gate) * value))
-    with torch.no_grad():                              # the in-place, out= fast paths
+    with torch.no_grad():                              # the inference path
         y_fast = mlp(u)
     assert not y_fast.requires_grad
     torch.testing.assert_close(y_fast, y.detach())

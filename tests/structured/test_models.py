@@ -7,7 +7,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from structured.models import ARCHS, KINDS, ModelConfig, build_model, count_parameters
+from neuralnum.arch import count_parameters
+from structured.models import ARCHS, KINDS, ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
 
@@ -16,8 +17,8 @@ TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "seq_len": 16, "filter_order
 
 
 def _model(kind, arch, dtype=torch.float64, **changes):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(kind=kind, arch=arch, **{**TINY, **changes}), dtype=dtype)
+    return build_model(ModelConfig(kind=kind, arch=arch, **{**TINY, **changes}), dtype=dtype,
+                       generator=torch.Generator().manual_seed(0))
 
 
 @functools.cache
@@ -113,3 +114,33 @@ def test_bad_inputs_raise():
         lm(torch.zeros(2, 32, dtype=torch.long))
     with pytest.raises(ValueError, match="images must be"):
         _model("vit", "m2")(torch.zeros(2, 8, 8, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weights_come_from_the_generator_alone(arch):
+    global_state = torch.random.get_rng_state()
+    model, same = _model("gpt", arch), _model("gpt", arch)
+    other = build_model(ModelConfig(kind="gpt", arch=arch, **TINY), dtype=torch.float64,
+                        generator=torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), global_state)  # global RNG untouched
+    state = model.state_dict()
+    assert all(torch.equal(v, same.state_dict()[k]) for k, v in state.items())
+    assert not all(torch.equal(v, other.state_dict()[k]) for k, v in state.items())
+    assert next(model.parameters()).dtype == torch.float64
+
+
+def test_transformer_blocks_are_the_shared_softmax_block():
+    from neuralnum.arch import SoftmaxBlock
+
+    blocks = _model("gpt", "transformer").backbone.blocks
+    assert all(type(b) is SoftmaxBlock for b in blocks)
+    assert blocks[0].mlp.fc.out_features == ModelConfig(**TINY).mlp_hidden
+
+
+def test_replace_is_a_validated_copy():
+    cfg = ModelConfig(**TINY)
+    assert cfg.replace(n_layers=3).n_layers == 3 and cfg.n_layers == 2
+    with pytest.raises(ValueError, match="d_model must be a positive int"):
+        cfg.replace(d_model=0)
+    with pytest.raises(TypeError, match="ModelConfig"):
+        build_model(cfg).__class__({"kind": "gpt"})

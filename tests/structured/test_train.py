@@ -2,8 +2,8 @@
 
 import itertools
 import os
-import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,13 +11,20 @@ import pytest
 import torch
 
 from neuralnum.runtime import CheckpointError, MetricsLog, load_checkpoint
-from structured.train import TrainConfig, lr_at, main, train
+from neuralnum.train import Schedule
+from structured.models import ModelConfig
+from structured.train import TrainConfig, main, parse_config, train
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY = {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16, "batch_size": 4,
-        "eval_batches": 1, "warmup_steps": 2, "plot": False, "device": "cpu"}
+TINY_MODEL = {"d_model": 16, "n_layers": 1, "n_heads": 2, "seq_len": 16}
+TINY = {"batch_size": 4, "eval_batches": 1, "warmup": 2, "plot": False, "device": "cpu"}
+
+
+def tiny(arch="m2", **changes):
+    """A tiny config: ``changes`` of TrainConfig fields on the TINY model of ``arch``."""
+    return TrainConfig(model=ModelConfig(arch=arch, **TINY_MODEL), **{**TINY, **changes})
 
 
 def _records(path):
@@ -28,36 +35,47 @@ def _records(path):
 
 @pytest.mark.parametrize(("changes", "match"), [
     ({"task": "translation"}, "task must be one of"),
-    ({"model": "rwkv"}, "model must be one of"),
     ({"precision": "fp16"}, "precision must be"),
-    ({"seq_len": 100}, "power-of-two"),
+    ({"precision": "mixed"}, "precision must be"),
     ({"steps": 0}, "steps must be"),
-    ({"task": "mqar", "seq_len": 16, "mqar_num_kv": 8}, "mqar needs seq_len"),
+    ({"task": "mqar", "mqar_num_kv": 8}, "mqar needs seq_len"),
 ])
 def test_bad_config_raises_before_work(changes, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**changes)
+        tiny(**changes)
 
 
 def test_cli_reports_bad_config():
     with pytest.raises(SystemExit, match="power-of-two"):
-        main(["--task", "lm-causal", "--model", "m2", "--seq-len", "1000"])
+        main(["--task", "lm-causal", "--arch", "m2", "--seq-len", "1000"])
     with pytest.raises(SystemExit, match="task must be one of"):
         main(["--task", "unknown"])
+    with pytest.raises(SystemExit, match="arch must be one of"):
+        main(["--arch", "rwkv"])
+
+
+def test_cli_flags_fill_the_nested_model_config():
+    cfg = parse_config(["--task", "vision", "--arch", "transformer", "--d-model", "32",
+                        "--betas", "0.8", "0.9", "--no-plot", "--precision", "bfloat16"])
+    assert cfg.model == ModelConfig(kind="vit", arch="transformer", d_model=32, n_layers=2,
+                                    seq_len=128)
+    assert cfg.betas == (0.8, 0.9) and not cfg.plot and cfg.precision == "bfloat16"
+    assert parse_config([]) == TrainConfig()
+    assert TrainConfig(task="lm-masked").model.vocab_size == 257  # follows the task
 
 
 def test_lr_schedule_warmup_then_cosine():
-    cfg = TrainConfig(lr=1.0, warmup_steps=4, steps=20, min_lr_ratio=0.1)
-    assert [lr_at(cfg, s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    lrs = [lr_at(cfg, s) for s in range(4, 21)]
+    schedule = Schedule(warmup=4, decay="cosine", horizon=20, min_factor=0.1)
+    assert [schedule(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    lrs = [schedule(s) for s in range(4, 21)]
     assert all(a >= b for a, b in itertools.pairwise(lrs))
     assert lrs[-1] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("task", ["lm-causal", "vision"])
 def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, task):
-    cfg = TrainConfig(task=task, model="m2", steps=6, eval_every=2, ckpt_every=2,
-                      out_dir=str(tmp_path / "full"), **TINY)
+    cfg = tiny(task=task, steps=6, eval_every=2, checkpoint_every=2,
+               out_dir=str(tmp_path / "full"))
     full = train(cfg)
     part = replace(cfg, out_dir=str(tmp_path / "part"))
     train(part, stop_at=3)
@@ -75,7 +93,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, task):
 
 
 def test_resume_refuses_a_different_config(tmp_path):
-    cfg = TrainConfig(steps=2, out_dir=str(tmp_path), **TINY)
+    cfg = tiny(steps=2, out_dir=str(tmp_path))
     train(cfg)
     with pytest.raises(CheckpointError, match="different config"):
         train(replace(cfg, lr=1e-2, resume=True))
@@ -83,8 +101,8 @@ def test_resume_refuses_a_different_config(tmp_path):
 
 @pytest.mark.parametrize("model", ["m2", "transformer"])
 def test_bf16_masked_lm_run_writes_metrics_and_plot(tmp_path, model):
-    cfg = TrainConfig(task="lm-masked", model=model, precision="bf16", steps=2,
-                      eval_every=1, out_dir=str(tmp_path), **{**TINY, "plot": True})
+    cfg = tiny(model, task="lm-masked", precision="bfloat16", steps=2, eval_every=1,
+               out_dir=str(tmp_path), plot=True)
     result = train(cfg)
     assert torch.isfinite(torch.tensor(result["val_loss"]))
     assert (tmp_path / "loss.png").stat().st_size > 0
@@ -98,21 +116,20 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     Masked LM makes the two halves of each batch hold different numbers of labelled
     tokens, so this also checks the global-count loss normalisation.
     """
-    if shutil.which("torchrun") is None:
-        pytest.skip("torchrun not on PATH")
-    args = ["--task", "lm-masked", "--model", "m2", "--precision", "fp64", "--steps", "3",
+    args = ["--task", "lm-masked", "--arch", "m2", "--precision", "float64", "--steps", "3",
             "--eval-every", "3", "--d-model", "16", "--n-layers", "1", "--seq-len", "16",
-            "--batch-size", "4", "--eval-batches", "1", "--warmup-steps", "2", "--device", "cpu",
-            "--no-plot"]
+            "--n-heads", "2", "--batch-size", "4", "--eval-batches", "1", "--warmup", "2",
+            "--device", "cpu", "--no-plot"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1",
            "NEURALNUM_PROGRESS": "0"}
     proc = subprocess.run(
-        ["torchrun", "--standalone", "--nproc_per_node=2", "-m", "structured.train",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "structured.train",
          *args, "--out-dir", str(tmp_path / "ddp")],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=170, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cfg = TrainConfig(task="lm-masked", precision="fp64", steps=3, eval_every=3,
-                      out_dir=str(tmp_path / "single"), **{**TINY, "plot": False})
+    cfg = tiny(task="lm-masked", precision="float64", steps=3, eval_every=3,
+               out_dir=str(tmp_path / "single"))
     train(cfg)
     ddp, single = (_records(tmp_path / d / "metrics.jsonl") for d in ("ddp", "single"))
     assert len(ddp) == len(single) == 3

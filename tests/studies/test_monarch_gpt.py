@@ -51,8 +51,8 @@ def test_build_swaps_only_the_mlps_and_counts_their_flops():
                                if ".mlp." in f".{n}.")
     torch.testing.assert_close(monarch.embed.weight, dense.embed.weight)   # same seed
     total, mlp = monarch_gpt.linear_weights(dense)
-    d, h = cfg.d_model, cfg.model_config().mlp_hidden
-    assert mlp == cfg.n_layers * 2 * d * h and total == mlp + cfg.n_layers * 4 * d * d + 256 * d
+    d, h, layers = cfg.model.d_model, cfg.model.mlp_hidden, cfg.model.n_layers
+    assert mlp == layers * 2 * d * h and total == mlp + layers * 4 * d * d + 256 * d
     share = monarch_gpt.flops_per_token(dense, cfg)["mlp_share"]
     assert share > monarch_gpt.flops_per_token(monarch, cfg)["mlp_share"] > 0
 

@@ -97,8 +97,7 @@ def test_slow_decay_filters_reach_further_back():
     makers = mqar.builders(cfg)
     rates = {}
     for label in ("M2", "M2 slow decay"):
-        torch.manual_seed(0)
-        model = makers[label]()
+        model = makers[label](torch.Generator().manual_seed(0))
         mixer = next(m for m in model.modules() if isinstance(m, mqar.SequenceMixer))
         rates[label] = mixer.filter.decay_rates
     assert (rates["M2 slow decay"] < rates["M2"]).all()
