@@ -12,7 +12,6 @@ twice elsewhere.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
   ``os.replace``) and safe load (``torch.load(weights_only=True)``).
 * :func:`generator_state` / :func:`restore_generator` — exact-resume RNG bookkeeping.
-* :func:`seeded` — run a block (e.g. model initialisation) under a seeded global RNG.
 * :func:`training_state` / :func:`restore_training_state` — step, model, optimizer, named
   generators and torch's global RNG in one checkpointable dict, for exact resume.
 * :class:`Distributed` / :func:`init_distributed` — ``torchrun`` set-up (gloo on CPU,
@@ -53,7 +52,6 @@ __all__ = [
     "restore_generator",
     "restore_training_state",
     "save_checkpoint",
-    "seeded",
     "show_progress",
     "training_state",
 ]
@@ -82,19 +80,6 @@ def restore_generator(gen: torch.Generator, state: torch.Tensor) -> torch.Genera
     """Restore a state produced by :func:`generator_state`; returns ``gen``."""
     gen.set_state(state.to(dtype=torch.uint8, device="cpu"))
     return gen
-
-
-@contextlib.contextmanager
-def seeded(seed: int) -> Iterator[None]:
-    """Run the block with torch's global CPU RNG seeded to ``seed``; restore it after.
-
-    For code that draws from the global RNG (``nn.Module`` initialisers): the result
-    depends only on ``seed`` and nothing leaks into the caller's RNG stream.
-    """
-    make_generator(seed)  # validates seed
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 def training_state(
