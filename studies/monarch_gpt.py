@@ -43,7 +43,13 @@ from neuralnum.train import Schedule
 from structured.conversion import densify, sparsify
 from structured.layers import MonarchLinear
 from structured.models import ModelConfig, build_model, count_parameters
-from structured.train import Task, TrainConfig, evaluate, loss_and_correct
+from structured.train import (
+    Task,
+    TrainConfig,
+    _optimizer,  # the loop's AdamW grouping (no decay on vectors)
+    evaluate,
+    loss_and_correct,
+)
 from studies.m2_common import load_note, study_args
 from studies.study_io import figure_row, format_table, save_figure, write_report
 
@@ -172,15 +178,6 @@ def time_to_quality(reference: Sequence[tuple[float, float]],
 
 
 # ----------------------------------------------------------------------------- training
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW with :mod:`structured.train`'s grouping (no decay on vectors)."""
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}],
-                             lr=cfg.lr, betas=cfg.betas)
-
-
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
           y: torch.Tensor, lr: float, cfg: TrainConfig) -> float:
     for group in optimizer.param_groups:
