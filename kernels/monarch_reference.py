@@ -74,6 +74,8 @@ def monarch_matmul_reference(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) 
     x2 = x.reshape(-1, k * p)
     if x2.shape[0] and x2.stride(-1) != 1:
         x2 = x2.contiguous()
+    if not torch.is_grad_enabled():      # nothing will be recorded: keep no hᵀ for backward
+        x2, R, L = x2.detach(), R.detach(), L.detach()
     y = _MonarchFunction.apply(x2, R, L)
     return y.reshape(*batch_shape, s * q)
 

@@ -70,14 +70,19 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]
     return run
 
 
+WARMUP_CALLS = 3
+
+
 def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Warm up, then alternate the callables ``repeats`` times.
+    """Warm up (``WARMUP_CALLS`` each), then alternate the callables ``repeats`` times.
 
     Each timing window loops a callable enough times to last about as long as one call of
     the slowest, so all are exposed alike to background load (a lone short call would
     more often hit a quiet moment and look faster). Per callable: median and min wall
     seconds per call, median CPU seconds per call, and the calls per window.
     """
+    for fn in fns.values():                      # warm-up: allocator, BLAS kernels, caches
+        _time(fn, WARMUP_CALLS)
     single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
     longest = max(single.values())
     calls = {name: max(1, round(longest / t)) for name, t in single.items()}
