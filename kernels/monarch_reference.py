@@ -12,13 +12,35 @@ Layout (shared by the Triton kernel and ``structured.monarch``):
 Entry-wise, ``M[a·q + i, j·p + c] = L[i, a, j] · R[j, i, c]``: for each ``(i, j)`` the
 ``s × p`` slice is rank one, which is what the optimal projection exploits. The square
 Monarch of Dao et al. (``n = m²``) is ``k = p = q = s = m``.
+
+**How the permutations are folded away** (CPU path, :class:`_MonarchFunction`). The rows
+of ``x`` are processed in chunks of ``c`` rows (about 2¹⁹ activations per chunk, so that
+a chunk's intermediates stay in cache). With features first, both permutations become
+strides of the batched matmuls' operands:
+
+1. ``hᵀ: (q, k, c)`` — ``R (k, q, p) @ xᵀ (k, p, c)`` written through the transposed view
+   ``(k, q, c)`` of the buffer; ``xᵀ`` is a view of ``x`` (column-major blocks, no copy).
+2. ``yᵀ: (s, q, c)`` — ``L (q, s, k) @ hᵀ (q, k, c)`` written through the view
+   ``(q, s, c)``: ``Pᵀ`` and ``P`` are both in the strides.
+3. ``y[chunk] = yᵀ.T`` — one cache-blocked 2-D transpose (``copy_`` of a transposed
+   matrix), the only copy, needed because the caller gets a row-major ``(N, s·q)``.
+
+The backward pass does the same: the output gradient is transposed once per chunk into
+``(s, q, c)`` and every other operand is a strided view (four batched matmuls, weight
+gradients accumulated over chunks with ``baddbmm``). Autocast is switched off inside:
+the multiply runs in the operands' dtype (:class:`structured.layers.MonarchLinear` casts
+to the autocast dtype itself).
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 
-__all__ = ["check_monarch_args", "monarch_matmul_reference"]
+__all__ = ["check_monarch_args", "chunk_rows", "monarch_matmul_reference"]
+
+#: Activations per chunk (rows × features): 2¹⁹ float32 values = 2 MiB.
+CHUNK_ELEMENTS = 1 << 19
 
 
 def check_monarch_args(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> tuple[int, ...]:
@@ -39,33 +61,76 @@ def check_monarch_args(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> tup
     return k, p, q, L.shape[1]
 
 
+def chunk_rows(features: int) -> int:
+    """Rows per chunk for ``features`` activations per row (at least 16)."""
+    return max(16, CHUNK_ELEMENTS // max(1, features))
+
+
 def monarch_matmul_reference(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """``y = P L Pᵀ R x`` for ``x: (..., k·p)``; returns ``(..., s·q)``, dtype of ``x``."""
+    """``y = P L Pᵀ R x`` for ``x: (..., k·p)``; returns ``(..., s·q)`` (contiguous), dtype
+    of ``x``; differentiable in ``x``, ``R`` and ``L``. Any strides are accepted."""
     k, p, q, s = check_monarch_args(x, R, L)
     batch_shape = x.shape[:-1]
-    if not (torch.is_grad_enabled() and (x.requires_grad or R.requires_grad or L.requires_grad)):
-        return _matmul_batch_major(x.reshape(-1, k * p), R, L).reshape(*batch_shape, s * q)
-    xb = x.reshape(-1, k, p).transpose(0, 1)                 # (k, N, p)
-    h = torch.bmm(xb, R.transpose(1, 2))                      # (k, N, q)
-    h = h.transpose(0, 2).contiguous()                        # (q, N, k)  = Pᵀ (bmm on a
-    # strided view takes a slow path on CPU: ~18x slower at N = 4096, k = 4)
-    z = torch.bmm(h, L.transpose(1, 2))                       # (q, N, s)
-    y = z.permute(1, 2, 0)                                    # (N, s, q)  = P
+    x2 = x.reshape(-1, k * p)
+    if x2.shape[0] and x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if not torch.is_grad_enabled():      # nothing will be recorded: keep no hᵀ for backward
+        x2, R, L = x2.detach(), R.detach(), L.detach()
+    y = _MonarchFunction.apply(x2, R, L)
     return y.reshape(*batch_shape, s * q)
 
 
-def _matmul_batch_major(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """Same product without autograd, ``x: (N, k·p)`` → ``(N, s·q)``.
+def _chunks(n: int, features: int) -> list[slice]:
+    step = chunk_rows(features)
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
-    The ``bmm`` results are written (``out=``) into batch-major buffers, so both
-    permutations are per-row ``k × q`` / ``q × s`` transposes instead of copies strided by
-    ``N`` (about 2× faster on CPU at ``n = 4096``; ``out=`` does not record gradients).
-    """
-    k, q, p = R.shape
-    s, n = L.shape[1], x.shape[0]
-    h = x.new_empty(n, k, q)
-    torch.bmm(x.reshape(n, k, p).transpose(0, 1), R.transpose(1, 2), out=h.transpose(0, 1))
-    h_t = h.transpose(1, 2).contiguous()                      # (N, q, k)  = Pᵀ, per row
-    z = x.new_empty(n, q, s)
-    torch.bmm(h_t.transpose(0, 1), L.transpose(1, 2), out=z.transpose(0, 1))
-    return z.transpose(1, 2).reshape(n, s * q)                # (N, s, q)  = P, per row
+
+class _MonarchFunction(torch.autograd.Function):
+    """``x: (N, k·p)`` with unit last stride → ``(N, s·q)``; see the module docstring."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
+        keep = ctx.needs_input_grad[2]                # hᵀ is needed for L's gradient
+        y = x.new_empty(n, s * q)
+        with torch.autocast(x.device.type, enabled=False):
+            R_c, L_c = R.contiguous(), L.contiguous()
+            h_all = x.new_empty(q, k, n) if keep else None
+            for rows in _chunks(n, max(k * p, s * q)):
+                c = rows.stop - rows.start
+                x_t = x[rows].T.unflatten(0, (k, p))                # (k, p, c) view
+                h_t = h_all[:, :, rows] if keep else x.new_empty(q, k, c)
+                torch.bmm(R_c, x_t, out=h_t.transpose(0, 1))         # (k, q, c) view
+                y_t = x.new_empty(s, q, c)
+                torch.bmm(L_c, h_t, out=y_t.transpose(0, 1))         # (q, s, c) view
+                y[rows].copy_(y_t.view(s * q, c).T)                  # blocked transpose
+        ctx.save_for_backward(x, R_c, L_c, h_all)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, R, L, h_all = ctx.saved_tensors
+        (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
+        need_x, need_R, need_L = ctx.needs_input_grad
+        gx = x.new_empty(n, k * p) if need_x else None
+        gR = torch.zeros_like(R) if need_R else None
+        gL = torch.zeros_like(L) if need_L else None
+        with torch.autocast(x.device.type, enabled=False):
+            for rows in _chunks(n, max(k * p, s * q)):
+                c = rows.stop - rows.start
+                gy_t = x.new_empty(s * q, c)
+                gy_t.copy_(gy[rows].T)                               # (s·q, c), one copy
+                gy_i = gy_t.view(s, q, c).transpose(0, 1)            # (q, s, c) view
+                if need_L:
+                    gL.baddbmm_(gy_i, h_all[:, :, rows].transpose(1, 2))   # (q, s, k)
+                if not (need_x or need_R):
+                    continue
+                gh_t = torch.bmm(L.transpose(1, 2), gy_i)            # (q, k, c)
+                if need_R:
+                    gR.baddbmm_(gh_t.transpose(0, 1),                # (k, q, c) view
+                                x[rows].unflatten(1, (k, p)).transpose(0, 1))  # (k, c, p)
+                if need_x:
+                    torch.bmm(gh_t.permute(1, 2, 0), R,              # (k, c, q) @ (k, q, p)
+                              out=gx[rows].unflatten(1, (k, p)).transpose(0, 1))
+        return gx, gR, gL

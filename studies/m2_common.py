@@ -11,7 +11,7 @@ import math
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -59,11 +59,16 @@ QUALITY_TARGET, SPEEDUP_TARGET = 1.05, 3.0
 THROUGHPUT_REPEATS = 10
 
 
-def study_args(name: str, doc: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``."""
+def study_args(name: str, doc: str, argv: Sequence[str] | None = None,
+               extra: Callable[[argparse.ArgumentParser], object] | None = None
+               ) -> argparse.Namespace:
+    """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``;
+    ``extra(parser)`` adds a study's own options."""
     parser = study_parser(name, doc)
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1 is least disturbed on a shared machine)")
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     args.command = study_command(name, argv)
     torch.set_num_threads(args.threads)

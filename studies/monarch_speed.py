@@ -7,11 +7,15 @@ above ``√n``, the classic Monarch where ``n`` is a square: FLOP ratio 32× at 
 times the forward pass (no grad) and forward+backward (input and weight gradients) of
 ``MonarchLinear`` and of ``nn.Linear``, alternating the two so that background load hits
 both alike (each timing window repeats the faster layer so that it lasts as long as one
-dense call). Reported: the minimum over repeats (least contaminated); the JSON also keeps
-the median. It then profiles one Monarch forward (``torch.profiler``) and prints each
-ATen op's share: batched matmuls versus the permutes/copies of the reference path.
-Speed-ups are given on wall time and on process CPU time (the latter leaves out time
-spent descheduled by other processes, not their cache or core-sharing effects).
+dense call). Reported: the **median** over the alternated repeats (speed-up = median
+dense time / median Monarch time, and that speed-up as a percentage of the FLOP ratio);
+the JSON also keeps the minimum. It then profiles one Monarch forward
+(``torch.profiler``) and prints each ATen op's share: batched matmuls versus copies.
+Speed-ups are given on wall time and on process CPU time (medians too; the latter leaves
+out time spent descheduled by other processes, not their cache or core-sharing effects).
+
+Targets (issue 16; forward at batch 1024, one thread): at least 50% of the FLOP ratio at
+n = 2048 and 4096, 40% at 1024; forward+backward at least 33% at every size.
 
 Timings on a shared machine are contaminated by other processes: the study records the
 thread count and the 1-minute load average beside the numbers.
@@ -66,14 +70,19 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]
     return run
 
 
+WARMUP_CALLS = 3
+
+
 def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Warm up, then alternate the callables ``repeats`` times.
+    """Warm up (``WARMUP_CALLS`` each), then alternate the callables ``repeats`` times.
 
     Each timing window loops a callable enough times to last about as long as one call of
     the slowest, so all are exposed alike to background load (a lone short call would
-    more often hit a quiet moment and look faster). Per callable: min and median wall
-    seconds per call, min CPU seconds per call, and the calls per window.
+    more often hit a quiet moment and look faster). Per callable: median and min wall
+    seconds per call, median CPU seconds per call, and the calls per window.
     """
+    for fn in fns.values():                      # warm-up: allocator, BLAS kernels, caches
+        _time(fn, WARMUP_CALLS)
     single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
     longest = max(single.values())
     calls = {name: max(1, round(longest / t)) for name, t in single.items()}
@@ -81,8 +90,9 @@ def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(_time(fn, calls[name]))
-    return {name: {"min_s": min(w for w, _ in t), "median_s": statistics.median(w for w, _ in t),
-                   "cpu_min_s": min(c for _, c in t), "calls_per_window": calls[name]}
+    return {name: {"median_s": statistics.median(w for w, _ in t), "min_s": min(w for w, _ in t),
+                   "cpu_median_s": statistics.median(c for _, c in t),
+                   "calls_per_window": calls[name]}
             for name, t in times.items()}
 
 
@@ -125,8 +135,9 @@ def _measure(n: int, batch: int, repeats: int) -> dict:
     row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
     for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
         t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
-        row[mode] = {**t, "speedup": t["dense"]["min_s"] / t["monarch"]["min_s"],
-                     "cpu_speedup": t["dense"]["cpu_min_s"] / t["monarch"]["cpu_min_s"]}
+        speedup = t["dense"]["median_s"] / t["monarch"]["median_s"]
+        row[mode] = {**t, "speedup": speedup, "pct_of_flop_ratio": 100 * speedup / flop_ratio,
+                     "cpu_speedup": t["dense"]["cpu_median_s"] / t["monarch"]["cpu_median_s"]}
     row["profile_forward"] = _profile(monarch, x)
     return row
 
@@ -135,21 +146,71 @@ def _print(report: dict) -> None:
     print(f"threads={report['threads']} repeats={report['repeats']} "
           f"load_avg_1min={report['load_average_1min']:.1f} (shared machine: timings are "
           f"contaminated by other processes; cpu = process CPU time, which leaves out "
-          f"time spent descheduled but not cache or core sharing)")
+          f"time spent descheduled but not cache or core sharing); median of "
+          f"{report['repeats']} alternated repeats; %F = speed-up as % of the FLOP ratio")
     print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} | {'fwd dense':>9} {'monarch':>8} {'wall':>5} "
-          f"{'cpu':>5} | {'f+b dense':>9} {'monarch':>8} {'wall':>5} {'cpu':>5}")
+          f"{'%F':>4} {'cpu':>5} | {'f+b dense':>9} {'monarch':>8} {'wall':>5} {'%F':>4} "
+          f"{'cpu':>5}")
     for r in report["results"]:
         cells = []
         for mode in ("forward", "forward_backward"):
             m = r[mode]
-            dense_ms, monarch_ms = m["dense"]["min_s"] * 1e3, m["monarch"]["min_s"] * 1e3
-            cells.append(f"{dense_ms:>7.1f}ms {monarch_ms:>6.1f}ms "
-                         f"{m['speedup']:>4.1f}x {m['cpu_speedup']:>4.1f}x")
+            dense_ms, monarch_ms = m["dense"]["median_s"] * 1e3, m["monarch"]["median_s"] * 1e3
+            cells.append(f"{dense_ms:>7.1f}ms {monarch_ms:>6.1f}ms {m['speedup']:>4.1f}x "
+                         f"{m['pct_of_flop_ratio']:>3.0f}% {m['cpu_speedup']:>4.1f}x")
         print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>5.1f}x | {cells[0]} | {cells[1]}")
     for r in report["results"]:
         ops = ", ".join(f"{p['op']} {100 * p['share']:.0f}%" for p in r["profile_forward"])
         print(f"n={r['n']} Monarch forward time by op: {ops}")
     print(f"paper: {report['paper']}")
+    for target, met in report["verdicts"].items():
+        print(f"{'MET' if met else 'NOT MET'}: {target}")
+
+
+#: Minimum forward speed-up as a percentage of the FLOP ratio, per size (issue 16).
+FORWARD_TARGETS = {1024: 40.0, 2048: 50.0, 4096: 50.0}
+FORWARD_BACKWARD_TARGET = 33.0
+
+
+def verdicts(result: dict) -> dict[str, bool]:
+    """Target name → met, from the median speed-ups as % of the FLOP ratio.
+
+    Forward: ``FORWARD_TARGETS`` at the sizes it names (missing size → not met);
+    forward+backward: ``FORWARD_BACKWARD_TARGET`` at every measured size.
+    """
+    rows = {r["n"]: r for r in result["results"]}
+    out = {}
+    for n, pct in FORWARD_TARGETS.items():
+        got = rows[n]["forward"]["pct_of_flop_ratio"] if n in rows else float("-inf")
+        out[f"forward at n={n} >= {pct:g}% of the FLOP ratio"] = got >= pct
+    out[f"forward+backward >= {FORWARD_BACKWARD_TARGET:g}% of the FLOP ratio at every size"] = \
+        bool(rows) and all(r["forward_backward"]["pct_of_flop_ratio"] >= FORWARD_BACKWARD_TARGET
+                           for r in rows.values())
+    return out
+
+
+def tables(result: dict) -> str:
+    """README Markdown: speed-ups (median of the alternated repeats) beside the FLOP ratio."""
+    lines = [f"`python -m studies.monarch_speed` — batch {result['results'][0]['batch']}, "
+             f"{result['threads']} thread(s), 1-min load average "
+             f"{result['load_average_1min']:.1f} (shared machine)", "",
+             f"| n | nblocks | FLOP ratio | forward speed-up (median of {result['repeats']}) "
+             f"| % of FLOP ratio | fwd+bwd speed-up (median of {result['repeats']}) "
+             f"| % of FLOP ratio |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in result["results"]:
+        f, b = r["forward"], r["forward_backward"]
+        lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | "
+                     f"{f['speedup']:.1f}x | {f['pct_of_flop_ratio']:.0f}% | "
+                     f"{b['speedup']:.1f}x | {b['pct_of_flop_ratio']:.0f}% |")
+    lines += ["", "Where one Monarch forward spends its time (self CPU time per ATen op, one "
+              "profiled call):", ""]
+    lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
+                                            for p in r["profile_forward"])
+              for r in result["results"]]
+    lines += ["", "| target | met |", "|---|---|"]
+    lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
+    return "\n".join(lines)
 
 
 def _plot(report: dict, path: Path) -> None:
@@ -169,15 +230,16 @@ def _plot(report: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = study_parser(NAME, __doc__, quick_help="3 repeats (default: 7)",
+    parser = study_parser(NAME, __doc__, quick_help="7 repeats (default: 9)",
                           full_help="15 repeats, n up to 8192")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: the machine is shared)")
     parser.add_argument("--batch", type=int, default=1024)
     args = parser.parse_args(argv)
     sizes = [1024, 2048, 4096] + ([8192] if args.full else [])
-    repeats = 3 if args.quick else 15 if args.full else 7
+    repeats = 7 if args.quick else 15 if args.full else 9
     report = run_study(sizes, args.batch, repeats, args.threads)
+    report["verdicts"] = verdicts(report)
     _print(report)
     write_report(args.out, NAME, report)
     _plot(report, args.out / f"{NAME}.png")

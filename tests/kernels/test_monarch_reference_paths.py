@@ -1,23 +1,97 @@
-"""The reference Monarch multiply: its no-grad (batch-major, ``out=``) path equals autograd's."""
+"""The reference Monarch multiply (permutations folded into strides, chunked rows) equals the
+plain dense product ``x @ M(R, L)ᵀ`` in value and in every gradient."""
 
 import pytest
 import torch
 
+from kernels import monarch_reference
 from kernels.monarch_reference import monarch_matmul_reference
+from structured.monarch import MonarchMatrix
+
+TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+
+
+def _plain(x, R, L):
+    """``x @ Mᵀ`` through ``MonarchMatrix.to_dense`` (an einsum): no permutation tricks."""
+    return x @ MonarchMatrix(R, L).to_dense().T
+
+
+def _leaf(t):
+    """A leaf copy of ``t`` with ``t``'s strides (``clone`` would compact gapped ones)."""
+    leaf = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype)
+    return leaf.copy_(t.detach()).requires_grad_()
+
+
+def _values_and_grads(fn, x, R, L, gy):
+    leaves = [_leaf(t) for t in (x, R, L)]
+    assert [t.stride() for t in leaves] == [t.stride() for t in (x, R, L)]
+    y = fn(*leaves)
+    return (y, *torch.autograd.grad(y, leaves, gy))
+
+
+def _operands(dtype, k, p, q, s, batch, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*batch, k * p, dtype=dtype, generator=g)
+    R = torch.randn(k, q, p, dtype=dtype, generator=g)
+    L = torch.randn(q, s, k, dtype=dtype, generator=g)
+    gy = torch.randn(*batch, s * q, dtype=dtype, generator=g)
+    return x, R, L, gy
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("k", "p", "q", "s"), [(3, 4, 5, 2), (1, 1, 1, 1), (4, 2, 3, 6)])
-def test_no_grad_path_matches_autograd_path(dtype, k, p, q, s):
-    g = torch.Generator().manual_seed(k * 100 + p * 10 + q)
-    x = torch.randn(2, 3, k * p, dtype=dtype, generator=g)
-    R = torch.randn(k, q, p, dtype=dtype, generator=g)
-    L = torch.randn(q, s, k, dtype=dtype, generator=g)
+@pytest.mark.parametrize("batch", [(7,), (3, 5), (1,)])
+def test_matches_plain_product_in_value_and_gradient(dtype, k, p, q, s, batch):
+    x, R, L, gy = _operands(dtype, k, p, q, s, batch, seed=k * 100 + p * 10 + q)
+    got = _values_and_grads(monarch_matmul_reference, x, R, L, gy)
+    want = _values_and_grads(_plain, x, R, L, gy)
+    assert got[0].shape == (*batch, s * q) and got[0].is_contiguous()
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
     with torch.no_grad():
-        fast = monarch_matmul_reference(x, R, L)
-    tracked = monarch_matmul_reference(x, R.requires_grad_(), L)
-    assert tracked.requires_grad and not fast.requires_grad
-    assert fast.shape == tracked.shape == (2, 3, s * q)
-    torch.testing.assert_close(fast, tracked.detach(), rtol=0, atol=0)
-    dense = torch.einsum("iaj,jic->aijc", L.detach(), R.detach()).reshape(s * q, k * p)
-    torch.testing.assert_close(fast, x @ dense.T)
+        torch.testing.assert_close(monarch_matmul_reference(x, R, L), want[0], **TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_many_chunks_odd_rows_and_noncontiguous_operands(monkeypatch, dtype):
+    """Rows split over several chunks (the last one short); transposed / sliced inputs
+    and factors; a non-contiguous output gradient."""
+    monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
+    k, p, q, s = 4, 3, 2, 5
+    x, R, L, _ = _operands(dtype, k, p, q, s, (37,), seed=1)
+    x_nc = torch.randn(k * p, 2 * 37, dtype=dtype).T[::2]             # strided rows, cols
+    x_nc.copy_(x)
+    R_nc = R.transpose(1, 2).contiguous().transpose(1, 2)
+    L_nc = L.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+    gy = torch.randn(s * q, 37, dtype=dtype).T                        # transposed gradient
+    assert not (x_nc.is_contiguous() or R_nc.is_contiguous() or L_nc.is_contiguous())
+    got = _values_and_grads(monarch_matmul_reference, x_nc, R_nc, L_nc, gy)
+    want = _values_and_grads(_plain, x, R, L, gy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+    wide = torch.randn(37, k * p + 5, dtype=dtype)[:, 2: 2 + k * p]  # unit stride, row gap
+    wide.copy_(x)
+    got = _values_and_grads(monarch_matmul_reference, wide, R, L, gy)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_partial_gradients_and_empty_batch():
+    x, R, L, gy = _operands(torch.float64, 2, 3, 3, 2, (5,))
+    want = _values_and_grads(_plain, x, R, L, gy)
+    for wanted in range(3):                       # only one operand requires grad
+        leaves = [t.detach().clone().requires_grad_(i == wanted) for i, t in enumerate((x, R, L))]
+        (grad,) = torch.autograd.grad(monarch_matmul_reference(*leaves), leaves[wanted], gy)
+        torch.testing.assert_close(grad, want[1 + wanted])
+    empty = monarch_matmul_reference(x[:0].requires_grad_(), R.requires_grad_(), L)
+    assert empty.shape == (0, 6)
+    empty.sum().backward()
+    assert torch.equal(R.grad, torch.zeros_like(R))
+
+
+def test_runs_in_operand_dtype_under_autocast():
+    x, R, L, _ = _operands(torch.float32, 2, 3, 3, 2, (4,))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = monarch_matmul_reference(x, R, L)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, _plain(x, R, L), **TOL[torch.float32])

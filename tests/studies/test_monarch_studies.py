@@ -26,3 +26,33 @@ def test_projection_study_end_to_end(monkeypatch):
         assert all(0 < e < 1 for e in r["projection_error"])
     assert {r["matrix"] for r in report["projection"]} >= {"gaussian", "trained 256x256"}
     json.dumps(report)
+
+
+def _speed_result(fwd: dict[int, float], fb: float) -> dict:
+    rows = [{"n": n, "nblocks": 32, "batch": 1024, "flop_ratio": 16.0,
+             "forward": {"speedup": pct * 0.16, "pct_of_flop_ratio": pct},
+             "forward_backward": {"speedup": fb * 0.16, "pct_of_flop_ratio": fb},
+             "profile_forward": [{"op": "aten::bmm", "share": 0.75}]}
+            for n, pct in fwd.items()]
+    return {"results": rows, "threads": 1, "repeats": 7, "load_average_1min": 1.0}
+
+
+def test_speed_verdicts_on_both_sides_of_every_threshold():
+    met = {1024: 40.0, 2048: 50.0, 4096: 50.0}
+    assert all(monarch_speed.verdicts(_speed_result(met, 33.0)).values())
+    for n in met:
+        v = monarch_speed.verdicts(_speed_result({**met, n: met[n] - 0.1}, 33.0))
+        assert [t for t, ok in v.items() if not ok] == [
+            f"forward at n={n} >= {met[n]:g}% of the FLOP ratio"]
+    v = monarch_speed.verdicts(_speed_result(met, 32.9))
+    assert [ok for ok in v.values()] == [True, True, True, False]
+    missing = monarch_speed.verdicts(_speed_result({1024: 90.0, 2048: 90.0}, 90.0))
+    assert not missing["forward at n=4096 >= 50% of the FLOP ratio"]
+
+
+def test_speed_tables_show_medians_and_percentages():
+    result = _speed_result({1024: 41.0, 2048: 55.0, 4096: 60.0}, 35.0)
+    result["verdicts"] = monarch_speed.verdicts(result)
+    text = monarch_speed.tables(result)
+    assert "median of 7" in text and "| 1024 | 32 | 16.0x | 6.6x | 41% |" in text
+    assert text.count("| yes |") == 4 and "- n = 2048: `aten::bmm` 75%" in text

@@ -1,0 +1,398 @@
+"""Monarch time-to-quality: the same byte-level GPT with dense vs Monarch MLPs.
+
+    python -m studies.monarch_gpt [--quick|--full] [--out DIR] [--threads T]
+
+One GPT (:mod:`structured.models`, Transformer kind, byte-level on the package's corpus,
+:mod:`structured.data`) is built four ways from one seed: dense MLPs; Monarch MLPs
+(:class:`~structured.layers.MonarchLinear`, ``nblocks`` 2 and 4, freshly initialised);
+and reverse sparsification (Monarch ``nblocks`` 4 for the first ``DENSIFY_AT`` of the
+steps, then :func:`structured.densify` — exact — and dense training to the end). All see
+the same batches in the same order with the same schedule (AdamW, warm-up + cosine, the
+optimiser of :mod:`structured.train`).
+
+The models are trained **in lockstep**: each step is taken by every model in turn (order
+rotated every step), so that load from other processes on this shared machine hits all of
+them alike; training wall-clock is the sum of each model's own step times (evaluation
+excluded), process CPU time is kept beside it. Reported: validation loss against steps
+and against training seconds; the wall-clock (and step) ratio at which each Monarch
+variant reaches the dense model's final validation loss — :func:`time_to_quality`, linear
+interpolation between evaluations — or, when it never does, how far it stays above;
+parameter counts and training FLOPs per token with the MLPs' share. To show why a
+speed-up is or is not met, a profile times one training step of each model and the MLPs
+inside it (median of alternated repeats), and the Amdahl bound the non-MLP time sets.
+
+Target (issue 16): Monarch-GPT reaches the dense GPT's final validation loss ≥ 1.5×
+sooner in wall-clock at a size where the MLPs carry most of the FLOPs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from neuralnum.arch import drawing_from
+from neuralnum.runtime import make_generator, progress
+from neuralnum.train import Schedule
+from structured.conversion import densify, sparsify
+from structured.layers import MonarchLinear
+from structured.models import ModelConfig, build_model, count_parameters
+from structured.train import (
+    Task,
+    TrainConfig,
+    _optimizer,  # the loop's AdamW grouping (no decay on vectors)
+    evaluate,
+    loss_and_correct,
+)
+from studies.m2_common import load_note, study_args
+from studies.study_io import figure_row, format_table, save_figure, write_report
+
+NAME = "monarch_gpt"
+TARGET_SPEEDUP = 1.5
+MLP_SHARE_TARGET = 0.5          # "a size where the MLP dominates the FLOPs"
+DENSIFY_AT = 0.75               # reverse sparsification: fraction of steps trained Monarch
+PAPER = ("Dao et al. 2022: Monarch MLPs train GPT-2 about 2x faster to the same "
+         "perplexity (GPUs); reverse sparsification: Monarch, then densify")
+
+
+# ----------------------------------------------------------------------------- config
+def base_config(mode: str) -> TrainConfig:
+    """The GPT and training every variant shares (``mode``: quick | default | full)."""
+    def gpt(d_model: int, n_layers: int, n_heads: int, seq_len: int) -> ModelConfig:
+        return ModelConfig(arch="transformer", d_model=d_model, n_layers=n_layers,
+                           n_heads=n_heads, seq_len=seq_len, mlp_ratio=4.0)
+
+    common = {"task": "lm-causal", "warmup": 20, "lr": 3e-3, "plot": False}
+    if mode == "quick":
+        return TrainConfig(**common, model=gpt(64, 1, 2, 16), batch_size=4, steps=6,
+                           eval_every=3, eval_batches=1)
+    if mode == "full":
+        return TrainConfig(**{**common, "lr": 6e-4, "warmup": 200}, model=gpt(768, 12, 12, 256),
+                           batch_size=32, steps=5000, eval_every=250, eval_batches=16)
+    return TrainConfig(**common, model=gpt(256, 2, 4, 64), batch_size=8, steps=400,
+                       eval_every=25, eval_batches=8)
+
+
+def _is_mlp(name: str, _linear: nn.Linear) -> bool:
+    return ".mlp." in f".{name}."
+
+
+def build(cfg: TrainConfig, nblocks: int | None = None) -> nn.Module:
+    """The GPT ``cfg`` describes, its MLP linears Monarch (``nblocks``) or dense (None).
+
+    The one place models are built (:func:`structured.models.build_model`). Monarch
+    layers get :class:`MonarchLinear`'s own fan-in initialisation (not the projection of
+    the dense initial weights, whose norm would shrink by the discarded rank).
+    """
+    model = build_model(cfg.model, dtype=cfg.dtype, generator=make_generator(cfg.seed))
+    if nblocks is None:
+        return model
+    sparsify(model, nblocks, filter=_is_mlp)
+    with drawing_from(make_generator(cfg.seed + 1)):
+        for layer in model.modules():
+            if isinstance(layer, MonarchLinear):
+                layer.reset_parameters()
+    return model
+
+
+def variants(cfg: TrainConfig) -> dict[str, dict[str, Any]]:
+    """Label → ``{"nblocks": int | None, "densify_at": step | None}``."""
+    switch = int(DENSIFY_AT * cfg.steps)
+    return {"dense": {"nblocks": None, "densify_at": None},
+            "monarch-2": {"nblocks": 2, "densify_at": None},
+            "monarch-4": {"nblocks": 4, "densify_at": None},
+            "monarch-4 -> dense": {"nblocks": 4, "densify_at": switch}}
+
+
+# ----------------------------------------------------------------------------- counts
+def linear_weights(model: nn.Module) -> tuple[int, int]:
+    """Multiply-adds per token of all linear maps, and of those inside MLPs.
+
+    ``nn.Linear``: ``in·out``; :class:`MonarchLinear`: its factor entries; the tied LM
+    head counts as a ``d × vocab`` map.
+    """
+    total = mlp = 0
+    for name, layer in model.named_modules():
+        if isinstance(layer, MonarchLinear):
+            macs = layer.monarch.num_params()
+        elif isinstance(layer, nn.Linear):
+            macs = layer.in_features * layer.out_features
+        else:
+            continue
+        total += macs
+        mlp += macs if ".mlp." in f".{name}." else 0
+    return total, mlp
+
+
+def flops_per_token(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
+    """Training FLOPs per token (3 × forward: 2 per multiply-add, attention scores and
+    values at ``2·seq_len·d`` multiply-adds per layer) and the MLPs' share."""
+    total, mlp = linear_weights(model)
+    attention = 2 * cfg.model.seq_len * cfg.model.d_model * cfg.model.n_layers
+    forward = 2 * (total + attention)
+    return {"train_flops_per_token": 3.0 * forward, "mlp_share": 2 * mlp / forward}
+
+
+# ----------------------------------------------------------------------------- quality
+def _crossing(times: Sequence[float], losses: Sequence[float], target: float) -> float | None:
+    """First time the piecewise-linear curve reaches ``loss ≤ target`` (None if never)."""
+    for i, (t, loss) in enumerate(zip(times, losses, strict=True)):
+        if loss <= target:
+            if i == 0:
+                return float(t)
+            t0, l0 = times[i - 1], losses[i - 1]
+            return float(t0 + (t - t0) * (l0 - target) / (l0 - loss))
+    return None
+
+
+def time_to_quality(reference: Sequence[tuple[float, float]],
+                    candidate: Sequence[tuple[float, float]]) -> dict[str, float | None]:
+    """When ``candidate`` reaches the reference's final loss, relative to the reference.
+
+    Both curves are ``[(time, loss), …]`` in increasing time (any time axis: seconds or
+    steps). The target is the reference's last loss; each curve's reaching time is its
+    first crossing, linearly interpolated between points. Returns ``target``,
+    ``reference_time``, ``candidate_time`` (None if never reached), ``speedup`` =
+    reference_time / candidate_time (None if never reached) and ``gap`` = the
+    candidate's lowest loss minus the target (≤ 0 once reached). ``ValueError`` on empty
+    or unsorted curves.
+    """
+    for name, curve in (("reference", reference), ("candidate", candidate)):
+        if not curve:
+            raise ValueError(f"{name} curve is empty")
+        times = [t for t, _ in curve]
+        if any(b < a for a, b in itertools.pairwise(times)):
+            raise ValueError(f"{name} curve's times must be non-decreasing")
+    target = reference[-1][1]
+    t_ref = _crossing([t for t, _ in reference], [v for _, v in reference], target)
+    t_cand = _crossing([t for t, _ in candidate], [v for _, v in candidate], target)
+    speedup = None if t_cand is None else (float("inf") if t_cand == 0 else t_ref / t_cand)
+    return {"target": target, "reference_time": t_ref, "candidate_time": t_cand,
+            "speedup": speedup, "gap": min(loss for _, loss in candidate) - target}
+
+
+# ----------------------------------------------------------------------------- training
+def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+          y: torch.Tensor, lr: float, cfg: TrainConfig) -> float:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss_sum, _ = loss_and_correct(model(x), y)
+    loss = loss_sum / y.numel()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    return float(loss.detach())
+
+
+def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
+                   ) -> dict[str, dict[str, Any]]:
+    """Train every variant on the same batches, alternating per step; see the docstring.
+
+    Returns label → ``{"params", "records": [{step, train_s, cpu_s, val_loss}], ...}``
+    (``params`` at the start; after densifying, ``params_final``).
+    """
+    models = {label: build(cfg, spec["nblocks"]) for label, spec in specs.items()}
+    optimizers = {label: _optimizer(m, cfg) for label, m in models.items()}
+    out = {label: {"params": count_parameters(m), **flops_per_token(m, cfg), "records": []}
+           for label, m in models.items()}
+    clock = {label: [0.0, 0.0] for label in models}
+    task, gen = Task(cfg), make_generator(cfg.seed)
+    schedule = Schedule(warmup=cfg.warmup, decay="cosine", horizon=cfg.steps,
+                        min_factor=cfg.min_lr_factor)          # structured.train's schedule
+    labels = list(models)
+
+    def log(step: int) -> None:
+        for label, model in models.items():
+            val = evaluate(model, task, cfg, torch.device("cpu"))["val_loss"]
+            out[label]["records"].append({"step": step, "train_s": clock[label][0],
+                                          "cpu_s": clock[label][1], "val_loss": val})
+
+    log(0)
+    for step in progress(range(cfg.steps), desc="lockstep"):
+        x, y = task.sample(cfg.batch_size, gen)
+        lr = cfg.lr * schedule(step)
+        shift = step % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            if specs[label]["densify_at"] == step:
+                models[label] = densify(models[label])
+                optimizers[label] = _optimizer(models[label], cfg)
+                out[label]["params_final"] = count_parameters(models[label])
+            out[label].setdefault("train_loss", []).append(
+                _step(models[label], optimizers[label], x, y, lr, cfg))
+            clock[label][0] += time.perf_counter() - wall
+            clock[label][1] += time.process_time() - cpu
+        if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
+            log(step + 1)
+    for label, run in out.items():
+        losses = run.pop("train_loss")
+        run["final_train_loss"] = statistics.fmean(losses[-max(1, len(losses) // 10):])
+        run["final_val_loss"] = run["records"][-1]["val_loss"]
+        run["train_s"], run["cpu_s"] = clock[label]
+    return out
+
+
+# ----------------------------------------------------------------------------- profile
+def profile_steps(cfg: TrainConfig, specs: dict[str, dict[str, Any]], repeats: int
+                  ) -> dict[str, dict[str, float]]:
+    """Median seconds of one training step (forward+backward, no optimiser) of each
+    non-switching variant and of its MLPs alone on the same activations, alternated."""
+    labels = [label for label, s in specs.items() if s["densify_at"] is None]
+    models = {label: build(cfg, specs[label]["nblocks"]) for label in labels}
+    x, y = Task(cfg).sample(cfg.batch_size, make_generator(cfg.seed))
+    hidden = torch.randn(cfg.batch_size, cfg.model.seq_len, cfg.model.d_model,
+                         generator=make_generator(cfg.seed))
+
+    def whole(model: nn.Module) -> None:
+        model.zero_grad(set_to_none=True)
+        loss_and_correct(model(x), y)[0].backward()
+
+    def mlps(model: nn.Module) -> None:
+        h = hidden.detach().requires_grad_()
+        total = sum(block.mlp(h).sum() for block in model.backbone.blocks)
+        total.backward()
+
+    times: dict[str, dict[str, list[float]]] = {
+        label: {"step_s": [], "mlp_s": []} for label in labels}
+    for label in labels:                                   # warm-up
+        whole(models[label])
+        mlps(models[label])
+    for _ in range(repeats):
+        for label in labels:
+            for key, fn in (("step_s", whole), ("mlp_s", mlps)):
+                start = time.perf_counter()
+                fn(models[label])
+                times[label][key].append(time.perf_counter() - start)
+    prof = {label: {k: statistics.median(v) for k, v in t.items()} for label, t in times.items()}
+    dense = prof["dense"]
+    for p in prof.values():
+        p["mlp_share"] = p["mlp_s"] / p["step_s"]
+        p["step_speedup"] = dense["step_s"] / p["step_s"]
+        p["mlp_speedup"] = dense["mlp_s"] / p["mlp_s"]
+    # Amdahl: even free MLPs leave the dense step's non-MLP time.
+    prof["dense"]["amdahl_bound"] = dense["step_s"] / max(1e-12, dense["step_s"] - dense["mlp_s"])
+    return prof
+
+
+# ----------------------------------------------------------------------------- verdicts
+def verdicts(result: dict) -> dict[str, bool]:
+    """Target name → met: the MLPs carry most FLOPs, and each Monarch variant reaches the
+    dense final validation loss ≥ ``TARGET_SPEEDUP``× sooner in wall-clock."""
+    out = {f"dense MLPs carry >= {MLP_SHARE_TARGET:.0%} of the FLOPs":
+           result["runs"]["dense"]["mlp_share"] >= MLP_SHARE_TARGET}
+    for label, q in result["quality"].items():
+        s = q["wall"]["speedup"]
+        out[f"{label} reaches the dense final val loss >= {TARGET_SPEEDUP:g}x sooner "
+            "(wall-clock)"] = s is not None and s >= TARGET_SPEEDUP
+    return out
+
+
+def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
+    return "never" if value is None else format(value, spec) + suffix
+
+
+def tables(result: dict) -> str:
+    """README Markdown: sizes, FLOPs, time-to-quality, the profile, and the verdicts."""
+    cfg = result["config"]
+    lines = [f"`python -m studies.monarch_gpt` — GPT d_model {cfg['d_model']}, "
+             f"{cfg['n_layers']} layers, seq {cfg['seq_len']}, batch {cfg['batch_size']}, "
+             f"{cfg['steps']} steps, byte-level corpus; models trained in lockstep "
+             f"(alternating steps); {result['load_note']}", "",
+             "| model | params | train FLOPs/token | MLP share of FLOPs | final val loss "
+             "| train wall s (sum of steps) | reaches dense final loss at (wall s) "
+             "| wall-clock speed-up | step ratio | gap above target (nats) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, run in result["runs"].items():
+        q = result["quality"].get(label)
+        cells = ["", "", "", ""] if q is None else [
+            _fmt(q["wall"]["candidate_time"], ".0f"), _fmt(q["wall"]["speedup"], suffix="x"),
+            _fmt(q["steps"]["speedup"], suffix="x"), f"{max(0.0, q['wall']['gap']):.3f}"]
+        lines.append(f"| {label} | {run['params']:,} | {run['train_flops_per_token']:.3g} | "
+                     f"{run['mlp_share']:.0%} | {run['final_val_loss']:.3f} | "
+                     f"{run['train_s']:.0f} | " + " | ".join(cells) + " |")
+    prof = result["profile"]
+    lines += ["", f"Profile (median of {result['profile_repeats']} alternated repeats, "
+              "forward+backward of one batch):", "",
+              "| model | step ms | MLPs ms | MLP share of step | step speed-up vs dense "
+              "| MLP speed-up vs dense |", "|---|---:|---:|---:|---:|---:|"]
+    for label, p in prof.items():
+        lines.append(f"| {label} | {1e3 * p['step_s']:.1f} | {1e3 * p['mlp_s']:.1f} | "
+                     f"{p['mlp_share']:.0%} | {p['step_speedup']:.2f}x | "
+                     f"{p['mlp_speedup']:.2f}x |")
+    lines += ["", f"Amdahl bound from the dense step's non-MLP time: "
+              f"{prof['dense']['amdahl_bound']:.2f}x", "", "| target | met |", "|---|---|"]
+    lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- output
+def _plot(result: dict, path) -> None:
+    fig, (by_step, by_time) = figure_row(2, (11, 4))
+    for label, run in result["runs"].items():
+        recs = run["records"]
+        by_step.plot([r["step"] for r in recs], [r["val_loss"] for r in recs], "o-", ms=3,
+                     label=label)
+        by_time.plot([r["train_s"] for r in recs], [r["val_loss"] for r in recs], "o-", ms=3,
+                     label=label)
+    target = result["runs"]["dense"]["final_val_loss"]
+    for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock (s, lockstep)")):
+        ax.axhline(target, color="k", ls=":", lw=1)
+        ax.set(xlabel=xlabel, ylabel="validation loss (nats/byte)")
+        ax.legend()
+    by_step.set_title("GPT: dense vs Monarch MLPs")
+    save_figure(fig, path)
+
+
+def run_study(cfg: TrainConfig, profile_repeats: int) -> dict:
+    specs = variants(cfg)
+    runs = train_lockstep(cfg, specs)
+    quality = {}
+    dense = runs["dense"]["records"]
+    for label, run in runs.items():
+        if label == "dense":
+            continue
+        quality[label] = {
+            axis: time_to_quality([(r[key], r["val_loss"]) for r in dense],
+                                  [(r[key], r["val_loss"]) for r in run["records"]])
+            for axis, key in (("wall", "train_s"), ("cpu", "cpu_s"), ("steps", "step"))}
+    config = {k: getattr(cfg.model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len",
+                                                  "mlp_ratio")}
+    config.update({k: getattr(cfg, k) for k in ("batch_size", "steps", "lr", "seed")})
+    return {"study": NAME, "paper": PAPER, "config": config, "densify_at": DENSIFY_AT,
+            "runs": runs, "quality": quality,
+            "profile": profile_steps(cfg, specs, profile_repeats),
+            "profile_repeats": profile_repeats}
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = study_args(NAME, __doc__.split("\n\n")[0], argv)
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    cfg = replace(base_config(mode), out_dir=str(args.out))
+    result = run_study(cfg, profile_repeats=3 if args.quick else 7)
+    result["load_note"] = load_note(args.threads)
+    result["verdicts"] = verdicts(result)
+    rows = [{"model": label, "params": run["params"], "mlp_share": run["mlp_share"],
+             "final_val": run["final_val_loss"], "train_s": run["train_s"],
+             "cpu_s": run["cpu_s"],
+             "reach_s": (result["quality"].get(label) or {}).get("wall", {}).get(
+                 "candidate_time"),
+             "speedup": (result["quality"].get(label) or {}).get("wall", {}).get("speedup")}
+            for label, run in result["runs"].items()]
+    print(format_table(rows, ["model", "params", "mlp_share", "final_val", "train_s", "cpu_s",
+                              "reach_s", "speedup"]))
+    print(tables(result))
+    print(f"({result['load_note']})")
+    write_report(args.out, NAME, result)
+    _plot(result, args.out / f"{NAME}.png")
+    return result
+
+
+if __name__ == "__main__":
+    main()

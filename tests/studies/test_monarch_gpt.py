@@ -1,0 +1,100 @@
+"""The Monarch time-to-quality study: the ratio function, the model seam, verdicts, tables."""
+
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from structured.layers import MonarchLinear
+from studies import monarch_gpt
+from studies.monarch_gpt import time_to_quality
+
+
+def test_time_to_quality_interpolates_the_first_crossing():
+    ref = [(0.0, 5.0), (10.0, 3.0), (20.0, 2.0)]
+    cand = [(0.0, 5.0), (4.0, 3.0), (8.0, 1.0), (9.0, 2.5)]
+    q = time_to_quality(ref, cand)
+    assert q["target"] == 2.0 and q["reference_time"] == 20.0
+    assert q["candidate_time"] == pytest.approx(6.0)          # 3 → 1 between 4 and 8
+    assert q["speedup"] == pytest.approx(20.0 / 6.0) and q["gap"] == -1.0
+
+
+def test_time_to_quality_reference_crossing_can_come_before_its_end():
+    ref = [(0.0, 5.0), (10.0, 1.0), (20.0, 2.0)]              # overshoots, ends at 2
+    q = time_to_quality(ref, [(0.0, 5.0), (15.0, 2.0)])
+    assert q["reference_time"] == pytest.approx(7.5) and q["candidate_time"] == 15.0
+    assert q["speedup"] == pytest.approx(0.5)
+
+
+def test_time_to_quality_never_reached_reports_the_gap():
+    q = time_to_quality([(0.0, 4.0), (1.0, 2.0)], [(0.0, 4.0), (1.0, 2.5), (2.0, 2.25)])
+    assert q["candidate_time"] is None and q["speedup"] is None
+    assert q["gap"] == pytest.approx(0.25)
+
+
+@pytest.mark.parametrize("bad", [[], [(1.0, 2.0), (0.5, 1.0)]])
+def test_time_to_quality_rejects_bad_curves(bad):
+    with pytest.raises(ValueError, match="curve"):
+        time_to_quality(bad, [(0.0, 1.0)])
+    with pytest.raises(ValueError, match="curve"):
+        time_to_quality([(0.0, 1.0)], bad)
+
+
+def test_build_swaps_only_the_mlps_and_counts_their_flops():
+    cfg = monarch_gpt.base_config("quick")
+    dense, monarch = monarch_gpt.build(cfg), monarch_gpt.build(cfg, 4)
+    swapped = [n for n, m in monarch.named_modules() if isinstance(m, MonarchLinear)]
+    assert swapped and all(".mlp." in f".{n}." for n in swapped)
+    assert len(swapped) == sum(isinstance(m, nn.Linear) for n, m in dense.named_modules()
+                               if ".mlp." in f".{n}.")
+    torch.testing.assert_close(monarch.embed.weight, dense.embed.weight)   # same seed
+    total, mlp = monarch_gpt.linear_weights(dense)
+    d, h, layers = cfg.model.d_model, cfg.model.mlp_hidden, cfg.model.n_layers
+    assert mlp == layers * 2 * d * h and total == mlp + layers * 4 * d * d + 256 * d
+    share = monarch_gpt.flops_per_token(dense, cfg)["mlp_share"]
+    assert share > monarch_gpt.flops_per_token(monarch, cfg)["mlp_share"] > 0
+
+
+def _result(speedups: dict[str, float | None], mlp_share: float) -> dict:
+    runs = {"dense": {"params": 10, "train_flops_per_token": 1e6, "mlp_share": mlp_share,
+                      "final_val_loss": 2.0, "train_s": 100.0}}
+    quality = {}
+    for label, s in speedups.items():
+        runs[label] = {**runs["dense"], "final_val_loss": 2.1}
+        wall = {"candidate_time": None if s is None else 100 / s, "speedup": s, "gap": 0.1}
+        quality[label] = {"wall": wall, "steps": {**wall, "speedup": 1.0}}
+    prof = {"dense": {"step_s": 1.0, "mlp_s": 0.5, "mlp_share": 0.5, "step_speedup": 1.0,
+                      "mlp_speedup": 1.0, "amdahl_bound": 2.0}}
+    return {"runs": runs, "quality": quality, "profile": prof, "profile_repeats": 7,
+            "load_note": "load", "config": {"d_model": 8, "n_layers": 1, "seq_len": 4,
+                                            "batch_size": 2, "steps": 3}}
+
+
+def test_verdicts_on_both_sides_of_every_threshold():
+    target, share = monarch_gpt.TARGET_SPEEDUP, monarch_gpt.MLP_SHARE_TARGET
+    v = monarch_gpt.verdicts(_result({"monarch-4": target, "monarch-2": None}, share))
+    assert list(v.values()) == [True, True, False]
+    v = monarch_gpt.verdicts(_result({"monarch-4": target - 1e-9, "monarch-2": math.inf},
+                                     share - 1e-9))
+    assert list(v.values()) == [False, False, True]
+
+
+def test_tables_render_numbers_from_the_result():
+    result = _result({"monarch-4": 1.6, "monarch-2": None}, 0.7)
+    result["verdicts"] = monarch_gpt.verdicts(result)
+    text = monarch_gpt.tables(result)
+    assert "| monarch-4 | 10 |" in text and "1.60x" in text and "| never | never |" in text
+    assert "neverx" not in text
+    assert "median of 7" in text and text.count("| yes |") == 2
+
+
+def test_study_end_to_end(tmp_path, single_thread):
+    report = monarch_gpt.main(["--quick", "--out", str(tmp_path)])
+    assert set(report["runs"]) == set(monarch_gpt.variants(monarch_gpt.base_config("quick")))
+    switched = report["runs"]["monarch-4 -> dense"]
+    assert switched["params_final"] == report["runs"]["dense"]["params"]
+    assert [r["step"] for r in switched["records"]] == [0, 3, 6]
+    assert (tmp_path / "monarch_gpt.json").exists() and (tmp_path / "monarch_gpt.png").exists()
+    json.dumps(report)
