@@ -25,10 +25,9 @@ def _problem(kind: str, dtype, seed: int):
     return A.astype(dtype), b.astype(dtype)
 
 
-def _gelsd(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """scipy's gelsd with the reference's documented default cutoff ``eps·max(n, d)``."""
-    cond = np.finfo(A.dtype).eps * max(A.shape)
-    return scipy.linalg.lstsq(A, b, cond=cond, lapack_driver="gelsd")[0]
+def _gelsd(A: np.ndarray, b: np.ndarray) -> tuple:
+    """``scipy.linalg.lstsq`` with the gelsd driver and scipy's default cutoff."""
+    return scipy.linalg.lstsq(A, b, lapack_driver="gelsd")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -39,13 +38,14 @@ def test_reference_path_is_scipy_gelsd_bit_for_bit(dtype, kind):
         A, B = _problem(kind, dtype, seed)
         # scipy shape: A (n, d), b (n,) → x (d,), numpy in and out
         for j in range(B.shape[1]):
-            x = neuralnum.lstsq(A, B[:, j])
-            assert isinstance(x, np.ndarray) and x.dtype == dtype
-            np.testing.assert_array_equal(x, _gelsd(A, B[:, j]))
+            result = neuralnum.lstsq(A, B[:, j])
+            assert isinstance(result.x, np.ndarray) and result.x.dtype == dtype
+            for got, want in zip(result, _gelsd(A, B[:, j]), strict=True):
+                np.testing.assert_array_equal(got, want)
         # batched tensors: A (B, n, d), b (B, n)
         At = torch.from_numpy(np.stack([A] * 3))
-        xt = neuralnum.lstsq(At, torch.from_numpy(B.T.copy()))
-        want = np.stack([_gelsd(A, B[:, j]) for j in range(3)])
+        xt = neuralnum.lstsq(At, torch.from_numpy(B.T.copy())).x
+        want = np.stack([_gelsd(A, B[:, j])[0] for j in range(3)])
         assert xt.dtype == At.dtype
         np.testing.assert_array_equal(xt.numpy(), want)
 
@@ -59,12 +59,11 @@ def test_other_solvers_differ_in_the_last_bits():
         for kind in ("gaussian", "ill_conditioned", "rank_deficient", "underdetermined"):
             for seed in range(3):
                 A, B = _problem(kind, dtype, seed)
-                cond = np.finfo(dtype).eps * max(A.shape)
-                x = _gelsd(A, B[:, 0])
-                others = {driver: scipy.linalg.lstsq(A, B[:, 0], cond=cond,
-                                                     lapack_driver=driver)[0]
+                x = _gelsd(A, B[:, 0])[0]
+                others = {driver: scipy.linalg.lstsq(A, B[:, 0], lapack_driver=driver)[0]
                           for driver in ("gelsy", "gelss")}
-                others["numpy"] = np.linalg.lstsq(A, B[:, 0], rcond=cond)[0]
+                # scipy's default cutoff is eps·σ_max; numpy's rcond means the same
+                others["numpy"] = np.linalg.lstsq(A, B[:, 0], rcond=np.finfo(dtype).eps)[0]
                 for name, other in others.items():
                     key = (name, np.dtype(dtype).name)
                     differs[key] = differs.get(key, False) or not np.array_equal(x, other)
