@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from neuralnum.cli import add_dataclass_arguments, dataclass_from_args
+from neuralnum.cli import add_dataclass_arguments, dataclass_from_args, without_option
 from neuralnum.evaluate import solve_report
 from neuralnum.learner import ARCHS, Learner
 from neuralnum.levenberg_marquardt import SOLVERS
@@ -126,7 +126,9 @@ def _add_solve_args(p: argparse.ArgumentParser) -> None:
                    help="learned solver driven only by the learned operator (default cg)")
 
 
-def _train(args: argparse.Namespace) -> Learner:
+def _train(args: argparse.Namespace) -> tuple[Learner, dict[str, Any]]:
+    """Train as ``args`` say; returns the learner and its last metrics record (with the
+    wall-clock ``seconds`` of the run)."""
     try:
         recipe = recipe_from_args(args)
     except ValueError as exc:
@@ -153,12 +155,12 @@ def _train(args: argparse.Namespace) -> Learner:
                           eval_batch=args.eval_batch, metrics=metrics,
                           checkpoint=out, checkpoint_every=args.checkpoint_every,
                           resume=getattr(args, "resume", False))
+    last = {**(records[-1] if records else {}), "seconds": time.monotonic() - start}
     if records:
-        last = records[-1]
         print(f"trained {args.arch} ({recipe.dtype}) for {learner.step_count} steps in "
-              f"{time.monotonic() - start:.0f}s: one-step MSE {last['mse']:.3e}, "
+              f"{last['seconds']:.0f}s: one-step MSE {last['mse']:.3e}, "
               f"{last['digits']:.1f} digits -> {out}")
-    return learner
+    return learner, last
 
 
 def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:
@@ -196,7 +198,7 @@ def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     if args.command == "train":
-        learner = _train(args)
+        learner, _ = _train(args)
         return {"steps": learner.step_count}
     if args.command == "solve":
         learner = Learner.load(args.checkpoint)
@@ -207,10 +209,15 @@ def _main(argv: Sequence[str] | None) -> dict[str, Any]:
     for name, value in fields.items():
         if not hasattr(args, name):  # recipe flags not given are absent (suppressed)
             setattr(args, name, value)
-    learner = _train(args).to("cpu")
-    report = _solve(args, learner)
-    summary = Path(args.out).with_name("demo.json")
-    summary.write_text(json.dumps({"steps": learner.step_count, **report}, indent=2))
+    learner, last = _train(args)
+    report = _solve(args, learner.to("cpu"))
+    given = without_option((sys.argv[1:] if argv is None else argv)[1:])
+    summary = {"command": " ".join(["python3 -m neuralnum demo", *given]),
+               "arch": args.arch, "dtype": str(learner.dtype).removeprefix("torch."),
+               "steps": learner.step_count, "train_seconds": last["seconds"],
+               "one_step_mse": last.get("mse"), "family": args.family,
+               "problems": args.problems, "method": args.method or "cg", **report}
+    Path(args.out).with_name("demo.json").write_text(json.dumps(summary, indent=2))
     return report
 
 

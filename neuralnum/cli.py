@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["add_dataclass_arguments", "add_modes", "dataclass_from_args"]
+__all__ = ["add_dataclass_arguments", "add_modes", "dataclass_from_args", "without_option"]
 
 T = TypeVar("T")
 _SCALARS = (int, float, str, Path)
@@ -101,3 +101,18 @@ def add_modes(parser: argparse.ArgumentParser, modes: Mapping[str, str]) -> None
     group = parser.add_mutually_exclusive_group()
     for name, text in modes.items():
         group.add_argument(_flag(name), action="store_true", help=text)
+
+
+def without_option(args: Sequence[str], option: str = "--out") -> list[str]:
+    """``args`` without ``option VALUE`` / ``option=VALUE`` (e.g. an output path, which
+    does not change a run's result when a command line is recorded beside it)."""
+    kept: list[str] = []
+    skip = False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(f"{option}="):
+            kept.append(arg)
+    return kept

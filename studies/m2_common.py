@@ -238,52 +238,19 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     for label, cfg in configs.items():
         run_cfg = base if label == tf_label else replace(base, model=cfg)
         runs[label] = train_run(run_cfg, args.out, label)
-    tokens = base.steps * base.batch_size * base.model.seq_len
-    tf_loss = runs[tf_label]["val_loss"]
-    quality = [{"model": label, "params": run["params"], "mlp_hidden": configs[label].mlp_hidden,
-                "tokens": tokens, "val_loss": run["val_loss"],
-                "loss_vs_tf": run["val_loss"] / tf_loss, "perplexity": math.exp(run["val_loss"]),
-                "bits_per_byte": run["val_loss"] / math.log(2), "val_acc": run["val_acc"],
-                "train_s": run["wall_s"]} for label, run in runs.items()]
+    quality = _quality_rows(base, configs, runs, tf_label)
     print(f"\n{name}: quality at equal tokens ({base.task}, {args.out}; target loss_vs_tf ≤ "
           f"1.05):")
     print(format_table(quality, ["model", "params", "mlp_hidden", "tokens", "val_loss",
                                  "loss_vs_tf", "perplexity", "bits_per_byte", "val_acc",
                                  "train_s"]))
-
     rows = forward_throughput(configs, lengths, repeats=THROUGHPUT_REPEATS,
                               uncached=[m2_label])
-    m2_labels = [label for label in configs if label != tf_label]
-    for row in rows:
-        for label in m2_labels:
-            row[f"{label}_speedup"] = row[f"{label}_tok_per_s"] / row[f"{tf_label}_tok_per_s"]
-    summary = {}
-    for label in m2_labels:
-        summary[label] = {
-            "crossover_seq_len": next((r["seq_len"] for r in rows
-                                       if r[f"{label}_speedup"] > 1), None),
-            "speedup_at_4096": next((r[f"{label}_speedup"] for r in rows
-                                     if r["seq_len"] == 4096), None),
-            "loss_vs_tf": runs[label]["val_loss"] / tf_loss}
-    row_4096 = next((r for r in rows if r["seq_len"] == 4096), None)
-    if row_4096 is not None:
-        summary[m2_label]["filter_cache_speedup_at_4096"] = (
-            row_4096[f"{m2_label}_tok_per_s"]
-            / row_4096[f"{m2_label} (no filter cache)_tok_per_s"])
+    summary = _throughput_summary(rows, configs, runs, labels)
     print(f"\nForward throughput, batch 1 ({load_note(args.threads)}):")
     print(format_table(rows, ["seq_len", *(f"{label}_tok_per_s" for label in configs),
-                              *(f"{label}_speedup" for label in m2_labels)]))
-    for label, row in summary.items():
-        print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
-              f"{row['speedup_at_4096']:.2f}x (target ≥ {SPEEDUP_TARGET:g}x), loss vs {tf_label} "
-              f"{row['loss_vs_tf']:.3f} (target ≤ 1.05)")
-    summary[m2_label]["glu_layout_speedup_at_4096"] = glu_layout_speedup(configs[m2_label])
-    print(f"{m2_label}: the features-first, chunked GLU layout speeds the GLU forward at "
-          f"L=4096 by {summary[m2_label]['glu_layout_speedup_at_4096']:.2f}x")
-    if "filter_cache_speedup_at_4096" in summary[m2_label]:
-        print(f"{m2_label}: the inference filter cache (structured.mixer.cached_filters) "
-              f"speeds the forward pass at L=4096 by "
-              f"{summary[m2_label]['filter_cache_speedup_at_4096']:.2f}x")
+                              *(f"{label}_speedup" for label in summary)]))
+    _print_summary(summary, labels)
     print(f"paper: {paper}")
 
     plot_curves(runs, args.out / f"{name}_loss.png", title=f"{base.task}, equal tokens")
@@ -300,6 +267,59 @@ def compare_language_models(args: argparse.Namespace, name: str, base: TrainConf
     payload["verdicts"] = lm_verdicts(payload)
     write_report(args.out, name, payload)
     return payload
+
+
+def _quality_rows(base: TrainConfig, configs: dict[str, Any], runs: dict[str, Any],
+                  tf_label: str) -> list[dict[str, Any]]:
+    """Held-out quality of every run at equal tokens, relative to the Transformer's."""
+    tokens = base.steps * base.batch_size * base.model.seq_len
+    tf_loss = runs[tf_label]["val_loss"]
+    return [{"model": label, "params": run["params"], "mlp_hidden": configs[label].mlp_hidden,
+             "tokens": tokens, "val_loss": run["val_loss"],
+             "loss_vs_tf": run["val_loss"] / tf_loss, "perplexity": math.exp(run["val_loss"]),
+             "bits_per_byte": run["val_loss"] / math.log(2), "val_acc": run["val_acc"],
+             "train_s": run["wall_s"]} for label, run in runs.items()]
+
+
+def _throughput_summary(rows: list[dict[str, Any]], configs: dict[str, Any],
+                        runs: dict[str, Any], labels: tuple[str, str]) -> dict[str, Any]:
+    """Adds each M2 variant's speed-up to ``rows``; per variant: crossover length,
+    speed-up at L = 4096 and loss vs the Transformer (plus the filter cache's own
+    speed-up for the block-diagonal M2)."""
+    tf_label, m2_label = labels
+    m2_labels = [label for label in configs if label != tf_label]
+    for row in rows:
+        for label in m2_labels:
+            row[f"{label}_speedup"] = row[f"{label}_tok_per_s"] / row[f"{tf_label}_tok_per_s"]
+    summary = {}
+    for label in m2_labels:
+        summary[label] = {
+            "crossover_seq_len": next((r["seq_len"] for r in rows
+                                       if r[f"{label}_speedup"] > 1), None),
+            "speedup_at_4096": next((r[f"{label}_speedup"] for r in rows
+                                     if r["seq_len"] == 4096), None),
+            "loss_vs_tf": runs[label]["val_loss"] / runs[tf_label]["val_loss"]}
+    row_4096 = next((r for r in rows if r["seq_len"] == 4096), None)
+    if row_4096 is not None:
+        summary[m2_label]["filter_cache_speedup_at_4096"] = (
+            row_4096[f"{m2_label}_tok_per_s"]
+            / row_4096[f"{m2_label} (no filter cache)_tok_per_s"])
+    summary[m2_label]["glu_layout_speedup_at_4096"] = glu_layout_speedup(configs[m2_label])
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], labels: tuple[str, str]) -> None:
+    tf_label, m2_label = labels
+    for label, row in summary.items():
+        print(f"{label}: crossover L = {row['crossover_seq_len']}, speed-up at L=4096 = "
+              f"{row['speedup_at_4096']:.2f}x (target ≥ {SPEEDUP_TARGET:g}x), loss vs {tf_label} "
+              f"{row['loss_vs_tf']:.3f} (target ≤ 1.05)")
+    print(f"{m2_label}: the features-first, chunked GLU layout speeds the GLU forward at "
+          f"L=4096 by {summary[m2_label]['glu_layout_speedup_at_4096']:.2f}x")
+    if "filter_cache_speedup_at_4096" in summary[m2_label]:
+        print(f"{m2_label}: the inference filter cache (structured.mixer.cached_filters) "
+              f"speeds the forward pass at L=4096 by "
+              f"{summary[m2_label]['filter_cache_speedup_at_4096']:.2f}x")
 
 
 def lm_verdicts(result: dict[str, Any]) -> dict[str, bool]:

@@ -13,6 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from neuralnum.cli import without_option
+
 __all__ = ["command", "count", "fixed", "num", "percent", "sci", "study_command", "table",
            "times"]
 
@@ -21,18 +23,7 @@ def study_command(name: str, argv: Sequence[str] | None) -> str:
     """``python3 -m studies.<name> <args>`` for the arguments a study's ``main`` received
     (``sys.argv[1:]`` when ``argv`` is ``None``), without ``--out DIR`` (where the output
     went does not change it)."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    kept: list[str] = []
-    skip = False
-    for arg in args:
-        if skip:
-            skip = False
-            continue
-        if arg == "--out":
-            skip = True
-            continue
-        if not arg.startswith("--out="):
-            kept.append(arg)
+    kept = without_option(sys.argv[1:] if argv is None else argv)
     return " ".join([f"python3 -m studies.{name}", *kept])
 
 

@@ -17,6 +17,8 @@ distribution. Writes ``ood.json`` and ``ood_gaps.png``.
 from __future__ import annotations
 
 import math
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,31 +77,49 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
+def _shift_row(name: str, shifted: Any, solvers: dict[str, Any], batch: int,
+               seed: int) -> dict[str, Any]:
+    """MSE, digits and divergence of every solver on ``batch`` problems of one shifted
+    family (judged by mpmath), beside exact CG's digits."""
+    P = shifted.sample(batch, make_generator(seed + 4242), solvers["learned"]["learner"].dtype)
+    x_judge = lstsq(P.A.double(), P.b.double(), method="mpmath").to(P.A.dtype)
+    row: dict[str, Any] = {"shift": name}
+    for key, entry in solvers.items():
+        learner = entry["learner"]
+        x = learner.solve(P.A, P.b, **({"warn": False} if key == "learned" else {}))
+        metrics = error_metrics(x, x_judge)
+        row[f"{key}_mse"] = metrics["mse"]
+        row[f"{key}_digits"] = metrics["digits"]
+        row[f"{key}_diverged"] = metrics["diverged"]
+        if key == "learned":
+            row["learned_calls"] = float(learner.last_solve.model_calls.double().median())
+    x_exact, _ = solve(ExactOperator(P.A, P.b), "cg", warn=False)
+    row["exact_cg_digits"] = error_metrics(x_exact, x_judge)["digits"]
+    print(format_table([row], list(row)).splitlines()[-1], flush=True)
+    return row
+
+
+def _plot_gaps(shifted_rows: list[dict[str, Any]], solvers: dict[str, Any],
+               path: Path) -> None:
+    fig, ax = figure((7, 4))
+    pos = np.arange(len(shifted_rows))
+    for i, key in enumerate(solvers):
+        ax.bar(pos + 0.4 * i, [max(r[f"{key}_gap"], 1e-300) for r in shifted_rows], 0.4,
+               label=key)
+    ax.set_yscale("log")
+    ax.set_xticks(pos + 0.2, [r["shift"] for r in shifted_rows], rotation=30)
+    ax.set(ylabel="OOD MSE / in-distribution MSE", title="generalization gap")
+    ax.legend()
+    save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse(NAME, __doc__, argv)
     family = family_from_name("spectrum")
     batch = 256 if args.full else 32
     solvers = train_solvers(args.full, "float64", family, args.seed)
-    rows = []
-    for name, change in SHIFTS.items():
-        shifted = family.shifted(**change)
-        P = shifted.sample(batch, make_generator(args.seed + 4242), solvers["learned"][
-            "learner"].dtype)
-        x_judge = lstsq(P.A.double(), P.b.double(), method="mpmath").to(P.A.dtype)
-        row = {"shift": name}
-        for key, entry in solvers.items():
-            learner = entry["learner"]
-            x = learner.solve(P.A, P.b, **({"warn": False} if key == "learned" else {}))
-            metrics = error_metrics(x, x_judge)
-            row[f"{key}_mse"] = metrics["mse"]
-            row[f"{key}_digits"] = metrics["digits"]
-            row[f"{key}_diverged"] = metrics["diverged"]
-            if key == "learned":
-                row["learned_calls"] = float(learner.last_solve.model_calls.double().median())
-        x_exact, _ = solve(ExactOperator(P.A, P.b), "cg", warn=False)
-        row["exact_cg_digits"] = error_metrics(x_exact, x_judge)["digits"]
-        rows.append(row)
-        print(format_table([row], list(row)).splitlines()[-1], flush=True)
+    rows = [_shift_row(name, family.shifted(**change), solvers, batch, args.seed)
+            for name, change in SHIFTS.items()]
     ind = rows[0]
     for row in rows:
         for key in solvers:
@@ -120,16 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"median gap ratio (end-to-end / learned): {median_ratio:.3g}; smallest OOD MSE "
           f"ratio (end-to-end / learned): {min_mse_ratio:.3g}")
     print("paper:", PAPER["headline"])
-    fig, ax = figure((7, 4))
-    pos = np.arange(len(shifted_rows))
-    for i, key in enumerate(solvers):
-        ax.bar(pos + 0.4 * i, [max(r[f"{key}_gap"], 1e-300) for r in shifted_rows], 0.4,
-               label=key)
-    ax.set_yscale("log")
-    ax.set_xticks(pos + 0.2, [r["shift"] for r in shifted_rows], rotation=30)
-    ax.set(ylabel="OOD MSE / in-distribution MSE", title="generalization gap")
-    ax.legend()
-    save_figure(fig, args.out / "ood_gaps.png")
+    _plot_gaps(shifted_rows, solvers, args.out / "ood_gaps.png")
     payload = {"mode": "full" if args.full else "quick", "problems": batch, "rows": rows,
                "worst_gap": worst, "median_gap_ratio": median_ratio,
                "min_mse_ratio": min_mse_ratio, "paper": PAPER,

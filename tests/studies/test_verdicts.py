@@ -1,8 +1,9 @@
 """Study verdicts: synthetic results on both sides of every threshold, and the README
 tables they render saying "met" exactly when the verdict is met.
 
-(The studies ``iterative``, ``ood``, ``vs_scipy``, ``recipe``, ``mqar``,
-``monarch_speed`` and ``monarch_gpt`` test their verdicts beside their own tests.)
+(The main job's ``demo`` block is here too. The studies ``iterative``, ``ood``,
+``vs_scipy``, ``recipe``, ``mqar``, ``monarch_speed`` and ``monarch_gpt`` test their
+verdicts beside their own tests.)
 """
 
 import copy
@@ -10,6 +11,7 @@ import copy
 import pytest
 
 from studies import (
+    demo,
     kernel_bench,
     kernel_compile,
     m2_bert,
@@ -213,3 +215,19 @@ def test_kernel_compile_verdict(shared, met):
     assert _says(kernel_compile.tables(result), met)
     empty = copy.deepcopy(result) | {"monarch": [], "conv": []}
     assert kernel_compile.verdicts(empty) == {"all_fit": False}
+
+
+# ------------------------------------------------------------------ demo (the main job)
+@pytest.mark.parametrize("learned_digits, met", [(14.61, True), (14.59, False)])
+def test_demo_verdict_is_half_a_digit_of_scipy(learned_digits, met):
+    result = {"command": "python3 -m neuralnum demo", "arch": "linear_attention",
+              "dtype": "float64", "steps": 6000, "train_seconds": 44.0,
+              "one_step_mse": 5.8e-32, "family": "spectrum", "problems": 32, "method": "cg",
+              "learned": {"mse": 1.8e-31, "rel_error": 3.3e-16, "digits": learned_digits,
+                          "diverged": 0.0, "iterations": 8.0, "model_calls": 18.0},
+              "scipy": {"mse": 1.1e-30, "rel_error": 8.2e-16, "digits": 15.1,
+                        "diverged": 0.0}}
+    assert list(demo.verdicts(result).values()) == [met]
+    text = demo.tables(result)
+    assert _says(text, met) and "| learned operator, CG | 1.80e-31 |" in text
+    assert f"| {learned_digits:.2f} | 8 | 18 |" in text
