@@ -108,7 +108,7 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
 
     def fake_train(args):
         seen["steps"], seen["recipe"] = args.steps, cli.recipe_from_args(args)
-        return construction("float64")
+        return construction("float64"), {"seconds": 0.0}
 
     monkeypatch.setattr(cli, "_train", fake_train)
     monkeypatch.setattr(cli, "_solve", lambda args, learner: {})
