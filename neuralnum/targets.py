@@ -39,10 +39,16 @@ def gradient(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bnd,bn->bd", A, residual)
 
 
+def _singular_values(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Singular values ``s: (B, min(n, d))`` (descending) of ``A: (B, n, d)`` and the mask
+    of those above the numerical-rank cutoff ``σ_max·max(n, d)·eps``."""
+    s = torch.linalg.svdvals(A)
+    return s, s > s[:, :1] * max(A.shape[1:]) * torch.finfo(A.dtype).eps
+
+
 def _extreme_singular_values(A: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    s = torch.linalg.svdvals(A)  # (B, min(n, d)), descending
-    tol = s[:, :1] * max(A.shape[1:]) * torch.finfo(A.dtype).eps
-    smin = torch.where(s > tol, s, torch.full_like(s, float("inf"))).amin(dim=1)
+    s, kept = _singular_values(A)
+    smin = torch.where(kept, s, torch.full_like(s, float("inf"))).amin(dim=1)
     return s[:, 0], smin
 
 
@@ -142,7 +148,6 @@ def contraction_factor(A: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
 
     ``A: (B, n, d)``, ``eta: (B,)`` → ``ρ: (B,)``. GD converges iff ``ρ < 1``.
     """
-    s = torch.linalg.svdvals(A)
-    tol = s[:, :1] * max(A.shape[1:]) * torch.finfo(A.dtype).eps
+    s, kept = _singular_values(A)
     factors = (1 - eta.unsqueeze(1) * s.pow(2)).abs()
-    return torch.where(s > tol, factors, torch.zeros_like(factors)).amax(dim=1)
+    return torch.where(kept, factors, torch.zeros_like(factors)).amax(dim=1)
