@@ -40,6 +40,7 @@ from neuralnum.levenberg_marquardt import (
     normal_matrix,
     numerical_rank,
 )
+from neuralnum.validation import check_nonnegative_int, check_positive_int
 
 __all__ = ["FinisherSettings", "LMFinisher", "finish_lm", "learner_problem"]
 
@@ -66,10 +67,10 @@ class FinisherSettings:
 
     def __post_init__(self) -> None:
         for name in ("iterations", "fresh", "chunk"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.problems < 0 or self.until < 0 or self.minutes < 0:
-            raise ValueError("problems, until and minutes must be >= 0")
+            check_positive_int(getattr(self, name), name)
+        check_nonnegative_int(self.problems, "problems")
+        if self.until < 0 or self.minutes < 0:
+            raise ValueError("until and minutes must be >= 0")
         if self.rank_factor < 1:
             raise ValueError(f"rank_factor must be >= 1 (residuals per rank of J), got "
                              f"{self.rank_factor}")

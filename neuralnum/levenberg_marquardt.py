@@ -52,6 +52,8 @@ from typing import Any, Protocol
 import torch
 from torch.func import jacrev, jvp, vjp, vmap
 
+from neuralnum.validation import check_choice, check_positive_float, check_positive_int
+
 __all__ = ["SOLVERS", "FunctionalProblem", "LMSettings", "LeastSquaresProblem",
            "LevenbergMarquardt", "PerSampleProblem", "choose_solver", "normal_matrix",
            "numerical_rank"]
@@ -98,17 +100,13 @@ class LMSettings:
         if not 0 < self.damping_floor <= self.damping <= self.damping_max:
             raise ValueError(f"need 0 < damping_floor <= damping <= damping_max, got "
                              f"{self.damping_floor}, {self.damping}, {self.damping_max}")
-        if self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS}, got {self.solver!r}")
+        check_choice(self.solver, "solver", SOLVERS)
         for name in ("max_direct", "cg_iters", "max_rejects"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.scaling not in ("marquardt", "identity"):
-            raise ValueError(f"scaling must be 'marquardt' or 'identity', got {self.scaling!r}")
+            check_positive_int(getattr(self, name), name)
+        check_choice(self.scaling, "scaling", ("marquardt", "identity"))
         if not 0 < self.shrink < 1:
             raise ValueError(f"shrink must be in (0, 1), got {self.shrink}")
-        if not self.cg_tol > 0:
-            raise ValueError(f"cg_tol must be > 0, got {self.cg_tol}")
+        check_positive_float(self.cg_tol, "cg_tol")
 
 
 class LeastSquaresProblem(Protocol):
