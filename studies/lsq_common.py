@@ -19,7 +19,8 @@ from neuralnum.learner import Learner
 from neuralnum.recipe import Recipe
 from studies.study_io import study_parser
 
-__all__ = ["PAPER", "parse", "train", "train_solvers", "training_summary"]
+__all__ = ["PAPER", "construction_twin", "parse", "train", "train_solvers",
+           "training_summary"]
 
 #: Reported levels of Liu et al. 2025 (float32), REFERENCES.md section 1.
 PAPER: dict[str, str] = {
@@ -56,6 +57,17 @@ def train(arch: str, recipe: Recipe, family: Any, *, steps: int, target: str = "
     records = learner.fit(family, steps, seed=seed, log_every=log_every,
                           eval_batch=eval_batch)
     return learner.to("cpu"), records, time.monotonic() - start
+
+
+def construction_twin(learner: Learner) -> Learner:
+    """A learner of ``learner``'s architecture (default shape), ``n``, ``d`` and recipe set
+    to the exact GD construction: the same arithmetic path with exact weights. A gap
+    between the two is training's; a gap between the twin and exact CG is the
+    architecture's way of computing ``Aᵀ(Ax − b)/n``."""
+    name = (learner.arch_config or {}).get("name")
+    if name is None:
+        raise ValueError("construction_twin needs a learner built from an architecture name")
+    return Learner(name, "gd", learner.recipe, n=learner.n, d=learner.d).init_construction()
 
 
 def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[str, Any]:

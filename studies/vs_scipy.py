@@ -5,15 +5,19 @@ recipe on the spectrum family, κ = 5, n = 20, d = 5: :func:`studies.lsq_common.
 its float32 twin carries the same weights rounded to float32. Then for every family of
 :data:`neuralnum.problems.FAMILIES` at d = 5 and two row counts the model accepts (n = 20
 and 10; the under-determined family at n = 4 and 2), in float64 and float32, side by
-side on the same held-out problems: ``scipy.linalg.lstsq`` (gelsd), learned CG, learned
-Chebyshev, learned GD (operator-estimated step), and exact CG / GD (the same algorithms
-on the true operator ``Aᵀ(Ax − b)/n``). Every solution is judged against the mpmath
-minimum-norm solution of the stored (rounded) problem. Columns: median and worst digits,
-model calls (median / max), wall time per problem batch, and the normal-equations bound
-``κ(A)²·u`` (as digits), which any method that sees ``A`` only through ``AᵀA`` cannot
-beat: a gap between learned and exact CG is the learned operator's, a gap between exact
-CG and scipy is the algorithm's. Writes ``vs_scipy.json`` and
-``vs_scipy_digits_vs_calls.png`` (digits vs model calls per family, float64, n = 20).
+side on the same held-out problems: ``scipy.linalg.lstsq`` (gelsd), learned CG, CG on
+the *construction* (the same architecture with the exact GD weights), learned Chebyshev,
+learned GD (operator-estimated step), and exact CG / GD (the same algorithms on the true
+operator ``Aᵀ(Ax − b)/n``). Every solution is judged against the mpmath minimum-norm
+solution of the stored (rounded) problem. Columns: median and worst digits, model calls
+(median / max), wall time per problem batch, and the normal-equations bound ``κ(A)²·u``
+(as digits), which any method that sees ``A`` only through ``AᵀA`` cannot beat. So a gap
+between learned and construction CG is training's, one between construction and exact
+CG is the architecture's arithmetic (linear attention forms ``AᵀA x − Aᵀb``, whose
+rounding error ``M⁻¹`` amplifies by ``κ²``, where ``Aᵀ(Ax − b)`` rounds like ``Aᵀδr``,
+amplified by ``κ``), and one between exact CG and scipy is the algorithm's. Writes
+``vs_scipy.json`` and ``vs_scipy_digits_vs_calls.png`` (digits vs model calls per family,
+float64, n = 20).
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ from neuralnum.operator_solvers import ExactOperator, LearnedOperator, solve
 from neuralnum.problems import FAMILIES, family_from_name
 from neuralnum.recipe import Recipe
 from neuralnum.runtime import make_generator
-from studies.lsq_common import parse, train
+from studies.lsq_common import construction_twin, parse, train
 from studies.study_io import format_table, save_figure, write_report
 
 NAME = "vs_scipy"
-SOLVERS = ("scipy", "learned_cg", "learned_chebyshev", "learned_gd", "exact_cg", "exact_gd")
+SOLVERS = ("scipy", "learned_cg", "construction_cg", "learned_chebyshev", "learned_gd",
+           "exact_cg", "exact_gd")
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ROWS_N = {"underdetermined": (4, 2)}  # n < d = 5; every other family: n = 20 and 10
 KAPPA_SMALL, KAPPA_MID = 10.0, 100.0
@@ -77,13 +82,15 @@ def _scipy(P: Any) -> torch.Tensor:
                         for i in range(P.batch)])
 
 
-def _run_solvers(learner: Learner, P: Any) -> dict[str, dict[str, Any]]:
-    """Every solver on the batch ``P``: ``{solver: {x, calls, iterations, seconds}}``."""
+def _run_solvers(learner: Learner, twin: Learner, P: Any) -> dict[str, dict[str, Any]]:
+    """Every solver on the batch ``P``: ``{solver: {x, calls, iterations, seconds}}``
+    (``twin``: the learner's architecture with the exact construction's weights)."""
     out: dict[str, dict[str, Any]] = {}
     x, seconds = _timed(lambda: _scipy(P))
     out["scipy"] = {"x": x, "seconds": seconds}
     runs = [(f"learned_{m}", lambda: LearnedOperator(learner, P.A, P.b), m)
             for m in ("cg", "chebyshev", "gd")]
+    runs.insert(1, ("construction_cg", lambda: LearnedOperator(twin, P.A, P.b), "cg"))
     runs += [(f"exact_{m}", lambda: ExactOperator(P.A, P.b), m) for m in ("cg", "gd")]
     for name, make, method in runs:
         (x, info), seconds = _timed(lambda make=make, method=method: solve(make(), method,
@@ -152,6 +159,7 @@ def _judge(P: Any) -> torch.Tensor:
 def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
     """The comparison grid: rows per (family, n, dtype), curves and longer-run digits."""
     rows, longer, curves = [], {}, {}
+    twins = {dtype: construction_twin(learner) for dtype, learner in learners.items()}
     for family in FAMILIES:
         for n in ROWS_N.get(family, (20, 10)):
             fam = family_from_name(family, n=n, d=5)
@@ -160,7 +168,8 @@ def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
                 x_judge = _judge(P)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    row = _row(family, n, dtype, P, _run_solvers(learners[dtype], P), x_judge)
+                    runs = _run_solvers(learners[dtype], twins[dtype], P)
+                    row = _row(family, n, dtype, P, runs, x_judge)
                     rows.append(row)
                     if dtype == "float64" and n == ROWS_N.get(family, (20,))[0]:
                         longer[family] = _longer(learners[dtype], P, x_judge)

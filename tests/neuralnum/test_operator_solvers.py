@@ -299,3 +299,63 @@ def test_learned_operator_counts_calls_and_never_calls_on_nonfinite_x():
         g = op.gradient(x, torch.arange(2))
     assert torch.isfinite(g[0]).all() and torch.isnan(g[1]).all()
     assert torch.equal(op.calls, torch.tensor([2, 1]))  # g(0; b = 0) only where x is finite
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_balanced_columns_make_column_scaling_by_powers_of_two_exact(dtype):
+    P = sample(SpectrumFamily(n=N, d=D, cond=3.0), 3, 11, dtype)
+    cols = 2.0 ** torch.tensor([0, 5, -4])  # a spread of 9 binades: balanced
+    learner = LEARNERS[dtype]
+    x = learner.solve(P.A * cols, P.b)
+    assert learner.last_solve.converged.all()
+    for shift in (torch.tensor([3, -7, 2]), torch.tensor([-20, 0, 20])):
+        # the balanced problem the model sees is the same, so y is; x_j scales by 2^-shift_j
+        xs = learner.solve(P.A * cols * 2.0**shift, P.b)
+        assert torch.equal(xs, x * 2.0 ** -shift)
+    x_ref = reference.lstsq(P.A.double() * cols.double(), P.b.double())
+    assert (reference.relative_error(x, x_ref) <= 1e3 * torch.finfo(dtype).eps).all()
+    op = ExactOperator(P.A * cols, P.b)
+    assert op.balance_columns().all()
+    every = torch.arange(3)
+    assert torch.equal(op.from_equilibrated(op.to_equilibrated(x)), x)
+    g_ref = op.gradient(op.to_equilibrated(x_ref.to(dtype)), every).norm(dim=1)
+    g_zero = op.gradient(torch.zeros_like(x), every).norm(dim=1)
+    assert (g_ref <= 1e2 * torch.finfo(dtype).eps * g_zero).all()
+
+
+def test_balancing_keeps_the_minimum_norm_solution_of_rank_deficient_problems():
+    P = sample(RankDeficientFamily(n=N, d=D, rank=2), 4, 12, torch.float64)
+    A = P.A * 2.0 ** torch.tensor([0.0, 6.0, -5.0])  # unbalanced columns, still rank 2
+    op = ExactOperator(A, P.b)
+    assert not op.balance_columns().any()  # Lanczos finds M singular: left as it is
+    # at most d Lanczos steps and g(0; b = 0), twice (fewer where the Krylov space ends)
+    assert ((op.calls > 0) & (op.calls <= 2 * (D + 1))).all()
+    x, info = solve(ExactOperator(A, P.b), "cg")
+    assert info.converged.all()
+    x_ref = reference.lstsq(A, P.b, method="mpmath")
+    assert (reference.relative_error(x, x_ref) <= 1e-10).all()
+    # an under-determined problem is never balanced (and costs no call)
+    wide = sample(GaussianFamily(n=D, d=N), 2, 13, torch.float64)
+    op = ExactOperator(wide.A * 2.0 ** torch.arange(N), wide.b)
+    assert not op.balance_columns().any() and (op.calls == 0).all()
+
+
+def test_learned_operator_presents_short_problems_at_the_trained_length(monkeypatch):
+    learner = LEARNERS[torch.float64]
+    P = sample(GaussianFamily(n=N // 2, d=D), 3, 15, torch.float64)
+    lengths = []
+    forward = learner._raw_forward
+
+    def spy(A, b, x):
+        lengths.append(A.shape[1])
+        return forward(A, b, x)
+
+    monkeypatch.setattr(learner, "_raw_forward", spy)
+    x = learner.solve(P.A, P.b)
+    assert set(lengths) == {N}  # rows repeated N / n times: AᵀA/n, Aᵀb/n unchanged
+    x_ref = reference.lstsq(P.A, P.b, method="mpmath")
+    assert (reference.relative_error(x, x_ref) <= 1e3 * torch.finfo(torch.float64).eps).all()
+    lengths.clear()
+    odd = sample(GaussianFamily(n=N - 3, d=D), 3, 15, torch.float64)  # 5 does not divide 8
+    learner.solve(odd.A, odd.b)
+    assert set(lengths) == {N - 3}

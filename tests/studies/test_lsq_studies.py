@@ -8,6 +8,7 @@ import torch
 
 from neuralnum import reference
 from neuralnum.learner import Learner
+from neuralnum.operator_solvers import ExactOperator, LearnedOperator
 from neuralnum.problems import SpectrumFamily
 from neuralnum.recipe import Recipe
 from studies import iterative, ood, vs_scipy
@@ -126,10 +127,12 @@ def test_iterative_tables_and_trajectories():
 
 def _ood_result(median_gap_ratio=1e5, learned=15.0, exact=15.4):
     rows = [{"shift": "in-distribution", "learned_mse": 1e-31, "learned_gap": 1.0,
-             "learned_digits": 15.5, "exact_cg_digits": 15.6, "end_to_end_mse": 1e-5,
+             "learned_digits": 15.5, "construction_cg_digits": 15.5,
+             "exact_cg_digits": 15.6, "end_to_end_mse": 1e-5,
              "end_to_end_gap": 1.0, "gap_ratio": 1.0},
             {"shift": "cond=20", "learned_mse": 1e-30, "learned_gap": 10.0,
-             "learned_digits": learned, "exact_cg_digits": exact, "end_to_end_mse": 1e-3,
+             "learned_digits": learned, "construction_cg_digits": 15.1,
+             "exact_cg_digits": exact, "end_to_end_mse": 1e-3,
              "end_to_end_gap": 100.0, "gap_ratio": 10.0}]
     return {"mode": "quick", "problems": 32, "rows": rows,
             "median_gap_ratio": median_gap_ratio}
@@ -145,4 +148,25 @@ def test_ood_verdict_thresholds_and_tables():
     result["verdicts"] = ood.verdicts(result)
     text = ood.tables(result)
     assert text.startswith("`python3 -m studies.ood --quick`")
-    assert "| cond=20 | 1.00e-30 | 10 | 15.0 | 15.4 | 1.00e-03 | 100 | 10 |" in text
+    assert "| cond=20 | 1.00e-30 | 10 | 15.0 | 15.1 | 15.4 | 1.00e-03 | 100 | 10 |" in text
+
+
+def test_construction_twin_is_the_learners_architecture_with_exact_weights():
+    from studies.lsq_common import construction_twin
+
+    learner = Learner("linear_attention", "gd", Recipe(), n=8, d=3, seed=1)
+    twin = construction_twin(learner)
+    same = {k: v for k, v in learner.arch_config.items() if k != "seed"}
+    assert {k: twin.arch_config[k] for k in same} == same and (twin.n, twin.d) == (8, 3)
+    P = SpectrumFamily(n=8, d=3, cond=3.0).sample(4, torch.Generator().manual_seed(0),
+                                                    torch.float64)
+    x, every = torch.randn(4, 3, dtype=torch.float64), torch.arange(4)
+    exact = ExactOperator(P.A, P.b).gradient(x, every)
+    with torch.no_grad():
+        assert torch.allclose(LearnedOperator(twin, P.A, P.b).gradient(x, every), exact,
+                              rtol=0, atol=1e-13)
+        assert not torch.allclose(LearnedOperator(learner, P.A, P.b).gradient(x, every),
+                                  exact, rtol=0, atol=1e-3)
+    with pytest.raises(ValueError, match="architecture name"):
+        construction_twin(Learner(torch.nn.Identity(), "gd", Recipe(), n=8, d=3,
+                                  d_model=7))
