@@ -41,18 +41,13 @@ from typing import NamedTuple
 import torch
 
 from kernels import monarch_matmul
+from neuralnum.validation import check_positive_int
 
 __all__ = ["FACTOR_DTYPES", "MonarchMatrix", "MonarchShape", "Projection", "project"]
 
 FACTOR_DTYPES: tuple[torch.dtype, ...] = (
     torch.bfloat16, torch.float32, torch.float64, torch.complex64, torch.complex128,
 )
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -67,9 +62,9 @@ class MonarchShape:
     @classmethod
     def for_features(cls, in_features: int, out_features: int, nblocks: int) -> MonarchShape:
         """The module's rule (see the module docstring); ``ValueError`` when it cannot apply."""
-        n_in = _positive_int(in_features, "in_features")
-        n_out = _positive_int(out_features, "out_features")
-        nb = _positive_int(nblocks, "nblocks")
+        n_in = check_positive_int(in_features, "in_features")
+        n_out = check_positive_int(out_features, "out_features")
+        nb = check_positive_int(nblocks, "nblocks")
         if n_in % nb:
             raise ValueError(f"nblocks={nb} must divide in_features={n_in}")
         if min(n_in, n_out) % nb:
@@ -180,7 +175,7 @@ class MonarchMatrix:
     ) -> MonarchMatrix:
         """Standard-normal factors scaled so entries of ``M x`` have variance ≈ ``|x|²/n_in``."""
         blocks = MonarchShape.for_features(in_features, out_features, nblocks)
-        lead = () if _positive_int(rank, "rank") == 1 else (rank,)
+        lead = () if check_positive_int(rank, "rank") == 1 else (rank,)
         if dtype not in FACTOR_DTYPES:
             raise TypeError(f"dtype must be one of {FACTOR_DTYPES}, got {dtype}")
 
@@ -219,7 +214,7 @@ class MonarchMatrix:
         The dense equivalent costs ``2 · batch · in · out``; the ratio is
         ``in·out / num_params()`` (32 for ``n = 4096`` with 64 blocks).
         """
-        return 2 * _positive_int(batch, "batch") * self.num_params()
+        return 2 * check_positive_int(batch, "batch") * self.num_params()
 
     # ------------------------------------------------------------------ products
     def _check_operand(self, x: torch.Tensor, n: int, name: str) -> None:
@@ -299,7 +294,7 @@ def project(W: torch.Tensor, nblocks: int, rank: int = 1) -> Projection:
     if not torch.isfinite(W).all():
         raise ValueError("W contains NaN or Inf")
     b = MonarchShape.for_features(W.shape[1], W.shape[0], nblocks)
-    r = _positive_int(rank, "rank")
+    r = check_positive_int(rank, "rank")
     if r > min(b.s, b.p):
         raise ValueError(f"rank={r} exceeds min(s, p)={min(b.s, b.p)}, the size of each "
                          f"{b.s}×{b.p} slice")

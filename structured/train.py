@@ -55,8 +55,8 @@ from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_ba
 from structured.mixer import LINEAR_KINDS
 from structured.models import ARCHS, ModelConfig, build_model
 
-__all__ = ["FORMAT", "PRECISIONS", "TASKS", "Task", "TrainConfig", "evaluate", "main",
-           "train"]
+__all__ = ["FORMAT", "PRECISIONS", "TASKS", "Task", "TrainConfig", "adamw_optimizer",
+           "evaluate", "main", "train"]
 
 FORMAT = "structured.train/2"
 TASKS = ("lm-causal", "lm-masked", "vision", "mqar")
@@ -275,8 +275,10 @@ def train(cfg: TrainConfig, *, stop_at: int | None = None,
         dist.close()
 
 
-def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices only (not on biases, norms, positions)."""
+def adamw_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The loop's AdamW for ``model`` at ``cfg``'s LR and betas: weight decay on matrices
+    only (not on biases, norms, positions). Public so that studies training models side
+    by side (``studies.monarch_gpt``) optimise them exactly as :func:`train` does."""
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -305,7 +307,7 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None,
     model = model.to(device=dist.device, dtype=cfg.dtype)
     name = name or type(model).__name__
     n_params = count_parameters(model)
-    optimizer = _optimizer(model, cfg)
+    optimizer = adamw_optimizer(model, cfg)
     schedule = Schedule(warmup=cfg.warmup, decay="cosine", horizon=cfg.steps,
                         min_factor=cfg.min_lr_factor)
     unit, per_sample = ("img", 1) if cfg.task == "vision" else ("tok", cfg.model.seq_len)

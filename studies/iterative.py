@@ -25,7 +25,7 @@ from neuralnum.operator_solvers import ExactOperator, LearnedOperator, solve
 from neuralnum.problems import family_from_name
 from neuralnum.runtime import make_generator
 from studies.lsq_common import PAPER, parse, train_solvers, training_summary
-from studies.study_io import figure, format_table, save_figure, write_report
+from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "iterative"
 E2E_FACTOR = 1e5
@@ -132,4 +132,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

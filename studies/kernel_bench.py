@@ -36,7 +36,7 @@ import kernels
 from kernels import long_conv_reference, monarch_matmul_reference, use_backend
 from neuralnum.runtime import make_generator, progress
 from studies import markdown as md
-from studies.study_io import figure_row, save_figure, study_parser, write_report
+from studies.study_io import figure_row, run_cli, save_figure, study_parser, write_report
 
 NAME = "kernel_bench"
 TARGETS = {"fused_vs_bmm": 1.5, "fraction_of_flop_ratio": 0.6, "conv_vs_fft": 2.0}
@@ -392,4 +392,4 @@ def _run(args: argparse.Namespace, mode: str, device: torch.device, result: dict
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -31,7 +31,7 @@ from triton.compiler import ASTSource
 from kernels import _triton_common, long_conv_triton, monarch_triton
 from neuralnum.runtime import progress
 from studies import markdown as md
-from studies.study_io import study_parser, write_report
+from studies.study_io import run_cli, study_parser, write_report
 
 NAME = "kernel_compile"
 SHARED_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in)
@@ -196,4 +196,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -23,7 +23,7 @@ import torch
 
 from studies import markdown as md
 from studies.kernel_bench import check_correctness
-from studies.study_io import figure, save_figure, study_parser, write_report
+from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "long_conv_lengths"
 LENGTHS = {"quick": (256, 8192, 16384), "full": (256, 8192, 16384, 32768, 65536)}
@@ -104,4 +104,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -25,6 +25,7 @@ from studies.m2_common import (
     lm_verdicts,
     study_args,
 )
+from studies.study_io import run_cli
 
 NAME = "m2_bert"
 PAPER = ("Fu et al. 2023: M2-BERT matches BERT GLUE with up to 27% fewer params; up to 9.1x "
@@ -44,4 +45,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -28,6 +28,7 @@ from studies.m2_common import (
     lm_verdicts,
     study_args,
 )
+from studies.study_io import run_cli
 
 NAME = "m2_lm"
 PAPER = "Fu et al. 2023: M2-GPT matches Transformer perplexity at 360M params on the PILE"
@@ -46,4 +47,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -23,7 +23,7 @@ from structured.models import ModelConfig
 from structured.train import TrainConfig
 from studies import markdown as md
 from studies.m2_common import plot_curves, study_args, train_run
-from studies.study_io import format_table, write_report
+from studies.study_io import format_table, run_cli, write_report
 
 NAME = "m2_vision"
 PAPER = {"M2-ViT-b": {"imagenet_top1": 79.5, "params_M": 45},
@@ -98,4 +98,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -46,12 +46,12 @@ from structured.models import ModelConfig, build_model, count_parameters
 from structured.train import (
     Task,
     TrainConfig,
-    _optimizer,  # the loop's AdamW grouping (no decay on vectors)
+    adamw_optimizer,
     evaluate,
     loss_and_correct,
 )
 from studies.m2_common import load_note, study_args
-from studies.study_io import figure_row, format_table, save_figure, write_report
+from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "monarch_gpt"
 TARGET_SPEEDUP = 1.5
@@ -199,7 +199,7 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
     (``params`` at the start; after densifying, ``params_final``).
     """
     models = {label: build(cfg, spec["nblocks"]) for label, spec in specs.items()}
-    optimizers = {label: _optimizer(m, cfg) for label, m in models.items()}
+    optimizers = {label: adamw_optimizer(m, cfg) for label, m in models.items()}
     out = {label: {"params": count_parameters(m), **flops_per_token(m, cfg), "records": []}
            for label, m in models.items()}
     clock = {label: [0.0, 0.0] for label in models}
@@ -223,7 +223,7 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
             wall, cpu = time.perf_counter(), time.process_time()
             if specs[label]["densify_at"] == step:
                 models[label] = densify(models[label])
-                optimizers[label] = _optimizer(models[label], cfg)
+                optimizers[label] = adamw_optimizer(models[label], cfg)
                 out[label]["params_final"] = count_parameters(models[label])
             out[label].setdefault("train_loss", []).append(
                 _step(models[label], optimizers[label], x, y, lr, cfg))
@@ -395,4 +395,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

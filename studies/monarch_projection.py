@@ -30,7 +30,7 @@ from torch import nn
 from neuralnum.runtime import make_generator, progress
 from structured import MonarchLinear, densify, project, sparsify
 from studies import markdown as md
-from studies.study_io import figure, save_figure, study_parser, write_report
+from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "monarch_projection"
 N = 256
@@ -267,4 +267,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -35,7 +35,7 @@ from torch import nn
 
 from neuralnum.runtime import progress
 from structured.layers import MonarchLinear
-from studies.study_io import figure, save_figure, study_parser, write_report
+from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "monarch_speed"
 PAPER = "Dao et al. 2022: 2n^1.5 vs n^2 multiply-adds, 32x fewer FLOPs at n = 4096"
@@ -247,4 +247,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -52,7 +52,7 @@ from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import load_note, matched, param_count, study_args, train_run
-from studies.study_io import figure_row, format_table, save_figure, write_report
+from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "mqar"
 TEST_SEED_OFFSET = 1000      # the test draw uses generator seed + 1 + this
@@ -363,4 +363,4 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

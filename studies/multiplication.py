@@ -46,7 +46,7 @@ from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDStep, OptimalStep
 from neuralnum.tokens import TokenLayout
 from studies import markdown as md
-from studies.study_io import figure, figure_row, save_figure, study_parser, write_report
+from studies.study_io import figure, figure_row, run_cli, save_figure, study_parser, write_report
 
 ARCHS = ("baseconv", "linear_attention", "transformer")
 POLYNOMIAL = ("baseconv", "linear_attention")
@@ -357,4 +357,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

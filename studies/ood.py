@@ -36,7 +36,7 @@ from studies.lsq_common import (
     train_solvers,
     training_summary,
 )
-from studies.study_io import figure, format_table, save_figure, write_report
+from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "ood"
 GAP_FACTOR = 1e4
@@ -168,4 +168,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

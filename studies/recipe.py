@@ -47,7 +47,7 @@ from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
 from neuralnum.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
-from studies.study_io import figure_row, format_table, save_figure, write_report
+from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "recipe"
 #: Issue 4's one-step MSE targets for the full recipe, per dtype.
@@ -351,4 +351,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -36,7 +36,7 @@ from neuralnum.reference import (
 from neuralnum.runtime import make_generator, progress
 from neuralnum.targets import GDSteps, OptimalStep, contraction_factor
 from studies import markdown as md
-from studies.study_io import figure, save_figure, study_parser, write_report
+from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "reference"
 FAMILIES = ("gaussian", "spectrum", "noisy", "scaled", "heavy_tailed", "rank_deficient",
@@ -225,4 +225,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

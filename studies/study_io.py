@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from neuralnum.cli import add_dataclass_arguments, add_modes
+from neuralnum.runtime import cli_defaults
 
-__all__ = ["figure", "figure_row", "format_table", "save_figure", "study_parser", "write_report"]
+__all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "study_parser",
+           "write_report"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,13 @@ class StudyOptions:
     """The options every study shares besides its mode (``--quick`` / ``--full`` / …)."""
 
     out: Path = Path("runs")  # output directory
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """A study's command-line entry: ``main()`` under the documented environment defaults
+    (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``: :func:`neuralnum.runtime.cli_defaults`)."""
+    with cli_defaults():
+        main()
 
 
 def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores (default)",

@@ -38,7 +38,7 @@ from neuralnum.problems import FAMILIES, family_from_name
 from neuralnum.recipe import Recipe
 from neuralnum.runtime import make_generator
 from studies.lsq_common import construction_twin, parse, train
-from studies.study_io import format_table, save_figure, write_report
+from studies.study_io import format_table, run_cli, save_figure, write_report
 
 NAME = "vs_scipy"
 SOLVERS = ("scipy", "learned_cg", "construction_cg", "learned_chebyshev", "learned_gd",
@@ -276,4 +276,4 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

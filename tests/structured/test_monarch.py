@@ -51,13 +51,14 @@ def test_classic_square_monarch_and_counts():
 
 
 @pytest.mark.parametrize(
-    ("n_in", "n_out", "nblocks", "match"),
-    [(16, 16, 3, "must divide in_features"), (16, 6, 4, "min"),
-     (12, 20, 2, "must divide out_features"), (16, 16, 0, "positive int"),
-     (16, 16, True, "positive int"), (0, 4, 1, "in_features")],
+    ("n_in", "n_out", "nblocks", "error", "match"),
+    [(16, 16, 3, ValueError, "must divide in_features"), (16, 6, 4, ValueError, "min"),
+     (12, 20, 2, ValueError, "must divide out_features"),
+     (16, 16, 0, ValueError, "nblocks"), (16, 16, True, TypeError, "nblocks"),
+     (16, 16, 2.0, TypeError, "nblocks"), (0, 4, 1, ValueError, "in_features")],
 )
-def test_bad_block_configuration_is_named(n_in, n_out, nblocks, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_block_configuration_is_named(n_in, n_out, nblocks, error, match):
+    with pytest.raises(error, match=match):
         MonarchShape.for_features(n_in, n_out, nblocks)
 
 
