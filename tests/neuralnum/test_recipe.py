@@ -11,6 +11,7 @@ from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 from neuralnum.recipe import (
     ABLATIONS,
     AdaptiveLR,
+    AverageRestart,
     BatchSchedule,
     GradientFilter,
     PlateauDecay,
@@ -210,3 +211,23 @@ def test_cosine_similarity():
     assert cosine_similarity(a, [-t for t in a]) == pytest.approx(-1.0)
     assert cosine_similarity(a, [torch.zeros(2), torch.zeros(1)]) == 0.0
     assert math.isfinite(cosine_similarity(a, [torch.ones(2), torch.ones(1)]))
+
+
+def test_average_restart_begins_the_ema_at_ema_start():
+    model = torch.nn.Linear(1, 1, bias=False)
+    training = make_training(Recipe(weight_ema=0.9, ema_start=3), model, horizon=6)
+    restart = [h for h in training.hooks if isinstance(h, AverageRestart)]
+    assert len(restart) == 1 and restart[0].average is training.average
+    with torch.no_grad():
+        for step in range(6):
+            model.weight.fill_(float(step))
+            training.average.update_parameters(model)
+            for hook in training.hooks:
+                hook.after_step(step, 0.0)
+    # steps 0-2 forgotten: the average restarts at step 3 (= 3), then 0.9·avg + 0.1·w
+    expected = 0.9 * (0.9 * 3.0 + 0.1 * 4.0) + 0.1 * 5.0
+    assert training.average.module.weight.item() == pytest.approx(expected, rel=1e-6)
+    plain = make_training(Recipe(weight_ema=0.9), model, horizon=6)
+    assert not any(isinstance(h, AverageRestart) for h in plain.hooks)
+    with pytest.raises(ValueError, match="ema_start"):
+        Recipe(weight_ema=0.9, ema_start=-1)
