@@ -49,6 +49,7 @@ __all__ = [
     "load_checkpoint",
     "make_generator",
     "progress",
+    "progress_shown",
     "restore_generator",
     "restore_training_state",
     "save_checkpoint",
@@ -153,6 +154,12 @@ def show_progress(enabled: bool) -> Iterator[None]:
         yield
     finally:
         _PROGRESS.reset(token)
+
+
+def progress_shown() -> bool:
+    """Whether :func:`progress` bars are shown here (the :func:`show_progress` setting); a
+    parent hands it to the worker processes it spawns, which do not inherit it."""
+    return _PROGRESS.get()
 
 
 def env_progress(environ: Mapping[str, str] = os.environ) -> bool:

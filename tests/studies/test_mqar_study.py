@@ -3,6 +3,7 @@
 import json
 from dataclasses import replace
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -153,3 +154,11 @@ def test_study_end_to_end(monkeypatch, tmp_path, single_thread):
     assert (tmp_path / "mqar.json").exists()
     assert (tmp_path / "mqar_accuracy_vs_width.png").exists()
     json.dumps(report)
+
+
+@pytest.mark.parametrize("shown", [False, True])
+def test_worker_jobs_carry_the_parents_progress_setting(shown):
+    from neuralnum.runtime import progress_shown, show_progress
+
+    with show_progress(not shown):  # the worker's own default must not leak through
+        assert mqar._star((progress_shown, (), shown)) is shown
