@@ -101,9 +101,10 @@ class Recipe:
     ``ema_start`` (default 0: from the init) restarts the weight average from the current
     weights at that step (:class:`AverageRestart`). ``finisher="lm"``: ``lm_problems``
     training problems (0: sized to 1.5× the rank of the Jacobian), ``lm_fresh`` fresh
-    problems monitored, initial damping ``lm_damping``,
-    linear solver ``lm_solver`` (``auto``/``cholesky``/``dual``/``cg``), wall budget
-    ``lm_minutes`` (0: none), geodesic acceleration ``lm_geodesic``; see
+    problems monitored, initial damping ``lm_damping``, linear solver ``lm_solver``
+    (``auto``/``cholesky``/``eigh``/``dual``/``cg``), wall budget ``lm_minutes`` (0:
+    none), geodesic acceleration ``lm_geodesic``, chord corrections per iteration
+    ``lm_corrections``; see
     :class:`neuralnum.finisher.FinisherSettings`.
     """
 
@@ -121,6 +122,7 @@ class Recipe:
     lm_solver: str = "auto"
     lm_minutes: float = 0.0
     lm_geodesic: bool = False
+    lm_corrections: int = 0
     # LR schedule
     warmup: int = 0
     lr_decay: str = "cosine"
@@ -213,7 +215,7 @@ class Recipe:
                 iterations=max(self.finisher_steps, 1), problems=self.lm_problems,
                 fresh=self.lm_fresh, minutes=self.lm_minutes,
                 lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver,
-                              geodesic=self.lm_geodesic))
+                              geodesic=self.lm_geodesic, corrections=self.lm_corrections))
         except ValueError as err:
             raise ValueError(f"lm_* recipe fields: {err}") from None
 

@@ -115,7 +115,7 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
     cli.main(["demo", "--arch", "baseconv", "--lm-minutes", "2", "--out",
               str(tmp_path / "d.pt")])
     assert seen["steps"] == 800
-    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 30)
+    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 100)
     assert seen["recipe"].lm_minutes == 2.0  # the user's --set wins
     cli.main(["demo", "--out", str(tmp_path / "e.pt")])  # linear attention: Adam only
     assert seen["steps"] == 6000 and seen["recipe"].finisher_steps == 0
@@ -124,6 +124,7 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
 def test_recipe_lm_fields_reach_the_finisher_settings():
     s = Recipe(finisher="lm", finisher_steps=7, lm_problems=900, lm_fresh=64,
                lm_damping=1e-2, lm_solver="dual", lm_minutes=3.0,
-               lm_geodesic=True).finisher_settings()
+               lm_geodesic=True, lm_corrections=2).finisher_settings()
     assert (s.iterations, s.problems, s.fresh, s.minutes) == (7, 900, 64, 3.0)
-    assert (s.lm.damping, s.lm.solver, s.lm.geodesic) == (1e-2, "dual", True)
+    assert (s.lm.damping, s.lm.solver, s.lm.geodesic, s.lm.corrections) == (
+        1e-2, "dual", True, 2)

@@ -44,17 +44,20 @@ def per_sample(x, y):
     return PerSampleProblem(residual, evaluate, (x, y), chunk=16)
 
 
-@pytest.mark.parametrize("kind, geodesic", [("functional", False), ("per_sample", False),
-                                            ("per_sample", True)])
-def test_fits_a_same_shape_teacher_to_machine_precision(kind, geodesic):
+@pytest.mark.parametrize("kind, geodesic, solver, corrections", [
+    ("functional", False, "auto", 0), ("per_sample", False, "auto", 0),
+    ("per_sample", True, "auto", 0), ("per_sample", False, "eigh", 0),
+    ("per_sample", True, "eigh", 2)])
+def test_fits_a_same_shape_teacher_to_machine_precision(kind, geodesic, solver, corrections):
     x, y, start = teacher_problem()
     problem = (FunctionalProblem(lambda t: net(t, x) - y, chunk=32) if kind == "functional"
                else per_sample(x, y))
-    lm = LevenbergMarquardt(problem, start, LMSettings(geodesic=geodesic))
+    lm = LevenbergMarquardt(problem, start, LMSettings(geodesic=geodesic, solver=solver,
+                                                       corrections=corrections))
     assert lm.loss > 1e-4
     records = lm.run(40, until=1e-28)
     assert lm.loss <= 1e-25, [r["loss"] for r in records]
-    assert lm.solver == "cholesky"
+    assert lm.solver == ("cholesky" if solver == "auto" else solver)
 
 
 def test_per_sample_and_functional_linearisations_agree():
@@ -89,6 +92,50 @@ def test_geodesic_acceleration_adds_the_second_order_correction():
     assert lm.theta.item() == pytest.approx(expected, rel=1e-12)
 
 
+def test_a_chord_correction_reuses_the_first_jacobian():
+    """``r(θ) = θ² − 4`` from 3 (``J = 6``): the step δ = −5/6, then one chord correction
+    ``−r(θ₁)/6`` with the Jacobian of θ = 3 (Newton would divide by ``2θ₁``)."""
+    problem = FunctionalProblem(lambda t: t ** 2 - 4)
+    for solver in ("cholesky", "eigh"):
+        settings = LMSettings(damping=1e-15, damping_floor=1e-15, solver=solver,
+                              corrections=1)
+        lm = LevenbergMarquardt(problem, torch.tensor([3.0], dtype=torch.float64), settings)
+        record = lm.step()
+        first = 3 - 5 / 6
+        assert record["corrections"] == 1
+        assert lm.theta.item() == pytest.approx(first - (first ** 2 - 4) / 6, rel=1e-12)
+
+
+def test_a_correction_that_raises_the_loss_is_not_kept():
+    """At the minimum after one exact step of a linear problem, no correction lowers the
+    loss: none is kept and θ is the least-squares answer."""
+    A, y, problem = linear_problem(30, 8)
+    settings = LMSettings(damping=1e-14, damping_floor=1e-14, solver="eigh", corrections=3)
+    lm = LevenbergMarquardt(problem, torch.zeros(8, dtype=torch.float64), settings)
+    before = lm.loss
+    record = lm.step()
+    assert record["accepted"] and record["corrections"] == 0
+    assert lm.loss < before
+    torch.testing.assert_close(lm.theta, torch.linalg.pinv(A) @ y, rtol=1e-9, atol=1e-9)
+
+
+def test_eigh_takes_the_minimum_norm_step_on_a_rank_deficient_jacobian():
+    """``J`` of rank 3 (10 parameters) at λ = 1e-30: the truncated eigendecomposition gives
+    the minimum-norm least-squares step ``J⁺ y``; Cholesky cannot factor ``JᵀJ + λD``."""
+    gen = torch.Generator().manual_seed(0)
+    A = torch.randn(40, 3, generator=gen, dtype=torch.float64) @ torch.randn(
+        3, 10, generator=gen, dtype=torch.float64)
+    y = torch.randn(40, generator=gen, dtype=torch.float64)
+    problem = FunctionalProblem(lambda t: A @ t - y)
+    tiny = LMSettings(damping=1e-30, damping_floor=1e-30, solver="eigh", eig_rtol=1e-12)
+    lm = LevenbergMarquardt(problem, torch.zeros(10, dtype=torch.float64), tiny)
+    assert lm.step()["rejects"] == 0
+    torch.testing.assert_close(lm.theta, torch.linalg.pinv(A) @ y, rtol=1e-8, atol=1e-8)
+    chol = LevenbergMarquardt(problem, torch.zeros(10, dtype=torch.float64),
+                              LMSettings(damping=1e-30, damping_floor=1e-30, max_rejects=1))
+    assert chol.step()["rejects"] == 1
+
+
 def test_float32_residuals_are_minimised_with_a_float64_master():
     x, y, start = teacher_problem()
     problem = FunctionalProblem(lambda t: (net(t.float(), x.float()) - y.float()).double(),
@@ -108,7 +155,8 @@ def linear_problem(m: int, p: int, seed: int = 0):
     return A, y, FunctionalProblem(lambda t: A @ t - y)
 
 
-@pytest.mark.parametrize("solver, m, p", [("cholesky", 30, 8), ("cg", 30, 8), ("dual", 6, 20),
+@pytest.mark.parametrize("solver, m, p", [("cholesky", 30, 8), ("eigh", 30, 8), ("cg", 30, 8),
+                                          ("dual", 6, 20),
                                           ("auto", 30, 8), ("auto", 6, 20)])
 def test_each_solver_finds_the_least_squares_answer(solver, m, p):
     """Linear residuals ``Aθ − y``: one step at tiny damping is the (minimum-norm, from
@@ -212,6 +260,7 @@ def test_resume_after_a_failed_step_keeps_the_damping_growth():
     ({"damping": 0.0}, "damping must be > 0"), ({"damping": -1.0}, "damping must be > 0"),
     ({"damping_floor": 1.0}, "damping_floor <= damping"), ({"solver": "qr"}, "solver"),
     ({"cg_iters": 0}, "cg_iters"), ({"shrink": 1.0}, "shrink"), ({"scaling": "x"}, "scaling"),
+    ({"corrections": -1}, "corrections"), ({"eig_rtol": 0.0}, "eig_rtol"),
 ])
 def test_bad_settings_raise(bad, match):
     with pytest.raises(ValueError, match=match):
