@@ -92,7 +92,8 @@ def test_tables_renders_every_row_and_verdict():
 
 def test_finisher_row_smoke():
     spec = {"arch": "linear_attention", "dtype": "float64", "start": "scratch",
-            "adam_steps": 50, "lm_after": 25, "lm_iterations": 3, "lm_minutes": 0.0}
+            "adam_steps": 50, "lm_after": 25, "lm_iterations": 3, "lm_minutes": 0.0,
+            "lm": {"solver": "eigh", "corrections": 1}}
     row = study.finisher_row(spec, family_from_name("spectrum"), 0)
     assert row["lm_curve"][0]["fresh_mse"] == pytest.approx(
         dict(row["adam_curve"])[25], rel=1e-9)  # LM starts from the Adam weights at 25
