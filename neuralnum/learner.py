@@ -49,8 +49,6 @@ __all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 FORMAT = "neuralnum.learner/2"
 
 
-
-
 class Learner:
     """A trainable learned solver step (or end-to-end predictor) for ``n × d`` problems.
 
