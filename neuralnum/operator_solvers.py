@@ -142,7 +142,7 @@ class Operator:
         balanced ``M`` nonsingular (``λ_min/λ_max > eps^⅔``) and its ``κ`` at least
         :data:`_BALANCE_GAIN` times smaller (``2(d + 1)`` operator calls per such problem).
         """
-        cols = torch.stack([_exponent(self.A[:, :, j]) for j in range(self.d)], dim=1)
+        cols = _exponent(self.A.transpose(1, 2).reshape(-1, self.n)).view(self.batch, self.d)
         spread = cols.amax(dim=1) - cols.amin(dim=1)
         candidate = (spread > 2) & (self.n >= self.d) & (self.d <= _LANCZOS_STEPS)
         if not candidate.any():

@@ -88,13 +88,13 @@ def _run_solvers(learner: Learner, twin: Learner, P: Any) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     x, seconds = _timed(lambda: _scipy(P))
     out["scipy"] = {"x": x, "seconds": seconds}
-    runs = [(f"learned_{m}", lambda: LearnedOperator(learner, P.A, P.b), m)
-            for m in ("cg", "chebyshev", "gd")]
-    runs.insert(1, ("construction_cg", lambda: LearnedOperator(twin, P.A, P.b), "cg"))
-    runs += [(f"exact_{m}", lambda: ExactOperator(P.A, P.b), m) for m in ("cg", "gd")]
-    for name, make, method in runs:
-        (x, info), seconds = _timed(lambda make=make, method=method: solve(make(), method,
-                                                                            warn=False))
+    operators = {"learned": lambda: LearnedOperator(learner, P.A, P.b),
+                 "construction": lambda: LearnedOperator(twin, P.A, P.b),
+                 "exact": lambda: ExactOperator(P.A, P.b)}
+    for name in SOLVERS[1:]:  # "<operator>_<method>"
+        kind, method = name.split("_")
+        (x, info), seconds = _timed(lambda kind=kind, method=method: solve(
+            operators[kind](), method, warn=False))
         out[name] = {"x": x, "info": info, "seconds": seconds}
     return out
 

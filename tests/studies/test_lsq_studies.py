@@ -170,3 +170,16 @@ def test_construction_twin_is_the_learners_architecture_with_exact_weights():
     with pytest.raises(ValueError, match="architecture name"):
         construction_twin(Learner(torch.nn.Identity(), "gd", Recipe(), n=8, d=3,
                                   d_model=7))
+
+
+def test_vs_scipy_runs_every_solver_column_on_its_operator():
+    from studies.lsq_common import construction_twin
+
+    exact = Learner("linear_attention", "gd", Recipe(), n=8, d=3).init_construction()
+    P = SpectrumFamily(n=8, d=3, cond=3.0).sample(4, torch.Generator().manual_seed(0),
+                                                    torch.float64)
+    runs = vs_scipy._run_solvers(exact, construction_twin(exact), P)
+    assert list(runs) == list(vs_scipy.SOLVERS)
+    for name, run in runs.items():
+        assert (reference.relative_error(run["x"], runs["scipy"]["x"]) < 1e-9).all(), name
+        assert name == "scipy" or run["info"].method == name.split("_")[1]
