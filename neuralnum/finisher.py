@@ -117,8 +117,9 @@ def learner_problem(learner: Any, data: tuple[torch.Tensor, ...], chunk: int = 1
 
     def forward(net: torch.nn.Module, theta: torch.Tensor, dtype: torch.dtype,
                 tok: torch.Tensor, xs: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        out = functional_call(net, unflatten(theta, dtype), (tok.to(dtype),))
-        pred = objective.read(xs.to(dtype), out[:, -1, layout.x_slice])
+        delta = functional_call(net, unflatten(theta, dtype), (tok.to(dtype),),
+                                {"increment": True})
+        pred = objective.read(xs.to(dtype), delta[:, -1, layout.x_slice])
         return pred.to(torch.float64) - lab.to(torch.float64)
 
     def residual(theta: torch.Tensor, tok: torch.Tensor, xs: torch.Tensor,

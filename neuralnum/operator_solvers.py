@@ -226,9 +226,10 @@ class ExactOperator(Operator):
 class LearnedOperator(Operator):
     """``g`` from a learner's update model: its prediction of ``Aᵀ(Ax − b)/n``.
 
-    ``learner`` needs a ``_raw_forward(A, b, x) -> (B, d)`` (the
-    :class:`~neuralnum.learner.Learner` method: the model's gradient prediction, no
-    finiteness check — the solvers check and flag). The residual is *centred*:
+    ``learner`` needs a ``solver_forward()`` returning the prediction ``(A, b, x) ->
+    (B, d)`` to call (the :class:`~neuralnum.learner.Learner` method: the model's gradient
+    prediction, its attention heads in their least-rounding form, no finiteness check —
+    the solvers check and flag); it is taken once, here. The residual is *centred*:
     ``g(x) − g(0; b = 0)``, which removes a learned constant offset (measured: +0.1 to
     +0.4 digits for learned CG on the families the demo's learner was not trained on).
     """
@@ -236,6 +237,7 @@ class LearnedOperator(Operator):
     def __init__(self, learner: Any, A: torch.Tensor, b: torch.Tensor) -> None:
         super().__init__(A, b)
         self.learner = learner
+        self.predict = learner.solver_forward()
         self.center = True
 
     def _apply(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +246,7 @@ class LearnedOperator(Operator):
             # the model is most accurate at the length it was trained on: present the rows
             # n_train/n times over (AᵀA/n and Aᵀb/n are unchanged, exactly)
             A, b = A.repeat(1, trained // n, 1), b.repeat(1, trained // n)
-        return self.learner._raw_forward(A, b, x)
+        return self.predict(A, b, x)
 
 
 @dataclass

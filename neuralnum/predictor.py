@@ -120,7 +120,9 @@ def one_step_metrics(pred: torch.Tensor, label: torch.Tensor) -> dict[str, float
 
 class Predictor(nn.Module):
     """``(A: (B, n, d), b: (B, n), x: (B, d)) → (B, d)``: encode the tokens, run the token
-    model, read the last token's ``x`` slot through the objective (master dtype).
+    model for its increment (``model(tokens, increment=True)``: outputs − tokens, formed
+    without adding the tokens), read the last token's ``x`` slot of it through the
+    objective (master dtype).
 
     Under the ``"mixed"`` precision the token model runs in float32 on float32 copies of
     the float64 master weights (gradients flow back to the masters).
@@ -147,10 +149,11 @@ class Predictor(nn.Module):
             weights = {k: v.to(dtype) if v.is_floating_point() else v
                        for k, v in [*self.model.named_parameters(),
                                     *self.model.named_buffers()]}
-            out = functional_call(self.compute[0], weights, (tokens.to(dtype),))
+            delta = functional_call(self.compute[0], weights, (tokens.to(dtype),),
+                                    {"increment": True})
         else:
-            out = self.model(tokens)
-        if out.shape != tokens.shape:
-            raise ValueError(f"model output shape {tuple(out.shape)} != token shape "
+            delta = self.model(tokens, increment=True)
+        if delta.shape != tokens.shape:
+            raise ValueError(f"model output shape {tuple(delta.shape)} != token shape "
                              f"{tuple(tokens.shape)}")
-        return self.objective.read(x, out[:, -1, layout.x_slice].to(self.precision.param_dtype))
+        return self.objective.read(x, delta[:, -1, layout.x_slice].to(self.precision.param_dtype))

@@ -12,10 +12,12 @@ operator ``Aᵀ(Ax − b)/n``). Every solution is judged against the mpmath mini
 solution of the stored (rounded) problem. Columns: median and worst digits, model calls
 (median / max), wall time per problem batch, and the normal-equations bound ``κ(A)²·u``
 (as digits), which any method that sees ``A`` only through ``AᵀA`` cannot beat. So a gap
-between learned and construction CG is training's, one between construction and exact
-CG is the architecture's arithmetic (linear attention forms ``AᵀA x − Aᵀb``, whose
-rounding error ``M⁻¹`` amplifies by ``κ²``, where ``Aᵀ(Ax − b)`` rounds like ``Aᵀδr``,
-amplified by ``κ``), and one between exact CG and scipy is the algorithm's. Writes
+between learned and construction CG is the learned weights' (training, and the gauge the
+weights landed in: rotating the construction's Q and K by an orthogonal matrix, the same
+function, costs as much), one between construction and exact CG is the architecture's
+arithmetic (none since the model's increment is read without rounding it at the
+iterate's scale: the construction forms each residual ``a_sᵀx − b_s`` as one score, like
+``Aᵀ(Ax − b)``), and one between exact CG and scipy is the algorithm's. Writes
 ``vs_scipy.json`` and ``vs_scipy_digits_vs_calls.png`` (digits vs model calls per family,
 float64, n = 20).
 """

@@ -193,9 +193,28 @@ class TokenModel(nn.Module):
             h = layer(h)
         return h
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, same dtype."""
+    def mix_increment(self, h: torch.Tensor) -> torch.Tensor:
+        """``mix(h) − h`` without forming ``h +`` anything at the end: the layers'
+        increments (``layer.increment(h)``, with ``layer(h) = h + layer.increment(h)``)
+        summed in a stream of their own. Where the increment is far smaller than ``h``
+        (a residual model's update near a solution), ``mix(h) − h`` would keep only the
+        bits of the increment that survive rounding at ``h``'s scale; this keeps them all."""
+        total = torch.zeros_like(h)
+        for layer in self.layers:
+            step = layer.increment(h)
+            h, total = h + step, total + step
+        return total
+
+    def forward(self, tokens: torch.Tensor, *, increment: bool = False) -> torch.Tensor:
+        """``tokens: (B, L, d_model)`` → ``(B, L, d_model)``, same dtype.
+
+        ``increment=True``: the outputs minus the tokens, computed without adding the
+        tokens (:meth:`mix_increment`), so small updates of large inputs lose nothing to
+        rounding at the inputs' scale; how a residual read-out (``x − out_x``) gets its
+        full precision.
+        """
         u = self.check_input(tokens)
-        if not self.projected:
-            return self.mix(u)
-        return u + self.out_proj(self.mix(self.in_proj(u)))
+        if self.projected:
+            lifted = self.out_proj(self.mix(self.in_proj(u)))
+            return lifted if increment else u + lifted
+        return self.mix_increment(u) if increment else self.mix(u)

@@ -98,11 +98,15 @@ class BaseConvLayer(nn.Module):
         conv = long_conv if fft else causal_conv_direct
         return conv(z.transpose(1, 2), k).transpose(1, 2)
 
-    def forward(self, u: torch.Tensor) -> torch.Tensor:
+    def increment(self, u: torch.Tensor) -> torch.Tensor:
+        """What the layer adds to ``u``: ``(W₁u + c₁) ⊙ (k ∗ (W₂u) + c₂)``."""
         z = self.proj(u)
         if self.short is not None:
             z = self.short(z.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2)
-        return u + self.gate(u) * (self.long_conv(z) + self.conv_bias)
+        return self.gate(u) * (self.long_conv(z) + self.conv_bias)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        return u + self.increment(u)
 
 
 class BaseConv(TokenModel):

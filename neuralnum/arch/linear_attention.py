@@ -86,9 +86,13 @@ class LinearAttentionLayer(nn.Module):
             a = q @ (k.transpose(-1, -2) @ v)
         return a.transpose(1, 2).reshape(u.shape[0], u.shape[1], -1)
 
+    def increment(self, u: torch.Tensor) -> torch.Tensor:
+        """What the layer adds to ``u``: ``W_o A + b_o`` [``+ MLP(u + W_o A + b_o)``]."""
+        a = self.out(self.attend(u))
+        return a if self.mlp is None else a + self.mlp(u + a)
+
     def forward(self, u: torch.Tensor) -> torch.Tensor:
-        h = u + self.out(self.attend(u))
-        return h if self.mlp is None else h + self.mlp(h)
+        return u + self.increment(u)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -30,7 +30,8 @@ class Gaussian:
 
 
 class ScaledGradient(torch.nn.Module):
-    """Writes ``x − (w ⊙ mean_i a_i(a_iᵀx − b_i) + c)`` into the x slot of every token."""
+    """Writes ``x − (w ⊙ mean_i a_i(a_iᵀx − b_i) + c)`` into the x slot of every token
+    (``increment=True``: only the change, ``−(w ⊙ … + c)``, as a token model does)."""
 
     def __init__(self, n: int, d: int, init: float = 0.5):
         super().__init__()
@@ -38,14 +39,15 @@ class ScaledGradient(torch.nn.Module):
         self.w = torch.nn.Parameter(torch.full((d,), init))
         self.c = torch.nn.Parameter(torch.zeros(d))
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, *, increment: bool = False) -> torch.Tensor:
         a = tokens[..., self.layout.a_slice]
         b = tokens[..., self.layout.b_index]
         x = tokens[:, :1, self.layout.x_slice]
         r = (a * x).sum(-1) - b
         g = (a * r.unsqueeze(-1)).mean(dim=1, keepdim=True) * self.w + self.c
-        out = tokens.clone()
-        out[..., self.layout.x_slice] = (x - g).expand(-1, tokens.shape[1], -1)
+        out = torch.zeros_like(tokens) if increment else tokens.clone()
+        out[..., self.layout.x_slice] = (-g if increment else x - g).expand(
+            -1, tokens.shape[1], -1)
         return out
 
 

@@ -51,6 +51,14 @@ def test_shapes_dtypes_and_gradients(name, opts, dtype):
     assert count_parameters(model) == sum(p.numel() for p in model.parameters()) > 0
 
 
+@pytest.mark.parametrize(("name", "opts"), CASES)
+def test_the_increment_is_the_output_minus_the_tokens(name, opts):
+    model = _build(name, 7, 3, 9, torch.float64, seed=2, **opts)
+    tokens = _tokens(3, 9, 7, torch.float64)
+    delta = model(tokens, increment=True)
+    torch.testing.assert_close(delta, model(tokens) - tokens, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("name", "opts"), CASES)
 def test_causal_models_ignore_the_future(name, opts, dtype):

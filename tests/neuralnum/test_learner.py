@@ -325,3 +325,25 @@ def test_end_to_end_transformer_through_the_learner(tmp_path):
     path = learner.save(tmp_path / "t.pt")
     again = Learner.load(path)
     assert torch.equal(again.solve(P.A, P.b), learner.solve(P.A, P.b))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_the_prediction_is_not_rounded_at_the_iterates_scale(dtype):
+    # small A (1e-3), x = x* + 1e-2·z: the gradient Aᵀ(Ax − b)/n is ~1e-8 of |x|. Read as
+    # x − (x + Δx) it would carry an absolute error u·|x|, relative ~1e8·u (float32:
+    # garbage); the increment read-out keeps the construction's residual-first error,
+    # relative ~u/1e-2
+    learner = Learner("linear_attention", "gd", Recipe(dtype=NAME[dtype]), n=N,
+                      d=D).init_construction()
+    gen = torch.Generator().manual_seed(4)
+    A = 1e-3 * torch.randn(64, N, D, generator=gen, dtype=torch.float64)
+    x_star = torch.randn(64, D, generator=gen, dtype=torch.float64)
+    b = torch.einsum("bnd,bd->bn", A, x_star)
+    x = x_star + 1e-2 * torch.randn(64, D, generator=gen, dtype=torch.float64)
+    A, b, x = A.to(dtype), b.to(dtype), x.to(dtype)
+    label = torch.einsum("bnd,bn->bd", A.double(),
+                         torch.einsum("bnd,bd->bn", A.double(), x.double()) - b.double()) / N
+    with torch.no_grad():
+        pred = learner.forward(A, b, x).double()
+    rel = ((pred - label).norm(dim=1) / label.norm(dim=1)).median()
+    assert rel < 1e4 * torch.finfo(dtype).eps
