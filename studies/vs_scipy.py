@@ -12,9 +12,9 @@ operator ``Aᵀ(Ax − b)/n``). Every solution is judged against the mpmath mini
 solution of the stored (rounded) problem. Columns: median and worst digits, model calls
 (median / max), wall time per problem batch, and the normal-equations bound ``κ(A)²·u``
 (as digits), which any method that sees ``A`` only through ``AᵀA`` cannot beat. So a gap
-between learned and construction CG is the learned weights' (training, and the gauge the
-weights landed in: rotating the construction's Q and K by an orthogonal matrix, the same
-function, costs as much), one between construction and exact CG is the architecture's
+between learned and construction CG is the learned weights' (the solvers evaluate the
+model in its canonical gauge, :mod:`neuralnum.arch.canonical`, so what remains is
+training's), one between construction and exact CG is the architecture's
 arithmetic (none since the model's increment is read without rounding it at the
 iterate's scale: the construction forms each residual ``a_sᵀx − b_s`` as one score, like
 ``Aᵀ(Ax − b)``), and one between exact CG and scipy is the algorithm's. Writes
