@@ -30,11 +30,12 @@ def test_interpolative_factors_reproduce_a_low_rank_form(rank):
     assert torch.equal(T[pivots], torch.eye(5, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("width", [None, 12])   # the layers on the tokens, or lifted
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_canonical_heads_compute_the_same_function(dtype):
+def test_canonical_heads_compute_the_same_function(dtype, width):
     layout = TokenLayout(6, 3)
     config = LinearAttentionConfig(d_model=layout.width, n_layers=2, seq_len=6, n_heads=2,
-                                   head_dim=4)
+                                   head_dim=4, width=width)
     model = build_model(config, dtype=dtype, generator=make_generator(3))
     gen = torch.Generator().manual_seed(0)
     A = torch.randn(4, 6, 3, generator=gen, dtype=torch.float64)
