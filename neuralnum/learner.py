@@ -172,7 +172,9 @@ class Learner:
         if not isinstance(self.model, LinearAttention):
             return self._raw_forward
         weights = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
-        if self._canonical is None or not torch.equal(self._canonical[0], weights):
+        cached = None if self._canonical is None else self._canonical[0]
+        if (cached is None or (cached.device, cached.dtype) != (weights.device, weights.dtype)
+                or not torch.equal(cached, weights)):
             net = copy.deepcopy(self.net)
             canonicalize_attention(net.model, self.layout)
             self._canonical = (weights, net)

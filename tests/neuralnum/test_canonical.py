@@ -100,3 +100,6 @@ def test_the_canonical_copy_follows_the_weights():
     torch.testing.assert_close(learner.solver_forward()(P.A, P.b, x),
                                learner.forward(P.A, P.b, x), rtol=1e-12, atol=1e-14)
     assert not torch.allclose(first(P.A, P.b, x), learner.forward(P.A, P.b, x))
+    learner.net.to(torch.float32)   # moved (here: cast): the copy is rebuilt, no clash
+    assert learner.solver_forward().keywords["net"].model.layers[0].q.weight.dtype == \
+        torch.float32
