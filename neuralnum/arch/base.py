@@ -11,7 +11,10 @@ of trainable scalars is :func:`count_parameters`.
 A :class:`TokenModel` maps tokens ``u: (B, L, d_model)`` to outputs ``(B, L, d_model)``
 of the same dtype, with ``1 <= L <= seq_len``; ``d_model`` is the token width of
 :class:`neuralnum.tokens.TokenLayout`, so the next iterate is read with
-``layout.read_iterate(model(tokens))``. Internally a model works at ``width`` channels:
+``layout.read_iterate(model(tokens))``; ``model(tokens, increment=True)`` returns the
+outputs minus the tokens without ever adding the tokens (every residual layer exposes its
+``increment``), which is how the learners read a small update of a large iterate at full
+precision. Internally a model works at ``width`` channels:
 when ``width == d_model`` the layers act on the tokens directly (their residual stream
 *is* the output); otherwise a linear ``in_proj`` lifts the tokens to ``width`` channels
 and the output is ``u + out_proj(h)``.
