@@ -92,7 +92,8 @@ class Learner:
                             f"{type(arch).__name__}")
         self.layout = TokenLayout(n, d, width=d_model)
         self.net = Predictor(model, self.layout, self.objective, self.precision)
-        self._canonical: tuple[torch.Tensor, nn.Module] | None = None  # solver_forward's
+        # (the weights, the canonical copy of net made from them): solver_forward's cache
+        self._canonical: tuple[torch.Tensor, nn.Module] | None = None
         self.to(self.device)
         self.step_count = 0
         self.last_solve: SolveInfo | None = None
