@@ -324,8 +324,9 @@ class LevenbergMarquardt:
         r, theta = self.residual, self.theta
         if self.solver in ("cholesky", "eigh"):
             jtj, g = self.normal_matrix()
-            inverse = (_cholesky_inverse if self.solver == "cholesky" else _eigh_inverse)(
-                jtj, _scaling(jtj.diagonal(), self.settings.scaling), self.settings.eig_rtol)
+            scale = _scaling(jtj.diagonal(), self.settings.scaling)
+            inverse = (_cholesky_inverse(jtj, scale) if self.solver == "cholesky"
+                       else _eigh_inverse(jtj, scale, self.settings.eig_rtol))
             self._chord = (theta, inverse)
 
             def solve(lam: float) -> tuple[torch.Tensor, float] | None:
@@ -476,10 +477,10 @@ def _scaling(diag: torch.Tensor, kind: str) -> torch.Tensor:
     return diag.clamp_min(1e-12 * top)
 
 
-def _cholesky_inverse(jtj: torch.Tensor, diag: torch.Tensor, rtol: float,
+def _cholesky_inverse(jtj: torch.Tensor, diag: torch.Tensor,
                       ) -> Callable[[float], Callable[[torch.Tensor], torch.Tensor] | None]:
     """``λ -> (g -> (JᵀJ + λD)⁻¹ g)`` by a Cholesky factorisation per λ (None when it
-    fails: ``JᵀJ + λD`` not numerically positive definite). ``rtol`` is unused."""
+    fails: ``JᵀJ + λD`` not numerically positive definite)."""
     def inverse(lam: float) -> Callable[[torch.Tensor], torch.Tensor] | None:
         factor, info = torch.linalg.cholesky_ex(jtj + torch.diag(lam * diag))
         if info.item():
