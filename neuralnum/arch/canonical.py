@@ -37,6 +37,10 @@ from neuralnum.tokens import TokenLayout
 __all__ = ["canonicalize_attention", "interpolative_factors"]
 
 
+#: Relative error up to which an interpolative factorisation counts as exact.
+_EXACT = 1e3 * torch.finfo(torch.float64).eps
+
+
 def interpolative_factors(S: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``(T, S_I)`` with ``S ≈ T @ S_I``: ``S_I = S[I]`` for ``rank`` pivot rows ``I`` of
     ``S: (m, m)`` (column-pivoted QR of ``Sᵀ``), ``T: (m, rank)`` by least squares with
@@ -62,10 +66,6 @@ def _factors(S: torch.Tensor, rank: int, shared: torch.Tensor | None
         if (T @ S_I - sym).abs().max() <= _EXACT * S.abs().max():
             return T, S_I
     return interpolative_factors(S, rank)
-
-
-#: Relative error up to which an interpolative factorisation counts as exact.
-_EXACT = 1e3 * torch.finfo(torch.float64).eps
 
 
 @torch.no_grad()
