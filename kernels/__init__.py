@@ -39,18 +39,27 @@ __all__ = [
 
 
 def monarch_matmul(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor, *,
-                   backend: str | None = None) -> torch.Tensor:
+                   backend: str | None = None, feature_major: bool = False) -> torch.Tensor:
     """``y = P L Pᵀ R x``; see :mod:`kernels.monarch_reference` for the layout.
 
     Runs the fused Triton kernel (:mod:`kernels.monarch_triton`) when the dispatcher
     chooses Triton (``backend``: see :mod:`kernels.dispatch`), the two-``bmm`` reference
-    otherwise. Differentiable either way.
+    otherwise. Differentiable either way. ``y`` is contiguous, or with ``feature_major``
+    the ``.T`` of a contiguous ``(s·q, N)`` tensor: free on the reference path, one
+    transposing copy after the Triton kernel (which writes row-major).
     """
     if use_triton(x, R, L, backend=backend):
         from kernels.monarch_triton import monarch_matmul_triton
 
-        return monarch_matmul_triton(x, R, L)
-    return monarch_matmul_reference(x, R, L)
+        y = monarch_matmul_triton(x, R, L)
+        return _feature_major(y) if feature_major else y
+    return monarch_matmul_reference(x, R, L, feature_major=feature_major)
+
+
+def _feature_major(y: torch.Tensor) -> torch.Tensor:
+    """``y: (..., F)`` with the same values, as the ``.T`` of a contiguous ``(F, N)``."""
+    y2 = y.reshape(-1, y.shape[-1])
+    return y2.T.contiguous().T.reshape(y.shape)
 
 
 def long_conv(u: torch.Tensor, k: torch.Tensor, pre_gate: torch.Tensor | None = None,

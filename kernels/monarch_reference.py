@@ -14,25 +14,33 @@ Entry-wise, ``M[a·q + i, j·p + c] = L[i, a, j] · R[j, i, c]``: for each ``(i,
 Monarch of Dao et al. (``n = m²``) is ``k = p = q = s = m``.
 
 **How the permutations are folded away** (CPU path, :class:`_MonarchFunction`). The rows
-of ``x`` are processed in chunks of ``c`` rows (about 2¹⁹ activations per chunk, so that
-a chunk's intermediates stay in cache). Both batched matmuls write *contiguous* outputs,
+of ``x`` are processed in chunks of ``c`` rows (about 2¹⁸ activations per chunk, so that a
+chunk's intermediates stay in cache). Both batched matmuls write *contiguous* outputs,
 which is what lets torch hand them to MKL's batched GEMM (a strided output makes torch
-loop over the batch, one GEMM call per block: measured 10–25 % slower at n = 1024…4096);
-both permutations are strides of their operands:
+loop over the blocks, one GEMM call each: measured 1.3–1.5× slower); both permutations
+are strides of their operands:
 
-1. ``h: (k, q, c)`` — ``R (k, q, p) @ xᵀ (k, p, c)``; ``xᵀ`` is a view of ``x``
-   (column-major blocks, no copy).
-2. ``z: (q, c, s)`` — ``h`` read as ``(q, c, k)`` (a view: this is ``Pᵀ``) ``@ Lᵀ (q, k, s)``.
-3. ``y[chunk]`` viewed as ``(c·s, q)`` ``= zᵀ`` viewed as ``(q, c·s)`` — one cache-blocked
-   2-D transpose (``copy_`` of a transposed matrix), the only copy: ``P`` puts the block
-   index ``i`` innermost in ``y``, so no GEMM can write ``y`` directly (the output of
-   block ``i`` has stride ``q`` along both of its axes).
+1. ``h: (k, q, c)`` — ``R (k, q, p) @ xᵀ (k, p, c)``; ``xᵀ`` is a view of ``x`` whether
+   ``x`` is row-major or feature-major (below): no copy either way.
+2. ``z`` — ``L`` times ``h`` read as ``(q, k, c)`` (a view: this is ``Pᵀ``), then placed
+   by ``P``, in the layout asked for:
 
-The backward pass does the same: the output gradient is transposed once per chunk into
-``(s, q, c)`` and every other operand is a strided view (four batched matmuls, weight
-gradients accumulated over chunks with ``baddbmm``). Autocast is switched off inside:
-the multiply runs in the operands' dtype (:class:`structured.layers.MonarchLinear` casts
-to the autocast dtype itself).
+   * **row-major** ``y: (N, s·q)`` (the default): ``z: (q, c, s)``, and ``y[chunk]``
+     viewed as ``(c·s, q)`` ``= zᵀ`` viewed as ``(q, c·s)``, one cache-blocked 2-D
+     transpose per chunk. This copy cannot be avoided: ``P`` puts the block index ``i``
+     innermost in ``y``, so no GEMM can write ``y`` (the output of block ``i`` has stride
+     ``q`` along both of its axes).
+   * **feature-major** ``y`` (``feature_major=True``): ``y`` is the ``.T`` of a contiguous
+     ``(s·q, N)`` tensor ``yᵀ``, in which the output of block ``i`` has unit stride along
+     the rows: ``z: (q, s, c)`` is copied into ``yᵀ`` viewed as ``(q, s, N)`` in rows of
+     ``c`` values with unit stride on both sides (memcpy speed), and *no transposing copy*
+     is made. :meth:`structured.layers.MonarchLinear.forward_features_first` uses it.
+
+The backward pass needs ``gyᵀ`` with unit last stride: free when ``gy`` is
+feature-major, otherwise one copy per chunk into ``(s, q, c)``; every other operand is a
+strided view (four batched matmuls, weight gradients accumulated over chunks with
+``baddbmm``). Autocast is switched off inside: the multiply runs in the operands' dtype
+(:class:`structured.layers.MonarchLinear` casts to the autocast dtype itself).
 """
 
 from __future__ import annotations
@@ -42,8 +50,8 @@ from torch.autograd.function import once_differentiable
 
 __all__ = ["check_monarch_args", "chunk_rows", "monarch_matmul_reference"]
 
-#: Activations per chunk (rows × features): 2¹⁹ float32 values = 2 MiB.
-CHUNK_ELEMENTS = 1 << 19
+#: Activations per chunk (rows × features): 2¹⁸ float32 values = 1 MiB.
+CHUNK_ELEMENTS = 1 << 18
 
 
 def check_monarch_args(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> tuple[int, ...]:
@@ -69,18 +77,33 @@ def chunk_rows(features: int) -> int:
     return max(16, CHUNK_ELEMENTS // max(1, features))
 
 
-def monarch_matmul_reference(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-    """``y = P L Pᵀ R x`` for ``x: (..., k·p)``; returns ``(..., s·q)`` (contiguous), dtype
-    of ``x``; differentiable in ``x``, ``R`` and ``L``. Any strides are accepted."""
+def monarch_matmul_reference(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor, *,
+                             feature_major: bool = False) -> torch.Tensor:
+    """``y = P L Pᵀ R x`` for ``x: (..., k·p)``; returns ``(..., s·q)``, dtype of ``x``;
+    differentiable in ``x``, ``R`` and ``L``.
+
+    ``y`` is contiguous, or with ``feature_major`` the ``.T`` of a contiguous
+    ``(s·q, N)`` tensor (``N`` = rows of ``x``), which costs no transposing copy (see the
+    module docstring). Any strides of ``x`` are accepted: row-major and feature-major
+    ``x`` are read in place, others copied once.
+    """
     k, p, q, s = check_monarch_args(x, R, L)
     batch_shape = x.shape[:-1]
     x2 = x.reshape(-1, k * p)
-    if x2.shape[0] and x2.stride(-1) != 1:
+    if x2.shape[0] and not _gemm_readable(x2):
         x2 = x2.contiguous()
     if not torch.is_grad_enabled():      # nothing will be recorded: keep no hᵀ for backward
         x2, R, L = x2.detach(), R.detach(), L.detach()
-    y = _MonarchFunction.apply(x2, R, L)
+    y = _MonarchFunction.apply(x2, R, L, feature_major)
     return y.reshape(*batch_shape, s * q)
+
+
+def _gemm_readable(x: torch.Tensor) -> bool:
+    """Whether ``x: (N, F)`` is row-major or feature-major (one unit stride, the other
+    spanning it), so that its column blocks are GEMM operands as they are."""
+    (rows, features), (row_stride, feature_stride) = x.shape, x.stride()
+    return ((feature_stride == 1 and row_stride >= features)
+            or (row_stride == 1 and feature_stride >= rows))
 
 
 def _chunks(n: int, features: int) -> list[slice]:
@@ -89,18 +112,23 @@ def _chunks(n: int, features: int) -> list[slice]:
 
 
 class _MonarchFunction(torch.autograd.Function):
-    """``x: (N, k·p)`` with unit last stride → ``(N, s·q)``; see the module docstring."""
+    """``x: (N, k·p)``, row- or feature-major → ``(N, s·q)``, row-major or (with
+    ``feature_major``) feature-major; see the module docstring."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, R: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, R: torch.Tensor, L: torch.Tensor,
+                feature_major: bool) -> torch.Tensor:
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
         keep = ctx.needs_input_grad[2]                # h is needed for L's gradient
         chunks = _chunks(n, max(k * p, s * q))
         widest = max((rows.stop - rows.start for rows in chunks), default=0)
-        y = x.new_empty(n, s * q)
+        if feature_major:
+            y_t = x.new_empty(s * q, n)                              # yᵀ: y is its .T
+            y_blocks = y_t.view(s, q, n).transpose(0, 1)             # (q, s, n) view: P
+        else:
+            y = x.new_empty(n, s * q)
         with torch.autocast(x.device.type, enabled=False):
             R_c, L_c = R.contiguous(), L.contiguous()
-            L_t = L_c.transpose(1, 2)                                # (q, k, s) view
             # h of every chunk, chunk after chunk, each a contiguous (k, q, c) block
             h_all = x.new_empty(n * k * q) if keep else x.new_empty(widest * k * q)
             z_buf = x.new_empty(widest * q * s)
@@ -110,26 +138,32 @@ class _MonarchFunction(torch.autograd.Function):
                 h = (h_all[rows.start * k * q:rows.stop * k * q] if keep
                      else h_all[:c * k * q]).view(k, q, c)
                 torch.bmm(R_c, x_t, out=h)
-                z = torch.bmm(h.permute(1, 2, 0), L_t,               # (q, c, k) @ (q, k, s)
-                              out=z_buf[:q * c * s].view(q, c, s))
-                y[rows].view(c * s, q).copy_(z.view(q, c * s).T)     # blocked transpose
+                if feature_major:
+                    z = torch.bmm(L_c, h.transpose(0, 1),            # (q, s, k) @ (q, k, c)
+                                  out=z_buf[:q * s * c].view(q, s, c))
+                    y_blocks[:, :, rows].copy_(z)                    # rows of c, unit stride
+                else:
+                    z = torch.bmm(h.permute(1, 2, 0), L_c.transpose(1, 2),  # (q,c,k)@(q,k,s)
+                                  out=z_buf[:q * c * s].view(q, c, s))
+                    y[rows].view(c * s, q).copy_(z.view(q, c * s).T)  # blocked transpose
         ctx.save_for_backward(x, R_c, L_c, h_all if keep else None)
-        return y
+        return y_t.T if feature_major else y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, R, L, h_all = ctx.saved_tensors
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
-        need_x, need_R, need_L = ctx.needs_input_grad
+        need_x, need_R, need_L, _ = ctx.needs_input_grad
         gx = x.new_empty(n, k * p) if need_x else None
         gR = torch.zeros_like(R) if need_R else None
         gL = torch.zeros_like(L) if need_L else None
         with torch.autocast(x.device.type, enabled=False):
             for rows in _chunks(n, max(k * p, s * q)):
                 c = rows.stop - rows.start
-                gy_t = x.new_empty(s * q, c)
-                gy_t.copy_(gy[rows].T)                               # (s·q, c), one copy
+                gy_t = gy[rows].T                                    # (s·q, c)
+                if gy_t.stride(-1) != 1:
+                    gy_t = gy_t.contiguous()                         # one copy
                 gy_i = gy_t.view(s, q, c).transpose(0, 1)            # (q, s, c) view
                 if need_L:
                     h = h_all[rows.start * k * q:rows.stop * k * q].view(k, q, c)
@@ -143,4 +177,4 @@ class _MonarchFunction(torch.autograd.Function):
                 if need_x:
                     torch.bmm(gh_t.permute(1, 2, 0), R,              # (k, c, q) @ (k, q, p)
                               out=gx[rows].unflatten(1, (k, p)).transpose(0, 1))
-        return gx, gR, gL
+        return gx, gR, gL, None

@@ -53,6 +53,12 @@ def _check_input(x: torch.Tensor, in_features: int) -> None:
                          f"got shape {tuple(x.shape)}")
 
 
+def _check_features_first(x_t: torch.Tensor, in_features: int) -> None:
+    if not isinstance(x_t, torch.Tensor) or x_t.ndim != 2 or x_t.shape[0] != in_features:
+        raise ValueError(f"x_t must be ({in_features}, N), got "
+                         f"{getattr(x_t, 'shape', type(x_t).__name__)}")
+
+
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return y if bias is None else y + bias.to(y.dtype)
 
@@ -101,6 +107,20 @@ class MonarchLinear(nn.Module):
         dtype = _compute_dtype(x, self.R.dtype)
         y = monarch_matmul(x.to(dtype), self.R.to(dtype), self.L.to(dtype))
         return _add_bias(y, self.bias)
+
+    def forward_features_first(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The same map with features first: ``x_t: (in_features, N)`` → ``(out_features, N)``.
+
+        Equals ``self(x_t.T).T`` but comes out contiguous with no transposing copy of the
+        activations on the reference path: ``x_t`` is read where it lies and the multiply
+        writes its feature-major layout (:mod:`kernels.monarch_reference`). Any row range
+        of the result is contiguous too, e.g. the gate and value halves of a GLU.
+        """
+        _check_features_first(x_t, self.in_features)
+        dtype = _compute_dtype(x_t, self.R.dtype)
+        y = monarch_matmul(x_t.to(dtype).T, self.R.to(dtype), self.L.to(dtype),
+                           feature_major=True).T
+        return y if self.bias is None else y + self.bias.to(dtype)[:, None]
 
     @classmethod
     def from_dense(cls, linear: nn.Linear, nblocks: int = 4) -> MonarchLinear:
@@ -188,9 +208,7 @@ class BlockdiagLinear(nn.Module):
         tensor). Any row range of the result that whole blocks tile is contiguous too,
         e.g. the gate and value halves of a GLU.
         """
-        if not isinstance(x_t, torch.Tensor) or x_t.ndim != 2 or x_t.shape[0] != self.in_features:
-            raise ValueError(f"x_t must be ({self.in_features}, N), got "
-                             f"{getattr(x_t, 'shape', type(x_t).__name__)}")
+        _check_features_first(x_t, self.in_features)
         dtype = _compute_dtype(x_t, self.weight.dtype)
         b, o, i = self.weight.shape
         x_blocks = x_t.to(dtype).reshape(b, i, -1)

@@ -60,12 +60,13 @@ def make_linear(kind: str, in_features: int, out_features: int, *, nblocks: int 
 def features_first(layer: nn.Module, x_t: torch.Tensor) -> torch.Tensor:
     """A :func:`make_linear` layer applied features first: ``x_t: (in, N)`` → ``(out, N)``.
 
-    Equals ``layer(x_t.T).T``. Dense and block-diagonal layers compute it as one matmul
-    that reads ``x_t`` where it lies and writes a contiguous result, so channel ranges
-    of the output (a GLU's gate and value, the mixer's ``x1, x2, v``) are contiguous and
-    no transposing copy is made; a Monarch layer returns the transpose of its usual output.
+    Equals ``layer(x_t.T).T``. Every kind reads ``x_t`` where it lies and writes a
+    contiguous result, so channel ranges of the output (a GLU's gate and value, the
+    mixer's ``x1, x2, v``) are contiguous and no transposing copy is made: dense and
+    block-diagonal layers as one matmul, a Monarch layer through its feature-major
+    multiply (:meth:`~structured.layers.MonarchLinear.forward_features_first`).
     """
-    if isinstance(layer, BlockdiagLinear):
+    if isinstance(layer, BlockdiagLinear | MonarchLinear):
         return layer.forward_features_first(x_t)
     if isinstance(layer, nn.Linear):
         if layer.bias is None:

@@ -4,18 +4,28 @@
 
 For each ``n`` (square, no bias, float32; ``nblocks`` = the largest divisor of ``n`` not
 above ``√n``, the classic Monarch where ``n`` is a square: FLOP ratio 32× at 4096) it
-times the forward pass (no grad) and forward+backward (input and weight gradients) of
-``MonarchLinear`` and of ``nn.Linear``, alternating the two so that background load hits
-both alike (each timing window repeats the faster layer so that it lasts as long as one
-dense call). Reported: the **median** over the alternated repeats (speed-up = median
-dense time / median Monarch time, and that speed-up as a percentage of the FLOP ratio);
-the JSON also keeps the minimum. It then profiles one Monarch forward
-(``torch.profiler``) and prints each ATen op's share: batched matmuls versus copies.
+times ``MonarchLinear`` against ``nn.Linear`` in three races:
+
+* ``forward`` — ``layer(x)``, no grad, row-major ``x: (batch, n)`` in and out (the
+  Monarch pays one transposing copy per chunk: the permutation ``P`` cannot be written
+  by a GEMM in this layout, see :mod:`kernels.monarch_reference`);
+* ``forward_features_first`` — :func:`structured.mixer.features_first` on ``xᵀ: (n,
+  batch)``, no grad (the layout the M2 mixer and GLU run in: dense is one ``mm``, the
+  Monarch makes no transposing copy at all);
+* ``forward_backward`` — row-major, input and weight gradients.
+
+Each race alternates the two layers so that background load hits both alike (each
+timing window repeats the faster layer so that it lasts as long as one dense call).
+Reported: the **median** over the alternated repeats (speed-up = median dense time /
+median Monarch time, and that speed-up as a percentage of the FLOP ratio); the JSON also
+keeps the minimum. It then profiles one row-major Monarch forward (``torch.profiler``)
+and prints each ATen op's share: batched matmuls versus copies.
 Speed-ups are given on wall time and on process CPU time (medians too; the latter leaves
 out time spent descheduled by other processes, not their cache or core-sharing effects).
 
 Targets (issue 16; forward at batch 1024, one thread): at least 50% of the FLOP ratio at
-n = 2048 and 4096, 40% at 1024; forward+backward at least 33% at every size.
+n = 2048 and 4096, 40% at 1024, judged in each forward layout; forward+backward at least
+33% at every size.
 
 Timings on a shared machine are contaminated by other processes: the study records the
 thread count and the 1-minute load average beside the numbers.
@@ -35,6 +45,7 @@ from torch import nn
 
 from neuralnum.runtime import progress
 from structured.layers import MonarchLinear
+from structured.mixer import features_first
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "monarch_speed"
@@ -56,6 +67,16 @@ def _forward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     def run() -> object:
         with torch.no_grad():
             return layer(x)
+    return run
+
+
+def _forward_features_first(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """No-grad :func:`structured.mixer.features_first` on ``xᵀ`` (contiguous ``(n, batch)``)."""
+    x_t = x.T.contiguous()
+
+    def run() -> object:
+        with torch.no_grad():
+            return features_first(layer, x_t)
     return run
 
 
@@ -110,6 +131,11 @@ def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
     return [r for r in rows if r["share"] > 0.01]
 
 
+#: What is timed, dense against Monarch, each in its own alternated race.
+MODES = {"forward": _forward, "forward_features_first": _forward_features_first,
+         "forward_backward": _forward_backward}
+
+
 def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
     """Time every size with ``threads`` torch threads (restored afterwards)."""
     previous = torch.get_num_threads()
@@ -133,7 +159,7 @@ def _measure(n: int, batch: int, repeats: int) -> dict:
     x = torch.randn(batch, n, generator=gen)
     flop_ratio = dense.weight.numel() / monarch.monarch.num_params()
     row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
-    for mode, make in (("forward", _forward), ("forward_backward", _forward_backward)):
+    for mode, make in MODES.items():
         t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
         speedup = t["dense"]["median_s"] / t["monarch"]["median_s"]
         row[mode] = {**t, "speedup": speedup, "pct_of_flop_ratio": 100 * speedup / flop_ratio,
@@ -148,20 +174,20 @@ def _print(report: dict) -> None:
           f"contaminated by other processes; cpu = process CPU time, which leaves out "
           f"time spent descheduled but not cache or core sharing); median of "
           f"{report['repeats']} alternated repeats; %F = speed-up as % of the FLOP ratio")
-    print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} | {'fwd dense':>9} {'monarch':>8} {'wall':>5} "
-          f"{'%F':>4} {'cpu':>5} | {'f+b dense':>9} {'monarch':>8} {'wall':>5} {'%F':>4} "
-          f"{'cpu':>5}")
+    print(f"{'':>19} | " + " | ".join(f"{LABELS[mode]:^37}" for mode in MODES))
+    print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} " + "".join(
+        f"| {'dense':>9} {'monarch':>8} {'wall':>5} {'%F':>4} {'cpu':>5} " for _ in MODES))
     for r in report["results"]:
         cells = []
-        for mode in ("forward", "forward_backward"):
+        for mode in MODES:
             m = r[mode]
             dense_ms, monarch_ms = m["dense"]["median_s"] * 1e3, m["monarch"]["median_s"] * 1e3
             cells.append(f"{dense_ms:>7.1f}ms {monarch_ms:>6.1f}ms {m['speedup']:>4.1f}x "
                          f"{m['pct_of_flop_ratio']:>3.0f}% {m['cpu_speedup']:>4.1f}x")
-        print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>5.1f}x | {cells[0]} | {cells[1]}")
+        print(f"{r['n']:>5} {r['nblocks']:>6} {r['flop_ratio']:>5.1f}x | " + " | ".join(cells))
     for r in report["results"]:
         ops = ", ".join(f"{p['op']} {100 * p['share']:.0f}%" for p in r["profile_forward"])
-        print(f"n={r['n']} Monarch forward time by op: {ops}")
+        print(f"n={r['n']} Monarch forward (row-major) time by op: {ops}")
     print(f"paper: {report['paper']}")
     for target, met in report["verdicts"].items():
         print(f"{'MET' if met else 'NOT MET'}: {target}")
@@ -170,19 +196,23 @@ def _print(report: dict) -> None:
 #: Minimum forward speed-up as a percentage of the FLOP ratio, per size (issue 16).
 FORWARD_TARGETS = {1024: 40.0, 2048: 50.0, 4096: 50.0}
 FORWARD_BACKWARD_TARGET = 33.0
+#: How each mode is named in tables and verdicts.
+LABELS = {"forward": "forward (row-major)", "forward_features_first": "forward (features-first)",
+          "forward_backward": "forward+backward"}
 
 
 def verdicts(result: dict) -> dict[str, bool]:
     """Target name → met, from the median speed-ups as % of the FLOP ratio.
 
-    Forward: ``FORWARD_TARGETS`` at the sizes it names (missing size → not met);
-    forward+backward: ``FORWARD_BACKWARD_TARGET`` at every measured size.
+    Forward, in each layout: ``FORWARD_TARGETS`` at the sizes it names (missing size →
+    not met); forward+backward: ``FORWARD_BACKWARD_TARGET`` at every measured size.
     """
     rows = {r["n"]: r for r in result["results"]}
     out = {}
-    for n, pct in FORWARD_TARGETS.items():
-        got = rows[n]["forward"]["pct_of_flop_ratio"] if n in rows else float("-inf")
-        out[f"forward at n={n} >= {pct:g}% of the FLOP ratio"] = got >= pct
+    for mode in ("forward", "forward_features_first"):
+        for n, pct in FORWARD_TARGETS.items():
+            got = rows[n][mode]["pct_of_flop_ratio"] if n in rows else float("-inf")
+            out[f"{LABELS[mode]} at n={n} >= {pct:g}% of the FLOP ratio"] = got >= pct
     out[f"forward+backward >= {FORWARD_BACKWARD_TARGET:g}% of the FLOP ratio at every size"] = \
         bool(rows) and all(r["forward_backward"]["pct_of_flop_ratio"] >= FORWARD_BACKWARD_TARGET
                            for r in rows.values())
@@ -191,20 +221,20 @@ def verdicts(result: dict) -> dict[str, bool]:
 
 def tables(result: dict) -> str:
     """README Markdown: speed-ups (median of the alternated repeats) beside the FLOP ratio."""
+    repeats = result["repeats"]
     lines = [f"`python -m studies.monarch_speed` — batch {result['results'][0]['batch']}, "
              f"{result['threads']} thread(s), 1-min load average "
-             f"{result['load_average_1min']:.1f} (shared machine)", "",
-             f"| n | nblocks | FLOP ratio | forward speed-up (median of {result['repeats']}) "
-             f"| % of FLOP ratio | fwd+bwd speed-up (median of {result['repeats']}) "
-             f"| % of FLOP ratio |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             f"{result['load_average_1min']:.1f} (shared machine); speed-up = median dense "
+             f"time / median Monarch time over {repeats} alternated repeats", "",
+             "| n | nblocks | FLOP ratio | " + " | ".join(
+                 f"{LABELS[mode]} speed-up | % of FLOP ratio" for mode in MODES) + " |",
+             "|---:|---:|---:|" + "---:|---:|" * len(MODES)]
     for r in result["results"]:
-        f, b = r["forward"], r["forward_backward"]
-        lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | "
-                     f"{f['speedup']:.1f}x | {f['pct_of_flop_ratio']:.0f}% | "
-                     f"{b['speedup']:.1f}x | {b['pct_of_flop_ratio']:.0f}% |")
-    lines += ["", "Where one Monarch forward spends its time (self CPU time per ATen op, one "
-              "profiled call):", ""]
+        lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | " + " | ".join(
+            f"{r[mode]['speedup']:.1f}x | {r[mode]['pct_of_flop_ratio']:.0f}%"
+            for mode in MODES) + " |")
+    lines += ["", "Where one row-major Monarch forward spends its time (self CPU time per ATen "
+              "op, one profiled call):", ""]
     lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
                                             for p in r["profile_forward"])
               for r in result["results"]]
@@ -214,18 +244,20 @@ def tables(result: dict) -> str:
 
 
 def _plot(report: dict, path: Path) -> None:
+    """Wall-clock speed-ups (medians) per mode beside the FLOP ratio; the CPU-time
+    speed-ups are in the JSON and the printed table."""
     rows = report["results"]
     ns = [r["n"] for r in rows]
     fig, ax = figure()
     ax.plot(ns, [r["flop_ratio"] for r in rows], "k--o", label="FLOP ratio")
-    for mode, marker in (("forward", "o"), ("forward_backward", "s")):
-        for key, style in (("speedup", "-"), ("cpu_speedup", ":")):
-            ax.plot(ns, [r[mode][key] for r in rows], style + marker,
-                    label=f"{mode.replace('_', '+')} ({'wall' if key == 'speedup' else 'CPU'})")
+    for mode, marker in zip(MODES, "o^s", strict=True):
+        ax.plot(ns, [r[mode]["speedup"] for r in rows], "-" + marker, label=LABELS[mode])
     ax.set(xscale="log", yscale="log", xlabel="n (nblocks ≈ √n)", ylabel="dense / Monarch",
-           title=f"Monarch vs dense, batch {rows[0]['batch']}, {report['threads']} thread(s)")
-    ax.set_xticks(ns, [str(n) for n in ns])
-    ax.legend()
+           title=f"Monarch vs dense, batch {rows[0]['batch']}, {report['threads']} thread(s), "
+                 f"median of {report['repeats']}")
+    ax.set_xticks(ns, [str(n) for n in ns], minor=False)
+    ax.set_xticks([], minor=True)
+    ax.legend(loc="lower right")
     save_figure(fig, path)
 
 

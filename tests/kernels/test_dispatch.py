@@ -94,3 +94,16 @@ def test_unknown_backend_raises():
     with pytest.raises(ValueError, match="backend"):
         kernels.long_conv(*_conv_args(), backend="fast")
     assert env_backend({}) == "auto"
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_feature_major_monarch_on_every_backend(backend):
+    """``feature_major=True`` gives the same values as the ``.T`` of a contiguous tensor,
+    on the reference path and after the Triton kernel."""
+    x, R, L = _monarch_args()
+    x = x[:, None].expand(3, 5, -1)                          # batch (3, 5): 15 rows
+    y = kernels.monarch_matmul(x, R, L, backend=backend)
+    y_fm = kernels.monarch_matmul(x, R, L, backend=backend, feature_major=True)
+    assert y.is_contiguous() and y_fm.shape == y.shape == (3, 5, 8)
+    assert y_fm.reshape(15, 8).T.is_contiguous()
+    torch.testing.assert_close(y_fm, y, rtol=1e-5, atol=1e-5)

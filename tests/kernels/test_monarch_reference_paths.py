@@ -1,14 +1,19 @@
 """The reference Monarch multiply (permutations folded into strides, chunked rows) equals the
 plain dense product ``x @ M(R, L)ᵀ`` in value and in every gradient."""
 
+from functools import partial
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import monarch_reference
 from kernels.monarch_reference import monarch_matmul_reference
 from structured.monarch import MonarchMatrix
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
+#: Two multiplies in a row: values grow by about ``√(k·p)`` per factor, and so does rounding.
+CHAINED_TOL = {dtype: {key: 10 * tol for key, tol in tols.items()} for dtype, tols in TOL.items()}
 
 
 def _plain(x, R, L):
@@ -41,19 +46,26 @@ def _operands(dtype, k, p, q, s, batch, seed=0):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize(("k", "p", "q", "s"), [(3, 4, 5, 2), (1, 1, 1, 1), (4, 2, 3, 6)])
 @pytest.mark.parametrize("batch", [(7,), (3, 5), (1,)])
-def test_matches_plain_product_in_value_and_gradient(dtype, k, p, q, s, batch):
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_matches_plain_product_in_value_and_gradient(dtype, k, p, q, s, batch, feature_major):
     x, R, L, gy = _operands(dtype, k, p, q, s, batch, seed=k * 100 + p * 10 + q)
-    got = _values_and_grads(monarch_matmul_reference, x, R, L, gy)
+    multiply = partial(monarch_matmul_reference, feature_major=feature_major)
+    got = _values_and_grads(multiply, x, R, L, gy)
     want = _values_and_grads(_plain, x, R, L, gy)
-    assert got[0].shape == (*batch, s * q) and got[0].is_contiguous()
+    assert got[0].shape == (*batch, s * q)
+    if feature_major:
+        assert got[0].reshape(-1, s * q).T.is_contiguous()
+    else:
+        assert got[0].is_contiguous()
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
     with torch.no_grad():
-        torch.testing.assert_close(monarch_matmul_reference(x, R, L), want[0], **TOL[dtype])
+        torch.testing.assert_close(multiply(x, R, L), want[0], **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_many_chunks_odd_rows_and_noncontiguous_operands(monkeypatch, dtype):
+@pytest.mark.parametrize("feature_major", [False, True])
+def test_many_chunks_odd_rows_and_noncontiguous_operands(monkeypatch, dtype, feature_major):
     """Rows split over several chunks (the last one short); transposed / sliced inputs
     and factors; a non-contiguous output gradient."""
     monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
@@ -65,15 +77,63 @@ def test_many_chunks_odd_rows_and_noncontiguous_operands(monkeypatch, dtype):
     L_nc = L.permute(2, 0, 1).contiguous().permute(1, 2, 0)
     gy = torch.randn(s * q, 37, dtype=dtype).T                        # transposed gradient
     assert not (x_nc.is_contiguous() or R_nc.is_contiguous() or L_nc.is_contiguous())
-    got = _values_and_grads(monarch_matmul_reference, x_nc, R_nc, L_nc, gy)
+    multiply = partial(monarch_matmul_reference, feature_major=feature_major)
+    got = _values_and_grads(multiply, x_nc, R_nc, L_nc, gy)
     want = _values_and_grads(_plain, x, R, L, gy)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
     wide = torch.randn(37, k * p + 5, dtype=dtype)[:, 2: 2 + k * p]  # unit stride, row gap
     wide.copy_(x)
-    got = _values_and_grads(monarch_matmul_reference, wide, R, L, gy)
+    got = _values_and_grads(multiply, wide, R, L, gy)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+class _AtenOps(TorchDispatchMode):
+    """Records every ATen op dispatched inside the ``with`` block: its name and the
+    strides of its tensor arguments."""
+
+    def __enter__(self):
+        self.calls = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        strides = [a.stride() for a in args if isinstance(a, torch.Tensor)]
+        self.calls.append((func.overloadpacket.__name__, strides))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def ops(self) -> set[str]:
+        return {name for name, _ in self.calls}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch, dtype):
+    """With ``feature_major``, row-major and feature-major inputs (a Monarch's own output)
+    are read in place and the output is written without transposing: the forward
+    dispatches bmm, and its only copies move rows with unit stride on both sides."""
+    monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
+    k, p, q, s = 3, 4, 4, 3
+    x, R, L, _ = _operands(dtype, k, p, q, s, (37,), seed=2)
+    R2, L2 = R.transpose(1, 2).contiguous(), L.transpose(1, 2).contiguous()  # square chain
+    multiply = partial(monarch_matmul_reference, feature_major=True)
+    with torch.no_grad():
+        with _AtenOps() as first:
+            y = multiply(x, R, L)
+        with _AtenOps() as second:
+            z = multiply(y, R2, L2)
+    for recorded in (first, second):
+        assert "bmm" in recorded.ops
+        assert not {"clone", "_to_copy", "contiguous"} & recorded.ops
+        copies = [strides for name, strides in recorded.calls if name == "copy_"]
+        assert copies and all(st[-1] == 1 for strides in copies for st in strides)
+    assert y.T.is_contiguous()
+    gz = torch.randn_like(z)
+    want = _values_and_grads(lambda *t: _plain(_plain(*t), R2, L2), x, R, L, gz)
+    got = _values_and_grads(lambda *t: multiply(multiply(*t), R2, L2), x, R, L, gz)
+    torch.testing.assert_close(z, want[0], **CHAINED_TOL[dtype])
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **CHAINED_TOL[dtype])
 
 
 def test_partial_gradients_and_empty_batch():

@@ -144,13 +144,14 @@ def test_blockdiag_no_grad_path_matches_autograd_path_on_strided_input(dtype, bi
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls", LAYERS)
 @pytest.mark.parametrize("bias", [True, False])
-def test_blockdiag_features_first_is_the_transposed_map(dtype, bias):
+def test_features_first_is_the_transposed_map(dtype, cls, bias):
     torch.manual_seed(5)
-    layer = BlockdiagLinear(12, 20, 4, bias, dtype=dtype)
+    layer = cls(12, 24, 4, bias, dtype=dtype)
     x = torch.randn(7, 12, dtype=dtype)
     y_t = layer.forward_features_first(x.T)                  # x.T: a strided view
-    assert y_t.shape == (20, 7) and y_t.dtype == dtype and y_t.is_contiguous()
+    assert y_t.shape == (24, 7) and y_t.dtype == dtype and y_t.is_contiguous()
     assert rel(y_t, layer(x).T) < TOL[dtype]
     y_t.square().sum().backward()
     grads = [p.grad.clone() for p in layer.parameters()]
