@@ -32,10 +32,16 @@ def _check(u: torch.Tensor, k: torch.Tensor) -> None:
 
 
 def _toeplitz(k: torch.Tensor) -> torch.Tensor:
-    """``T[h, t, s] = k[h, t − s]`` for ``s ≤ t``, exact zeros above: ``(H, L, L)``, a
-    strided window view of ``k`` zero-padded in front."""
-    length = k.shape[-1]
-    return F.pad(k, (length - 1, 0)).unfold(-1, length, 1).flip(-1)
+    """``T[h, t, s] = k[h, t − s]`` for ``s ≤ t``, exact zeros above: ``(H, L, L)``,
+    gathered from ``k`` with one zero padded in front (index 0).
+
+    A gather rather than an ``unfold`` window view: ``unfold``'s backward has no
+    ``vmap`` batching rule, and the Levenberg–Marquardt finisher differentiates this
+    under ``vmap(jacrev)`` (the fallback loops over the batch).
+    """
+    steps = torch.arange(k.shape[-1], device=k.device)
+    lag = (steps[:, None] - steps[None, :]).clamp(min=-1) + 1        # 0: above the diagonal
+    return F.pad(k, (1, 0))[..., lag]
 
 
 def causal_conv_direct(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ Monarch of Dao et al. (``n = m²``) is ``k = p = q = s = m``.
 of ``x`` are processed in chunks of ``c`` rows (about 2¹⁸ activations per chunk, so that a
 chunk's intermediates stay in cache). Both batched matmuls write *contiguous* outputs,
 which is what lets torch hand them to MKL's batched GEMM (a strided output makes torch
-loop over the blocks, one GEMM call each: measured 1.3–1.5× slower); both permutations
+loop over the blocks, one GEMM call each: measured 1.4–1.8× slower); both permutations
 are strides of their operands:
 
 1. ``h: (k, q, c)`` — ``R (k, q, p) @ xᵀ (k, p, c)``; ``xᵀ`` is a view of ``x`` whether

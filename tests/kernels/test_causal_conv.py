@@ -65,3 +65,17 @@ def test_causal_long_conv_is_causal_bit_for_bit(length, frac, seed):
 def test_causal_long_conv_rejects_bad_shapes():
     with pytest.raises(ValueError, match="k: \\(H, L\\)"):
         causal_long_conv(torch.zeros(1, 2, 8), torch.zeros(2, 16))
+
+
+def test_direct_convolution_vmaps_without_the_batching_fallback(recwarn):
+    """The LM finisher takes per-sample Jacobians, ``vmap(jacrev)``, through the filter;
+    an op without a batching rule makes torch loop over the batch (and warn)."""
+    g = _gen(5)
+    u = torch.randn(4, 3, 6, generator=g, dtype=torch.float64)
+    k = torch.randn(3, 6, generator=g, dtype=torch.float64)
+    jac = torch.func.vmap(torch.func.jacrev(lambda kk, uu: causal_conv_direct(uu[None], kk)[0]),
+                          in_dims=(None, 0))(k, u)
+    assert not [w for w in recwarn if "batching rule" in str(w.message)]
+    for sample in range(4):
+        want = torch.func.jacrev(lambda kk, s=sample: causal_conv_direct(u[s:s + 1], kk)[0])(k)
+        torch.testing.assert_close(jac[sample], want)
