@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -34,12 +34,16 @@ PAPER: dict[str, str] = {
 
 
 def parse(name: str, doc: str, argv: Sequence[str] | None = None,
-          modes: dict[str, str] | None = None) -> argparse.Namespace:
+          modes: dict[str, str] | None = None,
+          configure: Callable[[argparse.ArgumentParser], None] | None = None,
+          ) -> argparse.Namespace:
     """``--quick`` (default; minutes on 2 CPU cores, one torch thread) or ``--full`` (paper
     scale, GPU, all threads), or one of ``modes``; ``--out`` (default ``runs/<name>``);
-    ``--seed``."""
+    ``--seed``; ``configure`` adds a study's own options to the parser."""
     parser = study_parser(name, doc, modes=modes)
     parser.add_argument("--seed", type=int, default=0)
+    if configure is not None:
+        configure(parser)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(torch.get_num_threads() if args.full else 1)

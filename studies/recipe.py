@@ -28,7 +28,10 @@ within the budget, the minutes the last five iterations' rate would need (an
 extrapolation, marked as such). On the 2-core budget BaseConv's LM phases stop after 6
 minutes (``lm_minutes``), so its "within 20 iterations" verdict can fail on the clock
 before 20 iterations ran (the table's LM-iterations column shows it). ``--finisher`` runs
-only these rows; ``--quick`` runs both groups.
+only these rows; ``--quick`` runs both groups. ``--rows ARCH/DTYPE/START ...`` picks
+finisher rows and ``--lm-minutes M`` sets BaseConv's LM budget (the iteration cap lifted):
+issue 13's from-scratch targets allow 30 minutes on 2 cores, i.e. ``--finisher --rows
+baseconv/float64/scratch --lm-minutes 29 --threads 2``.
 Writes ``recipe.json``, ``recipe_mse_vs_step.png`` and ``recipe_finisher.png``.
 """
 
@@ -111,10 +114,16 @@ def projected_seconds(records: list[dict], target: float, tail: int = 5) -> floa
     return math.log(target / mses[-1]) / math.log(rate) * per_iteration
 
 
-def finisher_grid(full: bool) -> list[dict[str, Any]]:
+def row_name(spec: dict[str, Any]) -> str:
+    """A finisher row's name for ``--rows``: ``arch/dtype/start``."""
+    return f"{spec['arch']}/{spec['dtype']}/{spec['start']}"
+
+
+def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str, Any]]:
     """The finisher rows' settings: arch, dtype, start, Adam steps (Adam-only run), the
-    step after which LM takes over, LM iterations, LM wall budget (minutes) and the LM
-    engine's settings. BaseConv from the construction uses the eigh route with 3 chord
+    step after which LM takes over, LM iterations, LM wall budget (minutes; BaseConv's 6
+    on a CPU, or ``lm_minutes`` — then also 1000 iterations, so the clock decides) and
+    the LM engine's settings. BaseConv from the construction uses the eigh route with 3 chord
     corrections per iteration (fresh MSE 1.7e-18 after 6 iterations where Cholesky had
     8.5e-16 after 7); from scratch Cholesky, which is 3x cheaper per iteration and there
     no worse per iteration."""
@@ -130,6 +139,10 @@ def finisher_grid(full: bool) -> list[dict[str, Any]]:
                          "adam_steps": (200_000 if full else 3000 if cheap else 1200),
                          "lm_after": 1000 if cheap else 800, "lm_iterations": 30,
                          "lm_minutes": 0.0 if cheap or full else 6.0, "lm": {}})
+    if lm_minutes is not None:
+        for row in rows:
+            if row["lm_minutes"]:
+                row.update(lm_minutes=lm_minutes, lm_iterations=1000)
     return rows
 
 
@@ -188,11 +201,11 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
     return row
 
 
-def finisher_rows(full: bool, family: Any, seed: int) -> list[dict[str, Any]]:
+def finisher_rows(specs: list[dict[str, Any]], family: Any, seed: int) -> list[dict[str, Any]]:
     rows = []
     columns = ["arch", "dtype", "start", "adam_only_mse", "lm_start_mse", "lm_mse",
                "lm_iterations_run", "seconds", "rank", "order"]
-    for spec in finisher_grid(full):
+    for spec in specs:
         rows.append(finisher_row(spec, family, seed))
         print(format_table(rows[-1:], columns).splitlines()[-1], flush=True)
     return rows
@@ -338,15 +351,52 @@ def finisher_figure(rows: list[dict], path: Any) -> None:
     save_figure(fig, path)
 
 
+def _finisher_options(parser: Any) -> None:
+    names = [row_name(spec) for spec in finisher_grid(False)]
+    parser.add_argument("--rows", nargs="+", choices=names, metavar="ARCH/DTYPE/START",
+                        help=f"finisher rows to run (default: all): {', '.join(names)}")
+    parser.add_argument("--lm-minutes", type=float, default=None,
+                        help="LM wall budget of the rows that have one (BaseConv; default 6), "
+                             "with the iteration cap lifted: e.g. 29 for issue 13's "
+                             "30-minute from-scratch targets")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: 1, or all with --full); issue 13's "
+                             "budgets are for 2 cores")
+
+
+def selected_specs(args: Any) -> list[dict[str, Any]]:
+    """The finisher rows ``args`` asks for (``--rows``, ``--lm-minutes``), in grid order."""
+    specs = finisher_grid(args.full, args.lm_minutes)
+    return [s for s in specs if args.rows is None or row_name(s) in args.rows]
+
+
+def command(args: Any) -> str:
+    """The command line that reproduces ``args`` (output directory aside)."""
+    mode = "full" if args.full else "finisher" if args.finisher else "quick"
+    parts = [f"python3 -m studies.recipe --{mode}"]
+    if args.rows:
+        parts.append("--rows " + " ".join(args.rows))
+    if args.lm_minutes is not None:
+        parts.append(f"--lm-minutes {args.lm_minutes:g}")
+    if args.threads is not None:
+        parts.append(f"--threads {args.threads}")
+    if args.seed:
+        parts.append(f"--seed {args.seed}")
+    return " ".join(parts)
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse("recipe", __doc__, argv,
-                 modes={"finisher": "only the LM finisher rows (issue 13)"})
+                 modes={"finisher": "only the LM finisher rows (issue 13)"},
+                 configure=_finisher_options)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     family = family_from_name("spectrum")
     rows, curves, grid = ([], {}, []) if args.finisher else adam_grid(args, family)
-    frows = finisher_rows(args.full, family, args.seed)
+    frows = finisher_rows(selected_specs(args), family, args.seed)
     finisher_figure(frows, args.out / "recipe_finisher.png")
     mode = "full" if args.full else "finisher" if args.finisher else "quick"
-    payload = {"mode": mode, "command": f"python3 -m studies.recipe --{mode}",
+    payload = {"mode": mode, "command": command(args),
                "seed": args.seed, "grid": grid, "rows": rows, "finisher_rows": frows,
                "paper": PAPER, "curves": curves}
     payload["verdicts"] = verdicts(payload)

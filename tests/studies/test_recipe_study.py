@@ -7,6 +7,7 @@ import torch
 
 from neuralnum.problems import family_from_name
 from studies import recipe as study
+from studies.lsq_common import parse
 
 
 @pytest.fixture(autouse=True)
@@ -99,3 +100,29 @@ def test_finisher_row_smoke():
         dict(row["adam_curve"])[25], rel=1e-9)  # LM starts from the Adam weights at 25
     assert row["lm_train_mse"] < row["lm_curve"][0]["train_mse"]
     assert row["rank"] <= row["parameters"]
+
+
+def _args(tmp_path, *argv):
+    return parse("recipe", "", ["--finisher", "--out", str(tmp_path), *argv],
+                 modes={"finisher": ""}, configure=study._finisher_options)
+
+
+def test_rows_and_lm_minutes_select_and_rebudget_finisher_rows(tmp_path):
+    grid = study.finisher_grid(False)
+    assert study.selected_specs(_args(tmp_path)) == grid
+    args = _args(tmp_path, "--rows", "baseconv/float32/scratch", "baseconv/float64/scratch",
+                 "--lm-minutes", "29", "--threads", "2")
+    specs = study.selected_specs(args)
+    assert [study.row_name(s) for s in specs] == ["baseconv/float64/scratch",
+                                                   "baseconv/float32/scratch"]  # grid order
+    for spec in specs:
+        base = next(g for g in grid if study.row_name(g) == study.row_name(spec))
+        assert spec == {**base, "lm_minutes": 29.0, "lm_iterations": 1000}
+    # rows without a wall budget (linear attention: cheap) keep their iteration caps
+    la = study.finisher_grid(False, 29.0)[-1]
+    assert la["arch"] == "linear_attention" and la["lm_minutes"] == 0.0
+    assert study.command(args) == ("python3 -m studies.recipe --finisher --rows "
+                                   "baseconv/float32/scratch baseconv/float64/scratch "
+                                   "--lm-minutes 29 --threads 2")
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--rows", "baseconv/float16/scratch")
