@@ -269,7 +269,7 @@ def _sci(value: float | None) -> str:
 
 def tables(result: dict) -> str:
     """README Markdown: the command, the finisher table, the Adam grid table, verdicts."""
-    lines = [f"`{result.get('command', COMMAND)}` (one run, seed {result.get('seed', 0)}; "
+    lines = [f"`{result.get('command', COMMAND)}` (seed {result.get('seed', 0)}; "
              "one-step MSE on 256 fresh problems, n = 20, d = 5, κ = 5; 2 shared CPU "
              "cores, wall times noisy)", ""]
     frows = result.get("finisher_rows", [])
