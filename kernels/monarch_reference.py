@@ -37,9 +37,11 @@ are strides of their operands:
      is made. :meth:`structured.layers.MonarchLinear.forward_features_first` uses it.
 
 The backward pass needs ``gyᵀ`` with unit last stride: free when ``gy`` is
-feature-major, otherwise one copy per chunk into ``(s, q, c)``; every other operand is a
-strided view (four batched matmuls, weight gradients accumulated over chunks with
-``baddbmm``). Autocast is switched off inside: the multiply runs in the operands' dtype
+feature-major, otherwise one copy per chunk into ``(s, q, c)``. The input gradient comes
+out in ``x``'s layout (feature-major for a feature-major ``x``, so that a features-first
+network stays in one layout backwards too); every other operand is a strided view (four
+batched matmuls, weight gradients accumulated over chunks with ``baddbmm``). Autocast is
+switched off inside: the multiply runs in the operands' dtype
 (:class:`structured.layers.MonarchLinear` casts to the autocast dtype itself).
 """
 
@@ -155,7 +157,9 @@ class _MonarchFunction(torch.autograd.Function):
         x, R, L, h_all = ctx.saved_tensors
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
         need_x, need_R, need_L, _ = ctx.needs_input_grad
-        gx = x.new_empty(n, k * p) if need_x else None
+        x_feature_major = x.stride(-1) != 1        # then gx is laid out like x (see below)
+        gx_t = x.new_empty(k * p, n) if need_x and x_feature_major else None
+        gx = gx_t.T if gx_t is not None else x.new_empty(n, k * p) if need_x else None
         gR = torch.zeros_like(R) if need_R else None
         gL = torch.zeros_like(L) if need_L else None
         with torch.autocast(x.device.type, enabled=False):
@@ -174,7 +178,10 @@ class _MonarchFunction(torch.autograd.Function):
                 if need_R:
                     gR.baddbmm_(gh_t.transpose(0, 1),                # (k, q, c) view
                                 x[rows].unflatten(1, (k, p)).transpose(0, 1))  # (k, c, p)
-                if need_x:
+                if need_x and x_feature_major:
+                    g = torch.bmm(R.transpose(1, 2), gh_t.transpose(0, 1))  # (k, p, c)
+                    gx_t.view(k, p, n)[:, :, rows].copy_(g)          # rows of c, unit stride
+                elif need_x:
                     torch.bmm(gh_t.permute(1, 2, 0), R,              # (k, c, q) @ (k, q, p)
                               out=gx[rows].unflatten(1, (k, p)).transpose(0, 1))
         return gx, gR, gL, None

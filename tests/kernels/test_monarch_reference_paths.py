@@ -136,6 +136,20 @@ def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch,
         torch.testing.assert_close(a, b, **CHAINED_TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_input_gradient_comes_out_in_the_inputs_layout(monkeypatch, dtype):
+    monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
+    k, p, q, s = 3, 4, 2, 5
+    x, R, L, gy = _operands(dtype, k, p, q, s, (37,), seed=3)
+    x_fm = x.T.contiguous().T                                         # feature-major
+    want = _values_and_grads(_plain, x, R, L, gy)
+    for leaf, feature_major in ((x, False), (x_fm, True)):
+        got = _values_and_grads(monarch_matmul_reference, leaf, R, L, gy)
+        assert got[1].T.is_contiguous() if feature_major else got[1].is_contiguous()
+        for a, b in zip(got, want, strict=True):
+            torch.testing.assert_close(a, b, **TOL[dtype])
+
+
 def test_partial_gradients_and_empty_batch():
     x, R, L, gy = _operands(torch.float64, 2, 3, 3, 2, (5,))
     want = _values_and_grads(_plain, x, R, L, gy)
