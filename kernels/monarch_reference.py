@@ -157,9 +157,8 @@ class _MonarchFunction(torch.autograd.Function):
         x, R, L, h_all = ctx.saved_tensors
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
         need_x, need_R, need_L, _ = ctx.needs_input_grad
-        x_feature_major = x.stride(-1) != 1        # then gx is laid out like x (see below)
-        gx_t = x.new_empty(k * p, n) if need_x and x_feature_major else None
-        gx = gx_t.T if gx_t is not None else x.new_empty(n, k * p) if need_x else None
+        gx = torch.empty_like(x) if need_x else None     # x's layout (dense x: its strides)
+        gx_feature_major = gx is not None and gx.stride(-1) != 1
         gR = torch.zeros_like(R) if need_R else None
         gL = torch.zeros_like(L) if need_L else None
         with torch.autocast(x.device.type, enabled=False):
@@ -178,9 +177,9 @@ class _MonarchFunction(torch.autograd.Function):
                 if need_R:
                     gR.baddbmm_(gh_t.transpose(0, 1),                # (k, q, c) view
                                 x[rows].unflatten(1, (k, p)).transpose(0, 1))  # (k, c, p)
-                if need_x and x_feature_major:
+                if gx_feature_major:
                     g = torch.bmm(R.transpose(1, 2), gh_t.transpose(0, 1))  # (k, p, c)
-                    gx_t.view(k, p, n)[:, :, rows].copy_(g)          # rows of c, unit stride
+                    gx.T.view(k, p, n)[:, :, rows].copy_(g)          # rows of c, unit stride
                 elif need_x:
                     torch.bmm(gh_t.permute(1, 2, 0), R,              # (k, c, q) @ (k, q, p)
                               out=gx[rows].unflatten(1, (k, p)).transpose(0, 1))

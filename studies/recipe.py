@@ -370,10 +370,13 @@ def selected_specs(args: Any) -> list[dict[str, Any]]:
     return [s for s in specs if args.rows is None or row_name(s) in args.rows]
 
 
+def _mode(args: Any) -> str:
+    return "full" if args.full else "finisher" if args.finisher else "quick"
+
+
 def command(args: Any) -> str:
     """The command line that reproduces ``args`` (output directory aside)."""
-    mode = "full" if args.full else "finisher" if args.finisher else "quick"
-    parts = [f"python3 -m studies.recipe --{mode}"]
+    parts = [f"python3 -m studies.recipe --{_mode(args)}"]
     if args.rows:
         parts.append("--rows " + " ".join(args.rows))
     if args.lm_minutes is not None:
@@ -395,8 +398,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, curves, grid = ([], {}, []) if args.finisher else adam_grid(args, family)
     frows = finisher_rows(selected_specs(args), family, args.seed)
     finisher_figure(frows, args.out / "recipe_finisher.png")
-    mode = "full" if args.full else "finisher" if args.finisher else "quick"
-    payload = {"mode": mode, "command": command(args),
+    payload = {"mode": _mode(args), "command": command(args),
                "seed": args.seed, "grid": grid, "rows": rows, "finisher_rows": frows,
                "paper": PAPER, "curves": curves}
     payload["verdicts"] = verdicts(payload)
