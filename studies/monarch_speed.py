@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from kernels.native_transpose import native_status
 from neuralnum.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
@@ -146,7 +147,7 @@ def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
         torch.set_num_threads(previous)
     return {"study": NAME, "threads": threads, "repeats": repeats,
             "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
-            "paper": PAPER, "results": results}
+            "transpose": native_status(), "paper": PAPER, "results": results}
 
 
 def _measure(n: int, batch: int, repeats: int) -> dict:
@@ -173,7 +174,8 @@ def _print(report: dict) -> None:
           f"load_avg_1min={report['load_average_1min']:.1f} (shared machine: timings are "
           f"contaminated by other processes; cpu = process CPU time, which leaves out "
           f"time spent descheduled but not cache or core sharing); median of "
-          f"{report['repeats']} alternated repeats; %F = speed-up as % of the FLOP ratio")
+          f"{report['repeats']} alternated repeats; %F = speed-up as % of the FLOP ratio; "
+          f"row-major transposes: {report['transpose']}")
     print(f"{'':>19} | " + " | ".join(f"{LABELS[mode]:^37}" for mode in MODES))
     print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} " + "".join(
         f"| {'dense':>9} {'monarch':>8} {'wall':>5} {'%F':>4} {'cpu':>5} " for _ in MODES))
@@ -225,7 +227,8 @@ def tables(result: dict) -> str:
     lines = [f"`python -m studies.monarch_speed` — batch {result['results'][0]['batch']}, "
              f"{result['threads']} thread(s), 1-min load average "
              f"{result['load_average_1min']:.1f} (shared machine); speed-up = median dense "
-             f"time / median Monarch time over {repeats} alternated repeats", "",
+             f"time / median Monarch time over {repeats} alternated repeats; row-major "
+             f"transposes by {_transpose_backend(result)}", "",
              "| n | nblocks | FLOP ratio | " + " | ".join(
                  f"{LABELS[mode]} speed-up | % of FLOP ratio" for mode in MODES) + " |",
              "|---:|---:|---:|" + "---:|---:|" * len(MODES)]
@@ -241,6 +244,13 @@ def tables(result: dict) -> str:
     lines += ["", "| target | met |", "|---|---|"]
     lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
     return "\n".join(lines)
+
+
+def _transpose_backend(result: dict) -> str:
+    """The row-major transposes' implementation, for the README (no machine paths)."""
+    status = result.get("transpose", "torch: not recorded")
+    return ("the compiled kernel (`kernels.native_transpose`)" if status.startswith("native")
+            else f"torch's strided copy ({status.removeprefix('torch: ')})")
 
 
 def _plot(report: dict, path: Path) -> None:

@@ -9,6 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import monarch_reference
 from kernels.monarch_reference import monarch_matmul_reference
+from kernels.native_transpose import native_status
 from structured.monarch import MonarchMatrix
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
@@ -134,6 +135,28 @@ def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch,
     torch.testing.assert_close(z, want[0], **CHAINED_TOL[dtype])
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, **CHAINED_TOL[dtype])
+
+
+@pytest.mark.skipif(not native_status().startswith("native"), reason=native_status())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_row_major_transposes_run_in_the_native_kernel(monkeypatch, dtype):
+    """Row-major, the output's and ``gyᵀ``'s transposing copies go to
+    :func:`kernels.native_transpose.transpose_into`: forward and backward dispatch no
+    ``copy_`` at all, and value and gradients equal the plain product."""
+    monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
+    k, p, q, s = 3, 4, 4, 3
+    x, R, L, gy = _operands(dtype, k, p, q, s, (37,), seed=4)
+    want = _values_and_grads(_plain, x, R, L, gy)
+    leaves = [_leaf(t) for t in (x, R, L)]
+    with _AtenOps() as forward:
+        y = monarch_matmul_reference(*leaves)
+    with _AtenOps() as backward:
+        y.backward(gy)
+    assert "bmm" in forward.ops and "bmm" in backward.ops
+    assert "copy_" not in forward.ops | backward.ops
+    assert y.is_contiguous()
+    for a, b in zip((y, *(t.grad for t in leaves)), want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -1,0 +1,152 @@
+"""The compiled 2-D transpose (``kernels.native_transpose``) equals ``src.T`` exactly, writes
+nothing outside ``dst``, really runs (no ATen copy dispatched), and falls back to torch's
+copy, with its reason, where it cannot be built."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from kernels import native_transpose
+from kernels.native_transpose import native_status, transpose_into
+
+NATIVE = native_status().startswith("native")
+needs_native = pytest.mark.skipif(not NATIVE, reason=native_status())
+
+
+class _AtenNames(TorchDispatchMode):
+    """Records the names of the ATen ops dispatched inside the ``with`` block."""
+
+    def __enter__(self):
+        self.names = []
+        return super().__enter__()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def _gapped(rows, cols, gap, dtype, seed):
+    """``(rows, cols)`` random view with unit column stride and ``gap`` spare columns per
+    row, and its zero-filled parent (to see writes outside the view)."""
+    parent = torch.randn(rows, cols + gap, dtype=dtype,
+                         generator=torch.Generator().manual_seed(seed))
+    return parent[:, gap // 2: gap // 2 + cols], parent
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 40), cols=st.integers(1, 140), src_gap=st.integers(0, 9),
+       dst_gap=st.integers(0, 9), threads=st.sampled_from([1, 2]),
+       dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_equals_the_transpose_and_writes_only_dst(rows, cols, src_gap, dst_gap, threads, dtype):
+    """Ragged edges (sizes not multiples of the 8×8 / 4×4 tiles), gapped leading strides
+    on both sides, one and two threads: ``dst`` is ``src.T`` bit for bit and the gaps of
+    its parent are untouched."""
+    src, _ = _gapped(rows, cols, src_gap, dtype, seed=rows * 1000 + cols)
+    dst_parent = torch.zeros(cols, rows + dst_gap, dtype=dtype)
+    dst = dst_parent[:, :rows]
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = transpose_into(src, dst)
+    finally:
+        torch.set_num_threads(previous)
+    assert out is dst
+    assert torch.equal(dst, src.T)
+    assert not dst_parent[:, rows:].any()
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_native_kernel_runs_instead_of_an_aten_copy(dtype):
+    """The kernel ran: a 1 MiB-sized transpose dispatches no ATen op at all (torch's
+    fallback would dispatch ``copy_``), and its result is exact."""
+    src = torch.randn(32, 4096, dtype=dtype)
+    dst = torch.empty(4096, 32, dtype=dtype)
+    with _AtenNames() as recorded:
+        transpose_into(src, dst)
+    assert recorded.names == []
+    assert torch.equal(dst, src.T)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_other_dtypes_use_torchs_copy(dtype):
+    src = torch.randn(9, 13).to(dtype)
+    dst = torch.empty(13, 9, dtype=dtype)
+    with _AtenNames() as recorded:
+        transpose_into(src, dst)
+    assert "copy_" in recorded.names
+    assert torch.equal(dst, src.T)
+
+
+def test_column_strided_operands_use_torchs_copy():
+    """A source without unit column stride (here a transposed view) is torch's business."""
+    src = torch.randn(20, 9).T                                       # (9, 20), strides (1, 9)
+    dst = torch.empty(20, 9)
+    with _AtenNames() as recorded:
+        transpose_into(src, dst)
+    assert "copy_" in recorded.names
+    assert torch.equal(dst, src.T)
+
+
+def test_bad_operands_name_the_problem():
+    with pytest.raises(ValueError, match=r"dst \(c, r\)"):
+        transpose_into(torch.zeros(3, 4), torch.zeros(3, 4))
+    with pytest.raises(ValueError, match=r"src \(r, c\)"):
+        transpose_into(torch.zeros(3), torch.zeros(3))
+    with pytest.raises(TypeError, match="share a dtype"):
+        transpose_into(torch.zeros(3, 4), torch.zeros(4, 3, dtype=torch.float64))
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """Forget the loaded library and build into an empty cache directory."""
+    monkeypatch.setenv("NEURALNUM_CACHE", str(tmp_path))
+    native_transpose._library.cache_clear()
+    yield tmp_path
+    native_transpose._library.cache_clear()
+
+
+def test_disabled_falls_back_with_its_reason(monkeypatch, fresh_build):
+    monkeypatch.setenv("NEURALNUM_NATIVE", "0")
+    assert native_status() == "torch: disabled by NEURALNUM_NATIVE=0"
+    src = torch.randn(17, 33)
+    assert torch.equal(transpose_into(src, torch.empty(33, 17)), src.T)
+    assert not list(fresh_build.iterdir())
+
+
+def test_failed_build_falls_back_with_the_compiler_error(monkeypatch, fresh_build, tmp_path):
+    failing = tmp_path / "failing-cc"
+    failing.write_text("#!/bin/sh\necho 'cc: fatal error: no such thing' >&2\nexit 1\n")
+    failing.chmod(0o755)
+    monkeypatch.setenv("CC", str(failing))
+    status = native_status()
+    assert status.startswith("torch: build failed") and "no such thing" in status
+    src = torch.randn(8, 8, dtype=torch.float64)
+    assert torch.equal(transpose_into(src, torch.empty(8, 8, dtype=torch.float64)), src.T)
+    assert not list(fresh_build.glob("*.so"))                        # nothing half-written
+
+
+def test_missing_compiler_falls_back(monkeypatch, fresh_build):
+    monkeypatch.setenv("CC", "no-such-compiler-anywhere")
+    assert native_status() == "torch: no C compiler ($CC or cc) on PATH"
+
+
+@needs_native
+def test_build_is_cached_under_a_key_of_source_flags_and_cpu(fresh_build):
+    """A fresh cache directory gets one library; loading again reuses it."""
+    first = native_status()
+    assert first.startswith(f"native: {fresh_build}")
+    native_transpose._library.cache_clear()
+    assert native_status() == first
+    assert len(list(fresh_build.glob("transpose-*.so"))) == 1
+
+
+@needs_native
+def test_profiles_name_the_kernel():
+    """Under ``torch.profiler`` the native call is a named range (the Monarch study's
+    profile shows its share); outside it no range is opened (``test_native_kernel_runs``)."""
+    with torch.profiler.profile() as profile:
+        transpose_into(torch.randn(16, 64), torch.empty(64, 16))
+    assert "neuralnum::transpose" in {event.key for event in profile.key_averages()}
