@@ -31,6 +31,7 @@ import torch
 
 from neuralnum.cli import add_dataclass_arguments, dataclass_from_args, without_option
 from neuralnum.evaluate import solve_report
+from neuralnum.finisher import TRAIN_PRECISIONS
 from neuralnum.learner import ARCHS, Learner
 from neuralnum.levenberg_marquardt import SOLVERS
 from neuralnum.problems import FAMILIES, family_from_name
@@ -41,7 +42,7 @@ __all__ = ["DEMO_FINISHER", "main", "print_report", "recipe_from_args"]
 
 _RECIPE_CHOICES = {"dtype": ("float32", "float64", "mixed"),
                    "lr_decay": ("none", "cosine", "step"), "finisher": FINISHERS,
-                   "lm_solver": SOLVERS}
+                   "lm_solver": SOLVERS, "lm_train_precision": TRAIN_PRECISIONS}
 
 #: Per architecture, the demo's Adam steps and recipe fields (flags given on the command
 #: line win over them): BaseConv's first-order tail is slow on a CPU, so the demo hands

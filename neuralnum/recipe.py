@@ -104,7 +104,8 @@ class Recipe:
     problems monitored, initial damping ``lm_damping``, linear solver ``lm_solver``
     (``auto``/``cholesky``/``eigh``/``dual``/``cg``), wall budget ``lm_minutes`` (0:
     none), geodesic acceleration ``lm_geodesic``, chord corrections per iteration
-    ``lm_corrections``; see
+    ``lm_corrections``, training-residual precision ``lm_train_precision``
+    (``float64``/``model``), dead-channel snapping threshold ``lm_snap_rtol`` (0: off); see
     :class:`neuralnum.finisher.FinisherSettings`.
     """
 
@@ -123,6 +124,8 @@ class Recipe:
     lm_minutes: float = 0.0
     lm_geodesic: bool = False
     lm_corrections: int = 0
+    lm_train_precision: str = "float64"
+    lm_snap_rtol: float = 1e-4
     # LR schedule
     warmup: int = 0
     lr_decay: str = "cosine"
@@ -214,6 +217,7 @@ class Recipe:
             return FinisherSettings(
                 iterations=max(self.finisher_steps, 1), problems=self.lm_problems,
                 fresh=self.lm_fresh, minutes=self.lm_minutes,
+                train_precision=self.lm_train_precision, snap_rtol=self.lm_snap_rtol,
                 lm=LMSettings(damping=self.lm_damping, solver=self.lm_solver,
                               geodesic=self.lm_geodesic, corrections=self.lm_corrections))
         except ValueError as err:

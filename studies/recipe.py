@@ -189,13 +189,15 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
            "lm_iterations_run": len(lm) - 1,
            "lm_seconds": round(lm[-1]["wall"], 1), "seconds": round(offset + lm[-1]["wall"], 1),
            "rank": report["rank"], "parameters": report["parameters"],
+           "snapped": len(report["snapped"]),
            "cond_jtj": report["cond_jtj"], "problems": report["problems"],
            "order": convergence_order([r["fresh_mse"] for r in lm]),
            "peak_mib": round(max(r["peak_mib"] for r in lm)),
            "target": target, "budget": budget,
            "projected_extra_seconds": (None if target is None
                                        else projected_seconds(lm, target)),
-           "lm_curve": [{k: r[k] for k in ("iteration", "train_mse", "fresh_mse", "damping",
+           "lm_curve": [{k: r[k] for k in ("iteration", "train_mse", "fresh_mse",
+                                             "fresh_mse_train_dtype", "damping",
                                              "step_norm", "wall")} for r in lm],
            "adam_curve": adam_curve, "adam_seconds_at_lm": round(offset, 1)}
     return row
@@ -275,17 +277,18 @@ def tables(result: dict) -> str:
     frows = result.get("finisher_rows", [])
     if frows:
         lines += ["| arch | dtype | start | Adam-only MSE (steps) | MSE at LM start | "
-                  "Adam → LM MSE | LM iterations | total s | rank J / params | κ(JᵀJ) | "
-                  "order | extra s to target (extrapolated) |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "Adam → LM MSE | train MSE | LM iterations | total s | rank J / params | "
+                  "κ(JᵀJ) | order | channels snapped | extra s to target (extrapolated) |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in frows:
             extra = r.get("projected_extra_seconds")
             lines.append(
                 f"| {r['arch']} | {r['dtype']} | {r['start']} | {_sci(r['adam_only_mse'])} "
                 f"({r['adam_steps']}) | {_sci(r['lm_start_mse'])} (step {r['lm_after']}) | "
-                f"{_sci(r['lm_mse'])} | {r['lm_iterations_run']} | {r['seconds']:.0f} | "
-                f"{r['rank']} / {r['parameters']} | {_sci(r['cond_jtj'])} | "
-                f"{r['order']:.2f} | {'–' if extra is None else _sci(float(extra))} |")
+                f"{_sci(r['lm_mse'])} | {_sci(r['lm_train_mse'])} | {r['lm_iterations_run']} | "
+                f"{r['seconds']:.0f} | {r['rank']} / {r['parameters']} | {_sci(r['cond_jtj'])} | "
+                f"{r['order']:.2f} | {r.get('snapped', '–')} | "
+                f"{'–' if extra is None else _sci(float(extra))} |")
         lines.append("")
     rows = result.get("rows", [])
     if rows:

@@ -98,12 +98,29 @@ class BaseConvLayer(nn.Module):
         conv = long_conv if fft else causal_conv_direct
         return conv(z.transpose(1, 2), k).transpose(1, 2)
 
-    def increment(self, u: torch.Tensor) -> torch.Tensor:
-        """What the layer adds to ``u``: ``(W₁u + c₁) ⊙ (k ∗ (W₂u) + c₂)``."""
+    def factors(self, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The gate ``W₁u + c₁`` and the convolution ``k ∗ (W₂u) + c₂``, each ``(B, L,
+        width)``."""
         z = self.proj(u)
         if self.short is not None:
             z = self.short(z.transpose(1, 2))[..., : u.shape[1]].transpose(1, 2)
-        return self.gate(u) * (self.long_conv(z) + self.conv_bias)
+        return self.gate(u), self.long_conv(z) + self.conv_bias
+
+    def increment(self, u: torch.Tensor) -> torch.Tensor:
+        """What the layer adds to ``u``: ``(W₁u + c₁) ⊙ (k ∗ (W₂u) + c₂)``."""
+        gate, conv = self.factors(u)
+        return gate * conv
+
+    @torch.no_grad()
+    def zero_factor(self, channel: int, factor: str) -> None:
+        """Set one channel's ``"gate"`` (its row of ``W₁`` and ``c₁``) or ``"conv"`` (its
+        row of ``W₂``, its filter and ``c₂``: zero whatever the short conv does) to exact
+        zeros, so that its increment is exactly zero."""
+        check_choice(factor, "factor", ("gate", "conv"))
+        params = ((self.gate.weight, self.gate.bias) if factor == "gate"
+                  else (self.proj.weight, self.filter, self.conv_bias))
+        for param in params:
+            param[channel] = 0
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return u + self.increment(u)
@@ -129,6 +146,40 @@ class BaseConv(TokenModel):
         self.projections()
         if config.init == "delta_sum":
             self._init_delta_sum()
+
+    @torch.no_grad()
+    def snap_dead_channels(self, tokens: torch.Tensor, rtol: float = 1e-4,
+                           ) -> list[tuple[int, int, str]]:
+        """Zero, exactly, the smaller factor of every channel whose increment is negligible;
+        returns ``(layer, channel, "gate" | "conv")`` per channel zeroed.
+
+        ``tokens: (B, L, d_model)`` in the model's dtype. A channel's increment ``(W₁u +
+        c₁) ⊙ (k ∗ W₂u + c₂)`` counts as negligible when its RMS over ``tokens`` is below
+        ``rtol`` × the largest of its layer. Training drives both factors of such a
+        channel towards zero together (the exact GD construction has 16 of 21 channels per
+        layer at exactly zero in both). There the zero-loss weights are two branches, gate
+        ≡ 0 or convolution ≡ 0, which cross where both vanish: the residual is quadratic
+        in the weights at the crossing and Gauss–Newton converges only linearly. Zeroing
+        the smaller factor puts the channel on one branch, where the other factor is
+        non-zero and the problem regular (:func:`neuralnum.finisher.finish_lm` does this
+        before its first iteration; measured there). Later layers see the snapped stream.
+        """
+        if not 0 < rtol < 1:
+            raise ValueError(f"rtol must be in (0, 1), got {rtol}")
+        h = self.check_input(tokens)
+        if self.projected:
+            h = self.in_proj(h)
+        snapped = []
+        for index, layer in enumerate(self.layers):
+            gate, conv = layer.factors(h)
+            rms = [t.pow(2).mean(dim=(0, 1)).sqrt() for t in (gate * conv, gate, conv)]
+            increment, gate_rms, conv_rms = rms
+            for channel in torch.nonzero(increment < rtol * increment.max()).flatten().tolist():
+                factor = "gate" if gate_rms[channel] <= conv_rms[channel] else "conv"
+                layer.zero_factor(channel, factor)
+                snapped.append((index, channel, factor))
+            h = layer(h)
+        return snapped
 
     @torch.no_grad()
     def _init_delta_sum(self) -> None:

@@ -8,7 +8,7 @@ import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.__main__ import main
-from neuralnum.finisher import FinisherSettings, LMFinisher, finish_lm
+from neuralnum.finisher import FinisherSettings, LMFinisher, _snap_dead_channels, finish_lm
 from neuralnum.fit import draw_problems
 from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
@@ -44,6 +44,26 @@ def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
                for prev, r in itertools.pairwise(records))
 
 
+def test_float32_model_trains_on_float64_residuals_and_reports_both():
+    """``train_precision="float64"`` (the default): a float32 learner's training residuals
+    are float64, so its training MSE falls below float32 rounding (to the float32-rounded
+    data's floor, 8.6e-16 here) while the fresh MSE of the float32 model stays at that
+    model's floor (1.6e-14); the growth rule compares the fresh MSE in float64 (2.6e-15)
+    with it, so the set stops growing once fitted. ``"model"``: the float32 loss decides, and the
+    training MSE stays at float32 level (1.2e-14)."""
+    learner = construction("float32")
+    records = finish_lm(learner, drawer(learner), FinisherSettings(iterations=10))["records"]
+    last = records[-1]
+    assert last["train_mse"] < 2e-15 < last["fresh_mse"] <= 1e-11
+    assert last["fresh_mse_train_dtype"] < last["fresh_mse"]
+    assert len({r["problems"] for r in records[-5:]}) == 1     # grown early, not since
+    learner = construction("float32")
+    settings = FinisherSettings(iterations=10, train_precision="model")
+    last = finish_lm(learner, drawer(learner), settings)["records"][-1]
+    assert last["train_mse"] > 5e-15 and last["fresh_mse"] <= 1e-11
+    assert last["fresh_mse"] == last["fresh_mse_train_dtype"]
+
+
 def test_lm_finisher_on_the_loop_seam():
     """The loop hands a finisher its task (learner, sample), generator and log."""
     learner = construction("float64")
@@ -76,6 +96,7 @@ def test_too_few_training_problems_raise_naming_the_fix():
 
 @pytest.mark.parametrize("bad, match", [({"lm_damping": 0.0}, "damping must be > 0"),
                                         ({"lm_solver": "lu"}, "solver"),
+                                        ({"lm_train_precision": "float16"}, "train_precision"),
                                         ({"finisher": "newton"}, "finisher")])
 def test_recipe_rejects_bad_lm_settings(bad, match):
     with pytest.raises(ValueError, match=match):
@@ -128,3 +149,80 @@ def test_recipe_lm_fields_reach_the_finisher_settings():
     assert (s.iterations, s.problems, s.fresh, s.minutes) == (7, 900, 64, 3.0)
     assert (s.lm.damping, s.lm.solver, s.lm.geodesic, s.lm.corrections) == (
         1e-2, "dual", True, 2)
+
+
+def baseconv_construction(noise: float = 1e-3) -> Learner:
+    learner = Learner("baseconv", "gd", Recipe(dtype="float64"))
+    return learner.init_construction(noise, seed=0)
+
+
+def _increments(learner: Learner, tokens: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the RMS of each channel's increment over ``tokens``: ``(width,)``."""
+    out, h = [], tokens
+    with torch.no_grad():
+        for layer in learner.model.layers:
+            out.append(layer.increment(h).pow(2).mean(dim=(0, 1)).sqrt())
+            h = layer(h)
+    return out
+
+
+def test_snapping_puts_the_constructions_idle_channels_exactly_on_one_branch():
+    """The GD construction uses 5 of BaseConv's 21 channels per layer; the other 16 have
+    both factors at zero (+ noise): each gets its smaller factor zeroed exactly (the
+    smallest change to the function) — its
+    increment becomes exactly zero, the other factor stays non-zero (the regular branch)
+    — while the live channels are untouched, and the training loss falls."""
+    learner = baseconv_construction()
+    train = drawer(learner)(64)
+    tokens = learner.layout.encode(*train[:3])
+    live_before = [inc >= 1e-2 for inc in _increments(learner, tokens)]
+    assert [int(live.sum()) for live in live_before] == [5, 5, 5]
+    before = learner.evaluate(*train)["mse"]
+    factors_before, h = [], tokens
+    with torch.no_grad():
+        for layer in learner.model.layers:
+            factors_before.append([f.pow(2).mean(dim=(0, 1)) for f in layer.factors(h)])
+            h = layer(h)
+    snapped = _snap_dead_channels(learner, train, FinisherSettings(), torch.float64)
+    for layer, channel, factor in snapped:                   # the smaller factor went
+        gate_ms, conv_ms = (f[channel] for f in factors_before[layer])
+        assert (gate_ms <= conv_ms) == (factor == "gate")
+    assert len(snapped) == 48
+    after = _increments(learner, tokens)
+    for layer, channel, _ in snapped:
+        assert not live_before[layer][channel] and after[layer][channel] == 0
+    h = tokens
+    with torch.no_grad():
+        for index, layer in enumerate(learner.model.layers):
+            gate, conv = layer.factors(h)
+            for layer_index, channel, factor in snapped:
+                if layer_index == index:
+                    other = conv if factor == "gate" else gate
+                    assert other[..., channel].abs().max() > 0
+            h = layer(h)
+    assert learner.evaluate(*train)["mse"] < before
+
+
+def test_snapping_is_undone_when_the_training_loss_rises():
+    """With ``snap_rtol`` near 1 every channel but the largest per layer would go: the
+    loss rises, so the weights are restored and nothing is reported."""
+    learner = baseconv_construction()
+    train = drawer(learner)(64)
+    state = {k: v.clone() for k, v in learner.model.state_dict().items()}
+    assert _snap_dead_channels(learner, train, FinisherSettings(snap_rtol=0.99),
+                               torch.float64) == []
+    for key, value in learner.model.state_dict().items():
+        assert torch.equal(value, state[key])
+
+
+def test_snapping_needs_a_model_that_has_it_and_a_threshold():
+    learner = construction("float64")                                  # linear attention
+    assert _snap_dead_channels(learner, drawer(learner)(8), FinisherSettings(),
+                               torch.float64) == []
+    learner = baseconv_construction()
+    assert _snap_dead_channels(learner, drawer(learner)(8), FinisherSettings(snap_rtol=0),
+                               torch.float64) == []
+    with pytest.raises(ValueError, match="snap_rtol"):
+        FinisherSettings(snap_rtol=1.0)
+    with pytest.raises(ValueError, match="rtol"):
+        learner.model.snap_dead_channels(learner.layout.encode(*drawer(learner)(2)[:3]), 0)

@@ -40,6 +40,7 @@ def finisher_result(construct_mse: float, at_iteration: int, scratch_mse: float,
         return {"arch": arch, "dtype": dtype, "start": start, "lm_curve": curve,
                 "adam_seconds_at_lm": adam_at, "adam_only_mse": 1e-4, "adam_steps": 100,
                 "lm_after": 0, "lm_start_mse": 1e-2, "lm_mse": curve[-1]["fresh_mse"],
+                "lm_train_mse": curve[-1]["fresh_mse"] / 2, "snapped": 48,
                 "lm_iterations_run": len(curve) - 1, "seconds": adam_at + curve[-1]["wall"],
                 "rank": 800, "parameters": 4032, "cond_jtj": 1e12, "order": 1.1,
                 "projected_extra_seconds": 12.0}
@@ -87,7 +88,8 @@ def test_tables_renders_every_row_and_verdict():
     result["verdicts"] = study.verdicts(result)
     text = study.tables(result)
     assert text.startswith("`python3 -m studies.recipe")
-    assert text.count("| baseconv |") == 3 and "1.00e-29" in text
+    assert text.count("| baseconv |") == 3 and "1.00e-29 | 5.00e-30 |" in text
+    assert text.count("| 1.10 | 48 |") == 4                 # order, channels snapped
     assert text.count("target **met**") == 4
 
 
@@ -100,6 +102,7 @@ def test_finisher_row_smoke():
         dict(row["adam_curve"])[25], rel=1e-9)  # LM starts from the Adam weights at 25
     assert row["lm_train_mse"] < row["lm_curve"][0]["train_mse"]
     assert row["rank"] <= row["parameters"]
+    assert row["snapped"] == 0                        # linear attention has no channels
 
 
 def _args(tmp_path, *argv):
