@@ -9,11 +9,12 @@ a *fixed* training set with :class:`~neuralnum.levenberg_marquardt.LevenbergMarq
   stays bounded). The training residuals, which decide whether a step is accepted, are
   float64 too (``train_precision="float64"``); the fresh problems are evaluated in the
   learner's compute dtype, the model as deployed. For a float32 model this matters: with
-  the float32 loss deciding (``train_precision="model"``) BaseConv from scratch stops at
-  fresh 2.9e-12, where no step lowers the rounded loss any more, while float64 weights
-  trained to fresh 1.7e-16 round to float32 weights at 1.7e-14 (seed 0; see
-  ``studies/recipe.py``). Float32 rounding of the final weights costs little; float32
-  noise in the loss blinds the optimiser long before that.
+  the float32 loss deciding (``train_precision="model"``) BaseConv from scratch stopped
+  after 11 minutes at fresh 2.8e-12, where no step lowered the rounded loss any more;
+  with the float64 loss deciding, the float32 model passes 1e-13 after 22 minutes and
+  ends at 1.9e-14 (seed 0, 2 cores; ``docs/results/recipe_30min.json``). Float32 rounding
+  of the final weights costs little; float32 noise in the loss blinds the optimiser long
+  before that.
 * **Generalisation by construction:** the numerical rank ``r`` of ``J`` is measured at
   the start and the training set holds at least ``rank_factor·r`` residuals (grown when
   it does not); a separate set of fresh problems is evaluated every iteration and the

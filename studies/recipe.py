@@ -121,8 +121,9 @@ def row_name(spec: dict[str, Any]) -> str:
 
 def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str, Any]]:
     """The finisher rows' settings: arch, dtype, start, Adam steps (Adam-only run), the
-    step after which LM takes over, LM iterations, LM wall budget (minutes; BaseConv's 6
-    on a CPU, or ``lm_minutes`` — then also 1000 iterations, so the clock decides) and
+    step after which LM takes over, LM iterations (from the construction: the 20 of the
+    target, however long they take), LM wall budget (minutes; BaseConv from scratch: 6 on
+    a CPU, or ``lm_minutes`` — then also 1000 iterations, so the clock decides) and
     the LM engine's settings. BaseConv from the construction uses the eigh route with 3 chord
     corrections per iteration (fresh MSE 1.7e-18 after 6 iterations where Cholesky had
     8.5e-16 after 7); from scratch Cholesky, which is 3x cheaper per iteration and there
@@ -133,7 +134,7 @@ def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str,
             cheap = arch == "linear_attention"
             rows.append({"arch": arch, "dtype": dtype, "start": "construct",
                          "adam_steps": 200, "lm_after": 0, "lm_iterations": 20,
-                         "lm_minutes": 0.0 if cheap or full else 6.0,
+                         "lm_minutes": 0.0,
                          "lm": {} if cheap else {"solver": "eigh", "corrections": 3}})
             rows.append({"arch": arch, "dtype": dtype, "start": "scratch",
                          "adam_steps": (200_000 if full else 3000 if cheap else 1200),
