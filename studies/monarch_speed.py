@@ -119,7 +119,8 @@ def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[
 
 
 def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
-    """Self CPU time per ATen op of one Monarch forward (ops above 1% of the total)."""
+    """Self CPU time per op of one Monarch forward (ATen ops and the native transpose's
+    ``neuralnum::transpose`` range; those above 1% of the total)."""
     run = _forward(layer, x)
     run()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
@@ -236,8 +237,8 @@ def tables(result: dict) -> str:
         lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | " + " | ".join(
             f"{r[mode]['speedup']:.1f}x | {r[mode]['pct_of_flop_ratio']:.0f}%"
             for mode in MODES) + " |")
-    lines += ["", "Where one row-major Monarch forward spends its time (self CPU time per ATen "
-              "op, one profiled call):", ""]
+    lines += ["", "Where one row-major Monarch forward spends its time (self CPU time per "
+              "profiled op, one call):", ""]
     lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
                                             for p in r["profile_forward"])
               for r in result["results"]]
