@@ -91,6 +91,10 @@ def test_tables_renders_every_row_and_verdict():
     assert text.count("| baseconv |") == 3 and "1.00e-29 | 5.00e-30 |" in text
     assert text.count("| 1.10 | 48 |") == 4                 # order, channels snapped
     assert text.count("target **met**") == 4
+    assert "re-run" not in text
+    result["rerun"] = "python3 -m studies.recipe --finisher --rows baseconv/float64/construct"
+    assert "; the rows it names re-run later by `python3 -m studies.recipe --finisher --rows " \
+        "baseconv/float64/construct`)" in study.tables(result)
 
 
 def test_finisher_row_smoke():
