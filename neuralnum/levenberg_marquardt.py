@@ -45,7 +45,9 @@ so the precision of the linear solve is not the limit. Removing those components
 manifold, on which Gauss–Newton converges only linearly. Geodesic acceleration (0.051),
 eight fixed-point steps on the quadratic model (0.031), step-length extrapolation (α ∈ [1,
 4]: no systematic gain) and two rounds of corrected semi-normal equations (no change) each
-help little.
+help little. The singular part was the construction's idle channels (both factors at
+zero): :func:`neuralnum.finisher.finish_lm` snaps them onto one branch first, after which
+six chord corrections per iteration reach roundoff (3.6e-31) by iteration 7.
 
 Why hand-written (~300 lines) rather than a library: the finisher needs float64 master
 parameters for a float32 model, a per-sample ``vmap(jacrev)`` Jacobian, four linear-solve
