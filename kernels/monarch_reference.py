@@ -117,6 +117,11 @@ def _chunks(n: int, features: int) -> list[slice]:
     return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
+def _widest(chunks: list[slice]) -> int:
+    """Rows in the largest chunk (0 for none): what a per-chunk workspace must hold."""
+    return max((rows.stop - rows.start for rows in chunks), default=0)
+
+
 class _MonarchFunction(torch.autograd.Function):
     """``x: (N, k·p)``, row- or feature-major → ``(N, s·q)``, row-major or (with
     ``feature_major``) feature-major; see the module docstring."""
@@ -127,7 +132,7 @@ class _MonarchFunction(torch.autograd.Function):
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
         keep = ctx.needs_input_grad[2]                # h is needed for L's gradient
         chunks = _chunks(n, max(k * p, s * q))
-        widest = max((rows.stop - rows.start for rows in chunks), default=0)
+        widest = _widest(chunks)
         if feature_major:
             y_t = x.new_empty(s * q, n)                              # yᵀ: y is its .T
             y_blocks = y_t.view(s, q, n).transpose(0, 1)             # (q, s, n) view: P
@@ -166,8 +171,7 @@ class _MonarchFunction(torch.autograd.Function):
         gR = torch.zeros_like(R) if need_R else None
         gL = torch.zeros_like(L) if need_L else None
         chunks = _chunks(n, max(k * p, s * q))
-        gy_buf = None if gy.stride(0) == 1 else gy.new_empty(
-            max((rows.stop - rows.start for rows in chunks), default=0) * s * q)
+        gy_buf = None if gy.stride(0) == 1 else gy.new_empty(_widest(chunks) * s * q)
         with torch.autocast(x.device.type, enabled=False):
             for rows in chunks:
                 c = rows.stop - rows.start
