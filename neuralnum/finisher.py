@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 from torch.func import functional_call
+from torch.nn.utils import parameters_to_vector
 
 from neuralnum.levenberg_marquardt import (
     LevenbergMarquardt,
@@ -270,10 +271,10 @@ def _snap_dead_channels(learner: Any, train: tuple[torch.Tensor, ...], s: Finish
     channels zeroed.
 
     Measured on BaseConv from the exact construction + 1e-3 noise (float64, eigh route
-    with 3 corrections, seed 0): 48 of 63 channels snapped (their increments ~1e-5 against
-    ≥ 0.39 for the live ones); fresh one-step MSE at roundoff (3.6e-31) with 6 chord
-    corrections per iteration, where without snapping it was 2.8e-20 after 14 iterations
-    and converging linearly (``docs/results/recipe.json``)."""
+    with 6 chord corrections, seed 0): 48 of 63 channels snapped (their increments ~1e-5
+    against ≥ 0.39 for the live ones); fresh one-step MSE at roundoff (3.6e-31), where
+    without snapping (and 3 corrections) it was 2.8e-20 after 14 iterations and converging
+    linearly (``docs/results/recipe.json``)."""
     model = learner.model
     if not s.snap_rtol or not hasattr(model, "snap_dead_channels"):
         return []
@@ -281,7 +282,9 @@ def _snap_dead_channels(learner: Any, train: tuple[torch.Tensor, ...], s: Finish
     A, b, x, _ = train
     snapped = model.snap_dead_channels(learner.layout.encode(A, b, x), s.snap_rtol)
     if snapped:
-        after = learner_problem(learner, train, s.chunk, dtype)[1]
+        # θ in learner_problem's order: the trainable parameters, flattened, float64
+        after = parameters_to_vector(
+            [p for p in model.parameters() if p.requires_grad]).to(torch.float64)
         if problem.residuals(after).pow(2).sum() > problem.residuals(before).pow(2).sum():
             write_back(before)
             return []
