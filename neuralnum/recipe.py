@@ -102,7 +102,7 @@ class Recipe:
     weights at that step (:class:`AverageRestart`). ``finisher="lm"``: ``lm_problems``
     training problems (0: sized to 1.5× the rank of the Jacobian), ``lm_fresh`` fresh
     problems monitored, initial damping ``lm_damping``, linear solver ``lm_solver``
-    (``auto``/``cholesky``/``eigh``/``dual``/``cg``), wall budget ``lm_minutes`` (0:
+    (``auto``/``cholesky``/``eigh``/``svd``/``dual``/``cg``), wall budget ``lm_minutes`` (0:
     none), geodesic acceleration ``lm_geodesic``, chord corrections per iteration
     ``lm_corrections``, training-residual precision ``lm_train_precision``
     (``float64``/``model``), dead-channel snapping threshold ``lm_snap_rtol`` (0: off); see

@@ -32,7 +32,8 @@ __all__ = ["MODULES", "RESULTS", "render", "render_block"]
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results"
 #: README block name → study module, where they differ (one study, several results).
-MODULES = {"multiplication_float32": "multiplication", "recipe_30min": "recipe"}
+MODULES = {"multiplication_float32": "multiplication", "recipe_30min": "recipe",
+           "demo_baseconv": "demo"}
 
 _BLOCK = re.compile(r"(<!-- study:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /study:(?P=name) -->)",
                     re.DOTALL)

@@ -136,7 +136,8 @@ def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
     cli.main(["demo", "--arch", "baseconv", "--lm-minutes", "2", "--out",
               str(tmp_path / "d.pt")])
     assert seen["steps"] == 800
-    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 100)
+    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 1000)
+    assert seen["recipe"].lm_geodesic
     assert seen["recipe"].lm_minutes == 2.0  # the user's --set wins
     cli.main(["demo", "--out", str(tmp_path / "e.pt")])  # linear attention: Adam only
     assert seen["steps"] == 6000 and seen["recipe"].finisher_steps == 0

@@ -47,7 +47,7 @@ def per_sample(x, y):
 @pytest.mark.parametrize("kind, geodesic, solver, corrections", [
     ("functional", False, "auto", 0), ("per_sample", False, "auto", 0),
     ("per_sample", True, "auto", 0), ("per_sample", False, "eigh", 0),
-    ("per_sample", True, "eigh", 2)])
+    ("per_sample", True, "eigh", 2), ("per_sample", True, "svd", 2)])
 def test_fits_a_same_shape_teacher_to_machine_precision(kind, geodesic, solver, corrections):
     x, y, start = teacher_problem()
     problem = (FunctionalProblem(lambda t: net(t, x) - y, chunk=32) if kind == "functional"
@@ -80,6 +80,34 @@ def test_curvature_is_the_second_directional_derivative():
         torch.testing.assert_close(problem.curvature(start, v), second, rtol=1e-5, atol=1e-5)
 
 
+def ill_conditioned_linear_problem(sigma_min: float, m: int = 30, p: int = 20):
+    """``r(θ) = Jθ − y``, ``J: (m, p)`` with singular values ``1 … sigma_min`` (geometric),
+    ``y = Jθ*`` for a unit ``θ*`` (a zero-residual problem), from ``θ = 0``."""
+    gen = torch.Generator().manual_seed(3)
+    left = torch.linalg.qr(torch.randn(m, p, generator=gen, dtype=torch.float64))[0]
+    right = torch.linalg.qr(torch.randn(p, p, generator=gen, dtype=torch.float64))[0]
+    jac = left * torch.logspace(0, math.log10(sigma_min), p, dtype=torch.float64) @ right.T
+    truth = torch.randn(p, generator=gen, dtype=torch.float64)
+    y = jac @ (truth / truth.norm())
+    return FunctionalProblem(lambda t: jac @ t - y), torch.zeros(p, dtype=torch.float64)
+
+
+def test_the_svd_route_resolves_directions_the_normal_equations_lose():
+    """κ(J) = 1e12: the normal equations square it past 1/eps, so Cholesky and eigh of
+    ``JᵀJ`` cannot remove the residual along the weakest directions; one SVD of ``J``
+    works on the residual itself and reaches roundoff."""
+    problem, start = ill_conditioned_linear_problem(1e-12)
+    losses = {}
+    for solver in ("cholesky", "eigh", "svd"):
+        settings = LMSettings(solver=solver, damping=1e-30, damping_floor=1e-30,
+                              eig_rtol=1e-30)
+        lm = LevenbergMarquardt(problem, start, settings)
+        lm.run(10)
+        losses[solver] = lm.loss
+    assert losses["svd"] < 1e-30, losses
+    assert min(losses["cholesky"], losses["eigh"]) > 1e4 * losses["svd"], losses
+
+
 def test_geodesic_acceleration_adds_the_second_order_correction():
     """``r(θ) = θ² − 4`` from 3: δ = −r/J = −5/6, r_vv = 2δ², a = −r_vv/J; the step is
     δ + a/2 (closer to the root 2 than Gauss–Newton's 3 − 5/6)."""
@@ -96,7 +124,7 @@ def test_a_chord_correction_reuses_the_first_jacobian():
     """``r(θ) = θ² − 4`` from 3 (``J = 6``): the step δ = −5/6, then one chord correction
     ``−r(θ₁)/6`` with the Jacobian of θ = 3 (Newton would divide by ``2θ₁``)."""
     problem = FunctionalProblem(lambda t: t ** 2 - 4)
-    for solver in ("cholesky", "eigh"):
+    for solver in ("cholesky", "eigh", "svd"):
         settings = LMSettings(damping=1e-15, damping_floor=1e-15, solver=solver,
                               corrections=1)
         lm = LevenbergMarquardt(problem, torch.tensor([3.0], dtype=torch.float64), settings)

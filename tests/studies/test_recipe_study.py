@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
+from neuralnum.learner import Learner
 from neuralnum.problems import family_from_name
+from neuralnum.recipe import Recipe
 from studies import recipe as study
 from studies.lsq_common import parse
 
@@ -93,8 +95,27 @@ def test_tables_renders_every_row_and_verdict():
     assert text.count("target **met**") == 4
     assert "re-run" not in text
     result["rerun"] = "python3 -m studies.recipe --finisher --rows baseconv/float64/construct"
-    assert "; the rows it names re-run later by `python3 -m studies.recipe --finisher --rows " \
-        "baseconv/float64/construct`)" in study.tables(result)
+    assert "; the rows named re-run later, in this order, by `python3 -m studies.recipe " \
+        "--finisher --rows baseconv/float64/construct`)" in study.tables(result)
+    result["rerun"] = [result["rerun"], "python3 -m studies.recipe --finisher --rows a/b/c"]
+    assert ("construct`, then `python3 -m studies.recipe --finisher --rows a/b/c`)"
+            in study.tables(result))
+
+
+def test_an_annealed_row_starts_lm_from_its_own_short_adam_run():
+    spec = {"arch": "linear_attention", "dtype": "float64", "start": "scratch",
+            "adam_steps": 50, "lm_after": 25, "lm_iterations": 1, "lm_minutes": 0.0,
+            "lm": {}, "annealed": True}
+    family = family_from_name("spectrum")
+    row = study.finisher_row(spec, family, 0)
+    warm = Learner("linear_attention", "gd", Recipe(dtype="float64", lr=1e-2), n=family.n,
+                   d=family.d, seed=0)
+    last = warm.fit(family, 25, seed=0, log_every=25, eval_batch=256,
+                    show_progress=False)[-1]
+    assert row["lm_curve"][0]["fresh_mse"] == pytest.approx(last["mse"], rel=1e-9)
+    assert row["lm_curve"][0]["fresh_mse"] != pytest.approx(dict(row["adam_curve"])[25],
+                                                            rel=1e-3)
+    assert row["adam_curve"][-1][0] == 50  # the Adam-only baseline still runs its 50 steps
 
 
 def test_finisher_row_smoke():
