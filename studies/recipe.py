@@ -167,6 +167,12 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
     arch, dtype, start = spec["arch"], spec["dtype"], spec["start"]
     construct = start == "construct"
     recipe = Recipe(dtype=dtype, lr=1e-4 if construct else 1e-2)
+    annealed = spec.get("annealed", False)
+
+    def adam(lrn: Learner, steps: int, **options: Any) -> list[dict]:
+        return lrn.fit(family, steps, seed=seed, log_every=25, eval_batch=256,
+                       show_progress=False, **options)
+
     learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
     if construct:
         learner.init_construction(1e-3, seed=seed)
@@ -175,24 +181,22 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
     seconds_at = {0: 0.0}
 
     def keep(lrn: Learner, record: dict) -> None:
-        if record["step"] == spec["lm_after"]:
+        if record["step"] == spec["lm_after"] and not annealed:
             snapshot[record["step"]] = copy.deepcopy(lrn.model.state_dict())
             seconds_at[record["step"]] = time.perf_counter() - clock
 
-    records = learner.fit(family, spec["adam_steps"], seed=seed, log_every=25,
-                          eval_batch=256, callbacks=[keep], show_progress=False)
+    records = adam(learner, spec["adam_steps"], callbacks=[keep])
     adam_seconds = time.perf_counter() - clock
     adam_curve = [(r["step"], r["mse"]) for r in records]
-    if spec.get("annealed"):
-        # LM starts from a separate Adam run of lm_after steps, its cosine LR ending there
-        warm = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
-        clock = time.perf_counter()
-        warm.fit(family, spec["lm_after"], seed=seed, log_every=25, eval_batch=256,
-                 show_progress=False)
-        snapshot[spec["lm_after"]] = copy.deepcopy(warm.model.state_dict())
-        seconds_at[spec["lm_after"]] = time.perf_counter() - clock
     lm_learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
-    lm_learner.model.load_state_dict(snapshot[spec["lm_after"]])
+    if annealed:
+        # LM starts from a separate Adam run of lm_after steps, its cosine LR ending there
+        clock = time.perf_counter()
+        adam(lm_learner, spec["lm_after"])
+        offset = time.perf_counter() - clock
+    else:
+        lm_learner.model.load_state_dict(snapshot[spec["lm_after"]])
+        offset = seconds_at[spec["lm_after"]]
     # the same held-out problems the Adam run evaluates on (seed + 1_000_003, 256)
     fresh = draw_problems(lm_learner, family, 256,
                           torch.Generator().manual_seed(seed + 1_000_003))
@@ -202,7 +206,6 @@ def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]
     report = finish_lm(lm_learner, lambda k: draw_problems(lm_learner, family, k, gen), settings,
                        fresh_set=fresh)
     lm = report["records"]
-    offset = seconds_at[spec["lm_after"]]
     key = (start, arch, dtype)
     target, budget = FINISHER_TARGETS.get(key, (None, None))
     best = min(r["fresh_mse"] for r in lm)
