@@ -9,9 +9,9 @@ Public entry points (call these, never a kernel directly):
   that are exactly causal in floating point (:mod:`kernels.causal_conv`).
 
 Backends: the ``backend=`` argument or :func:`use_backend`; see :mod:`kernels.dispatch`.
-On the CPU the Monarch reference's transposing copies run in a small C kernel compiled on
-first use (:mod:`kernels.native_transpose`; torch's copy where no C compiler is found,
-or with ``NEURALNUM_NATIVE=0``).
+On the CPU the Monarch reference's second factor (and its re-layouts) runs in small C
+kernels compiled on first use (:mod:`kernels.native`; torch where no C compiler is
+found, or with ``NEURALNUM_NATIVE=0``).
 The Triton modules are imported on the first Triton call (so ``TRITON_INTERPRET=1`` can
 be set before).
 

@@ -15,35 +15,43 @@ Monarch of Dao et al. (``n = m²``) is ``k = p = q = s = m``.
 
 **How the permutations are folded away** (CPU path, :class:`_MonarchFunction`). The rows
 of ``x`` are processed in chunks of ``c`` rows (about 2¹⁸ activations per chunk, so that a
-chunk's intermediates stay in cache). Both batched matmuls write *contiguous* outputs,
-which is what lets torch hand them to MKL's batched GEMM (a strided output makes torch
-loop over the blocks, one GEMM call each: measured 1.4–1.8× slower); both permutations
-are strides of their operands:
+chunk's intermediates stay in cache). Both permutations are strides of operands, and the
+block products run in small C kernels (:mod:`kernels.native`) that take those strides as
+they are: BLAS packs every operand of every small block product (and ``torch.bmm`` loops
+over the blocks, one GEMM call each, for a strided output). The two layouts of the
+output take different routes:
 
-1. ``h: (k, q, c)`` — ``R (k, q, p) @ xᵀ (k, p, c)``; ``xᵀ`` is a view of ``x`` whether
-   ``x`` is row-major or feature-major (below): no copy either way.
-2. ``z`` — ``L`` times ``h`` read as ``(q, k, c)`` (a view: this is ``Pᵀ``), then placed
-   by ``P``, in the layout asked for:
+* **row-major** ``y: (N, s·q)`` (the default). ``P`` puts the block index ``i`` innermost
+  in ``y``: the output of block ``i`` has stride ``q`` along both of its axes, so no GEMM
+  can write it. So ``i`` is made innermost everywhere in the second factor:
 
-   * **row-major** ``y: (N, s·q)`` (the default): ``z: (q, c, s)``, and ``y[chunk]``
-     viewed as ``(c·s, q)`` ``= zᵀ`` viewed as ``(q, c·s)``, one 2-D transpose per chunk
-     by :func:`kernels.native_transpose.transpose_into` (AVX tiles, 3–5× faster than
-     torch's element-wise strided copy, which it falls back to where no C compiler is
-     available). This copy cannot be avoided: ``P`` puts the block index ``i``
-     innermost in ``y``, so no GEMM can write ``y`` (the output of block ``i`` has stride
-     ``q`` along both of its axes).
-   * **feature-major** ``y`` (``feature_major=True``): ``y`` is the ``.T`` of a contiguous
-     ``(s·q, N)`` tensor ``yᵀ``, in which the output of block ``i`` has unit stride along
-     the rows: ``z: (q, s, c)`` is copied into ``yᵀ`` viewed as ``(q, s, N)`` in rows of
-     ``c`` values with unit stride on both sides (memcpy speed), and *no transposing copy*
-     is made. :meth:`structured.layers.MonarchLinear.forward_features_first` uses it.
+  1. ``h: (k, c, q)`` — ``x (k, c, p) @ Rᵀ (k, p, q)`` by :func:`kernels.native.block_bmm`
+     (``x`` read in place as a view, row-major or feature-major; ``Rᵀ`` is one 2-D
+     transpose of the small ``R``);
+  2. ``y[chunk]`` viewed as ``(q, c, s)`` (a view: this is ``P``) ``= h`` viewed as
+     ``(q, c, k)`` (a view: ``Pᵀ``) ``@ Lᵀ (q, k, s)``: a batched matmul whose batch
+     index is the innermost one of all three operands, which
+     :func:`kernels.native.interleaved_bmm` computes with SIMD along the batch (``L`` is
+     re-laid out once per call, block index innermost: one 2-D transpose of ``L``).
 
-The backward pass needs ``gyᵀ`` with unit last stride: free when ``gy`` is
-feature-major, otherwise one transpose per chunk (``transpose_into`` again). The input
-gradient comes out in ``x``'s layout (feature-major for a feature-major ``x``, so that a
-features-first network stays in one layout backwards too); every other operand is a
-strided view (four batched matmuls, weight gradients accumulated over chunks with
-``baddbmm``). Autocast is switched off inside: the multiply runs in the operands' dtype
+  Both run chunk after chunk in one native call (:func:`kernels.native.monarch_rows`),
+  so that a chunk's ``h`` is still in cache when the second product reads it. No copy of
+  the activations is made, forward or backward. Where the C kernels cannot be built the
+  same loop runs here, and the products fall back to ``torch.bmm`` and a copy into place.
+* **feature-major** ``y`` (``feature_major=True``): ``y`` is the ``.T`` of a contiguous
+  ``(s·q, N)`` tensor ``yᵀ``, in which the output of block ``i`` has unit stride along the
+  rows, so both factors are plain block products (:func:`kernels.native.block_bmm`):
+  ``h: (k, q, c) = R (k, q, p) @ xᵀ (k, p, c)``, then ``L (q, s, k) @ h`` read as
+  ``(q, k, c)``, written in place into ``yᵀ`` viewed as ``(q, s, N)``.
+  :meth:`structured.layers.MonarchLinear.forward_features_first` uses it.
+
+The backward pass follows the forward's route: row-major, the gradients through ``L``
+(``gh`` and ``gL``) are interleaved products of ``gy`` read in place; feature-major, it
+needs ``gyᵀ`` with unit last stride, free when ``gy`` is feature-major, otherwise one
+transpose per chunk (:func:`kernels.native.transpose_into`). The input gradient comes
+out in ``x``'s layout (feature-major for a feature-major ``x``, so that a features-first
+network stays in one layout backwards too); weight gradients are accumulated over chunks.
+Autocast is switched off inside: the multiply runs in the operands' dtype
 (:class:`structured.layers.MonarchLinear` casts to the autocast dtype itself).
 """
 
@@ -52,7 +60,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from kernels.native_transpose import transpose_into
+from kernels.native import block_bmm, interleaved_bmm, monarch_rows, transpose_into
 
 __all__ = ["check_monarch_args", "chunk_rows", "monarch_matmul_reference"]
 
@@ -132,33 +140,17 @@ class _MonarchFunction(torch.autograd.Function):
         (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
         keep = ctx.needs_input_grad[2]                # h is needed for L's gradient
         chunks = _chunks(n, max(k * p, s * q))
-        widest = _widest(chunks)
-        if feature_major:
-            y_t = x.new_empty(s * q, n)                              # yᵀ: y is its .T
-            y_blocks = y_t.view(s, q, n).transpose(0, 1)             # (q, s, n) view: P
-        else:
-            y = x.new_empty(n, s * q)
         with torch.autocast(x.device.type, enabled=False):
-            R_c, L_c = R.contiguous(), L.contiguous()
-            # h of every chunk, chunk after chunk, each a contiguous (k, q, c) block
-            h_all = x.new_empty(n * k * q) if keep else x.new_empty(widest * k * q)
-            z_buf = x.new_empty(widest * q * s)
-            for rows in chunks:
-                c = rows.stop - rows.start
-                x_t = x[rows].T.unflatten(0, (k, p))                # (k, p, c) view
-                h = (h_all[rows.start * k * q:rows.stop * k * q] if keep
-                     else h_all[:c * k * q]).view(k, q, c)
-                torch.bmm(R_c, x_t, out=h)
-                if feature_major:
-                    z = torch.bmm(L_c, h.transpose(0, 1),            # (q, s, k) @ (q, k, c)
-                                  out=z_buf[:q * s * c].view(q, s, c))
-                    y_blocks[:, :, rows].copy_(z)                    # rows of c, unit stride
-                else:
-                    z = torch.bmm(h.permute(1, 2, 0), L_c.transpose(1, 2),  # (q,c,k)@(q,k,s)
-                                  out=z_buf[:q * c * s].view(q, c, s))
-                    transpose_into(z.view(q, c * s), y[rows].view(c * s, q))
+            R_c = R.contiguous()
+            L_c = L.contiguous() if feature_major else _block_innermost(L)
+            # h of every chunk, chunk after chunk, each a contiguous block: (k, q, c)
+            # feature-major, (k, c, q) row-major
+            h_all = x.new_empty((n if keep else _widest(chunks)) * k * q)
+            forward = _forward_feature_major if feature_major else _forward_row_major
+            y = forward(x, R_c, L_c, h_all, chunks, keep)
+        ctx.feature_major = feature_major
         ctx.save_for_backward(x, R_c, L_c, h_all if keep else None)
-        return y_t.T if feature_major else y
+        return y
 
     @staticmethod
     @once_differentiable
@@ -169,29 +161,104 @@ class _MonarchFunction(torch.autograd.Function):
         gx = torch.empty_like(x) if need_x else None     # x's layout (dense x: its strides)
         gx_feature_major = gx is not None and gx.stride(-1) != 1
         gR = torch.zeros_like(R) if need_R else None
-        gL = torch.zeros_like(L) if need_L else None
+        gL = torch.zeros_like(L) if need_L else None     # L's layout (block innermost too)
         chunks = _chunks(n, max(k * p, s * q))
-        gy_buf = None if gy.stride(0) == 1 else gy.new_empty(_widest(chunks) * s * q)
+        if not ctx.feature_major and gy.stride(1) != 1:
+            gy = gy.contiguous()                         # e.g. the expanded gy of a .sum()
+        gy_buf = (gy.new_empty(_widest(chunks) * s * q)
+                  if ctx.feature_major and gy.stride(0) != 1 else None)
+        gh_buf = (None if ctx.feature_major or not (need_x or need_R)
+                  else gy.new_empty(_widest(chunks) * k * q))
         with torch.autocast(x.device.type, enabled=False):
             for rows in chunks:
                 c = rows.stop - rows.start
-                gy_t = gy[rows].T                                    # (s·q, c)
-                if gy_buf is not None:                               # one transposing copy
-                    gy_t = transpose_into(gy[rows], gy_buf[:s * q * c].view(s * q, c))
-                gy_i = gy_t.view(s, q, c).transpose(0, 1)            # (q, s, c) view
-                if need_L:
-                    h = h_all[rows.start * k * q:rows.stop * k * q].view(k, q, c)
-                    gL.baddbmm_(gy_i, h.permute(1, 2, 0))                # (q, s, k)
-                if not (need_x or need_R):
-                    continue
-                gh_t = torch.bmm(L.transpose(1, 2), gy_i)            # (q, k, c)
+                h = h_all[rows.start * k * q:rows.stop * k * q] if need_L else None
+                if ctx.feature_major:
+                    gy_t = gy[rows].T                                # (s·q, c)
+                    if gy_buf is not None:                           # one transposing copy
+                        gy_t = transpose_into(gy[rows], gy_buf[:s * q * c].view(s * q, c))
+                    gy_i = gy_t.view(s, q, c).transpose(0, 1)        # (q, s, c) view
+                    if need_L:
+                        gL.baddbmm_(gy_i, h.view(k, q, c).permute(1, 2, 0))    # (q, s, k)
+                    if not (need_x or need_R):
+                        continue
+                    gh = torch.bmm(L.transpose(1, 2), gy_i).permute(1, 2, 0)  # (k, c, q) view
+                else:
+                    gy_i = gy[rows].unflatten(1, (s, q)).permute(2, 0, 1)     # (q, c, s) view
+                    if need_L:
+                        interleaved_bmm(gy_i.transpose(1, 2),        # (q, s, c) @ (q, c, k)
+                                        h.view(k, c, q).permute(2, 1, 0), out=gL,
+                                        accumulate=True)
+                    if not (need_x or need_R):
+                        continue
+                    gh = gh_buf[:k * c * q].view(k, c, q)
+                    interleaved_bmm(gy_i, L, out=gh.permute(2, 1, 0))  # (q,c,s) @ (q,s,k)
                 if need_R:
-                    gR.baddbmm_(gh_t.transpose(0, 1),                # (k, q, c) view
-                                x[rows].unflatten(1, (k, p)).transpose(0, 1))  # (k, c, p)
+                    block_bmm(gh.transpose(1, 2),                    # (k, q, c) view
+                              x[rows].unflatten(1, (k, p)).transpose(0, 1),  # (k, c, p)
+                              out=gR, accumulate=True)
                 if gx_feature_major:
-                    g = torch.bmm(R.transpose(1, 2), gh_t.transpose(0, 1))  # (k, p, c)
-                    gx.T.view(k, p, n)[:, :, rows].copy_(g)          # rows of c, unit stride
+                    block_bmm(R.transpose(1, 2), gh.transpose(1, 2),  # (k,p,q) @ (k,q,c)
+                              out=gx.T.view(k, p, n)[:, :, rows])
                 elif need_x:
-                    torch.bmm(gh_t.permute(1, 2, 0), R,              # (k, c, q) @ (k, q, p)
+                    block_bmm(gh, R,                                 # (k, c, q) @ (k, q, p)
                               out=gx[rows].unflatten(1, (k, p)).transpose(0, 1))
-        return gx, gR, gL, None
+        return gx, gR, gL if gL is None or ctx.feature_major else _block_outermost(gL), None
+
+
+def _forward_row_major(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor, h_all: torch.Tensor,
+                       chunks: list[slice], keep: bool) -> torch.Tensor:
+    """Row-major ``y: (N, s·q)``, chunk by chunk: ``h = x Rᵀ`` (:func:`block_bmm`), then
+    ``L`` (block index innermost) applied by :func:`interleaved_bmm`, in one native call
+    (:func:`kernels.native.monarch_rows`) where the library is built, else product by
+    product from here. With ``keep`` every chunk's ``h`` stays in ``h_all``."""
+    (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
+    y = x.new_empty(n, s * q)
+    R_t = _transposed(R.view(k * q, p)).view(p, k, q).transpose(0, 1)     # Rᵀ: (k, p, q)
+    if monarch_rows(x, R_t, L.transpose(1, 2), y, h_all, _widest(chunks), keep=keep):
+        return y
+    for rows in chunks:
+        c = rows.stop - rows.start
+        h = (h_all[rows.start * k * q:rows.stop * k * q] if keep else h_all[:c * k * q])
+        block_bmm(x[rows].unflatten(1, (k, p)).transpose(0, 1), R_t,      # (k, c, p) @ Rᵀ
+                  out=h.view(k, c, q))
+        interleaved_bmm(h.view(k, c, q).permute(2, 1, 0), L.transpose(1, 2),  # (q,c,k)@(q,k,s)
+                        out=y[rows].unflatten(1, (s, q)).permute(2, 0, 1))
+    return y
+
+
+def _forward_feature_major(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor,
+                           h_all: torch.Tensor, chunks: list[slice], keep: bool) -> torch.Tensor:
+    """Feature-major ``y`` (the ``.T`` of a contiguous ``(s·q, N)`` tensor), chunk by chunk:
+    both factors plain block products (:func:`block_bmm`), the second written in place
+    into ``yᵀ``. With ``keep`` every chunk's ``h`` stays in ``h_all``."""
+    (k, q, p), s, n = R.shape, L.shape[1], x.shape[0]
+    y_t = x.new_empty(s * q, n)                                      # yᵀ: y is its .T
+    y_blocks = y_t.view(s, q, n).transpose(0, 1)                     # (q, s, n) view: P
+    for rows in chunks:
+        c = rows.stop - rows.start
+        h = (h_all[rows.start * k * q:rows.stop * k * q] if keep else h_all[:c * k * q])
+        block_bmm(R, x[rows].T.unflatten(0, (k, p)), out=h.view(k, q, c))  # (k,q,p) @ (k,p,c)
+        block_bmm(L, h.view(k, q, c).transpose(0, 1),                # (q, s, k) @ (q, k, c)
+                  out=y_blocks[:, :, rows])                          # (q, s, c) view: P
+    return y_t.T
+
+
+def _transposed(matrix: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy of ``matrix.T`` for a 2-D ``matrix`` (the native transpose)."""
+    return transpose_into(matrix, matrix.new_empty(matrix.shape[::-1]))
+
+
+def _block_innermost(L: torch.Tensor) -> torch.Tensor:
+    """``L: (q, s, k)`` as a copy with the block index ``i < q`` innermost in memory (the
+    same shape and values; strides ``(1, k·q, q)``), the layout :func:`interleaved_bmm`
+    vectorises along."""
+    q, s, k = L.shape
+    return _transposed(L.reshape(q, s * k)).view(s, k, q).permute(2, 0, 1)
+
+
+def _block_outermost(L: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`_block_innermost`: a contiguous copy of ``L: (q, s, k)``
+    whose strides are ``(1, k·q, q)``."""
+    q, s, k = L.shape
+    return _transposed(L.permute(1, 2, 0).reshape(s * k, q)).view(q, s, k)

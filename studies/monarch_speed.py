@@ -7,19 +7,21 @@ above ``√n``, the classic Monarch where ``n`` is a square: FLOP ratio 32× at 
 times ``MonarchLinear`` against ``nn.Linear`` in three races:
 
 * ``forward`` — ``layer(x)``, no grad, row-major ``x: (batch, n)`` in and out (the
-  Monarch pays one transposing copy per chunk: the permutation ``P`` cannot be written
-  by a GEMM in this layout, see :mod:`kernels.monarch_reference`);
+  permutation ``P`` puts the block index innermost in the output, so the second factor
+  runs in :func:`kernels.native.interleaved_bmm`, see :mod:`kernels.monarch_reference`);
 * ``forward_features_first`` — :func:`structured.mixer.features_first` on ``xᵀ: (n,
-  batch)``, no grad (the layout the M2 mixer and GLU run in: dense is one ``mm``, the
-  Monarch makes no transposing copy at all);
+  batch)``, no grad (the layout the M2 mixer and GLU run in: dense is one ``mm``, both
+  Monarch factors are plain block products);
 * ``forward_backward`` — row-major, input and weight gradients.
 
 Each race alternates the two layers so that background load hits both alike (each
-timing window repeats the faster layer so that it lasts as long as one dense call).
+timing window repeats the faster layer so that it lasts as long as one dense call), and
+the races run in rounds, one window each per round, so that a spell of load on this
+shared machine is spread over every size and mode instead of one race's windows.
 Reported: the **median** over the alternated repeats (speed-up = median dense time /
 median Monarch time, and that speed-up as a percentage of the FLOP ratio); the JSON also
-keeps the minimum. It then profiles one row-major Monarch forward (``torch.profiler``)
-and prints each ATen op's share: batched matmuls versus copies.
+keeps the minimum. It then profiles five row-major Monarch forwards (``torch.profiler``)
+and prints each op's share: the native kernels (named ranges), ATen ops, Python.
 Speed-ups are given on wall time and on process CPU time (medians too; the latter leaves
 out time spent descheduled by other processes, not their cache or core-sharing effects).
 
@@ -43,7 +45,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kernels.native_transpose import native_status
+from kernels.native import native_status
 from neuralnum.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
@@ -95,39 +97,52 @@ def _forward_backward(layer: nn.Module, x: torch.Tensor) -> Callable[[], object]
 WARMUP_CALLS = 3
 
 
-def _race(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, dict[str, float]]:
-    """Warm up (``WARMUP_CALLS`` each), then alternate the callables ``repeats`` times.
+def _race(races: dict[tuple[int, str], dict[str, Callable[[], object]]],
+          repeats: int) -> dict[tuple[int, str], dict[str, dict[str, float]]]:
+    """Warm up every callable (``WARMUP_CALLS`` each), then run ``repeats`` rounds; in each
+    round every race times each of its callables once, races in turn.
 
     Each timing window loops a callable enough times to last about as long as one call of
-    the slowest, so all are exposed alike to background load (a lone short call would
-    more often hit a quiet moment and look faster). Per callable: median and min wall
-    seconds per call, median CPU seconds per call, and the calls per window.
+    the slowest in its race, so all are exposed alike to background load (a lone short call
+    would more often hit a quiet moment and look faster); the rounds spread every race's
+    windows over the whole study, so that a spell of load on this shared machine hits all
+    races alike instead of all the windows of one. Per race and callable: median and min
+    wall seconds per call, median CPU seconds per call, and the calls per window.
     """
-    for fn in fns.values():                      # warm-up: allocator, BLAS kernels, caches
-        _time(fn, WARMUP_CALLS)
-    single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
-    longest = max(single.values())
-    calls = {name: max(1, round(longest / t)) for name, t in single.items()}
-    times: dict[str, list[tuple[float, float]]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(_time(fn, calls[name]))
-    return {name: {"median_s": statistics.median(w for w, _ in t), "min_s": min(w for w, _ in t),
-                   "cpu_median_s": statistics.median(c for _, c in t),
-                   "calls_per_window": calls[name]}
-            for name, t in times.items()}
+    calls = {}
+    for key, fns in races.items():
+        for fn in fns.values():                  # warm-up: allocator, BLAS kernels, caches
+            _time(fn, WARMUP_CALLS)
+        single = {name: _time(fn, 1)[0] for name, fn in fns.items()}
+        calls[key] = {name: max(1, round(max(single.values()) / t)) for name, t in single.items()}
+    times = {key: {name: [] for name in fns} for key, fns in races.items()}
+    for _ in progress(range(repeats), desc="rounds"):
+        for key, fns in races.items():
+            for name, fn in fns.items():
+                times[key][name].append(_time(fn, calls[key][name]))
+    return {key: {name: {"median_s": statistics.median(w for w, _ in t),
+                         "min_s": min(w for w, _ in t),
+                         "cpu_median_s": statistics.median(c for _, c in t),
+                         "calls_per_window": calls[key][name]}
+                  for name, t in by_name.items()}
+            for key, by_name in times.items()}
+
+
+#: Forward calls profiled together (one call alone is at the mercy of a single interruption).
+PROFILED_CALLS = 5
 
 
 def _profile(layer: nn.Module, x: torch.Tensor) -> list[dict[str, float | str]]:
-    """Self CPU time per op of one Monarch forward (ATen ops and the native transpose's
-    ``neuralnum::transpose`` range; those above 1% of the total)."""
+    """Self CPU time per op of ``PROFILED_CALLS`` Monarch forwards (ATen ops and the native
+    kernels' ``neuralnum::*`` ranges; those above 1% of the total; ``self_ms`` per call)."""
     run = _forward(layer, x)
     run()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        run()
+        for _ in range(PROFILED_CALLS):
+            run()
     events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
     total = sum(e.self_cpu_time_total for e in events)
-    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3,
+    rows = [{"op": e.key, "self_ms": e.self_cpu_time_total / 1e3 / PROFILED_CALLS,
              "share": e.self_cpu_time_total / total} for e in events]
     rows.sort(key=lambda r: -r["self_ms"])
     return [r for r in rows if r["share"] > 0.01]
@@ -139,20 +154,27 @@ MODES = {"forward": _forward, "forward_features_first": _forward_features_first,
 
 
 def run_study(sizes: list[int], batch: int, repeats: int, threads: int) -> dict:
-    """Time every size with ``threads`` torch threads (restored afterwards)."""
+    """Time every size and mode in one set of rounds (:func:`_race`) with ``threads`` torch
+    threads (restored afterwards), then profile each size's Monarch forward."""
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        results = [_measure(n, batch, repeats) for n in progress(sizes, desc="sizes")]
+        setups = {n: _setup(n, batch) for n in sizes}
+        timings = _race({(n, mode): {"dense": make(dense, x), "monarch": make(monarch, x)}
+                         for n, (_, dense, monarch, x) in setups.items()
+                         for mode, make in MODES.items()}, repeats)
+        results = [_result(row, {mode: timings[n, mode] for mode in MODES}, monarch, x)
+                   for n, (row, _, monarch, x) in setups.items()]
     finally:
         torch.set_num_threads(previous)
     return {"study": NAME, "threads": threads, "repeats": repeats,
             "load_average_1min": os.getloadavg()[0], "torch": torch.__version__,
-            "transpose": native_status(), "paper": PAPER, "results": results}
+            "native": native_status(), "paper": PAPER, "results": results}
 
 
-def _measure(n: int, batch: int, repeats: int) -> dict:
-    """One size: FLOP ratio, raced timings of both modes, Monarch forward op profile."""
+def _setup(n: int, batch: int) -> tuple[dict, nn.Linear, MonarchLinear, torch.Tensor]:
+    """One size's result row (``n``, ``nblocks``, batch, FLOP ratio), its dense and Monarch
+    layers and its input."""
     gen = torch.Generator().manual_seed(0)
     nblocks = max(d for d in range(1, math.isqrt(n) + 1) if n % d == 0)
     torch.manual_seed(n)
@@ -160,11 +182,18 @@ def _measure(n: int, batch: int, repeats: int) -> dict:
     monarch = MonarchLinear(n, n, nblocks, bias=False)
     x = torch.randn(batch, n, generator=gen)
     flop_ratio = dense.weight.numel() / monarch.monarch.num_params()
-    row: dict = {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}
-    for mode, make in MODES.items():
-        t = _race({"dense": make(dense, x), "monarch": make(monarch, x)}, repeats)
+    return {"n": n, "nblocks": nblocks, "batch": batch, "flop_ratio": flop_ratio}, dense, monarch, x
+
+
+def _result(row: dict, timings: dict[str, dict], monarch: MonarchLinear,
+            x: torch.Tensor) -> dict:
+    """``row`` with each mode's timings, speed-up (ratio of the medians) and its share of the
+    FLOP ratio, and the Monarch forward's op profile."""
+    row = dict(row)
+    for mode, t in timings.items():
         speedup = t["dense"]["median_s"] / t["monarch"]["median_s"]
-        row[mode] = {**t, "speedup": speedup, "pct_of_flop_ratio": 100 * speedup / flop_ratio,
+        row[mode] = {**t, "speedup": speedup,
+                     "pct_of_flop_ratio": 100 * speedup / row["flop_ratio"],
                      "cpu_speedup": t["dense"]["cpu_median_s"] / t["monarch"]["cpu_median_s"]}
     row["profile_forward"] = _profile(monarch, x)
     return row
@@ -176,7 +205,7 @@ def _print(report: dict) -> None:
           f"contaminated by other processes; cpu = process CPU time, which leaves out "
           f"time spent descheduled but not cache or core sharing); median of "
           f"{report['repeats']} alternated repeats; %F = speed-up as % of the FLOP ratio; "
-          f"row-major transposes: {report['transpose']}")
+          f"CPU kernels: {report['native']}")
     print(f"{'':>19} | " + " | ".join(f"{LABELS[mode]:^37}" for mode in MODES))
     print(f"{'n':>5} {'blocks':>6} {'FLOPs':>6} " + "".join(
         f"| {'dense':>9} {'monarch':>8} {'wall':>5} {'%F':>4} {'cpu':>5} " for _ in MODES))
@@ -228,8 +257,8 @@ def tables(result: dict) -> str:
     lines = [f"`python -m studies.monarch_speed` — batch {result['results'][0]['batch']}, "
              f"{result['threads']} thread(s), 1-min load average "
              f"{result['load_average_1min']:.1f} (shared machine); speed-up = median dense "
-             f"time / median Monarch time over {repeats} alternated repeats; row-major "
-             f"transposes by {_transpose_backend(result)}", "",
+             f"time / median Monarch time over {repeats} alternated repeats; block "
+             f"products by {_native_backend(result)}", "",
              "| n | nblocks | FLOP ratio | " + " | ".join(
                  f"{LABELS[mode]} speed-up | % of FLOP ratio" for mode in MODES) + " |",
              "|---:|---:|---:|" + "---:|---:|" * len(MODES)]
@@ -237,8 +266,9 @@ def tables(result: dict) -> str:
         lines.append(f"| {r['n']} | {r['nblocks']} | {r['flop_ratio']:.1f}x | " + " | ".join(
             f"{r[mode]['speedup']:.1f}x | {r[mode]['pct_of_flop_ratio']:.0f}%"
             for mode in MODES) + " |")
-    lines += ["", "Where one row-major Monarch forward spends its time (self CPU time per "
-              "profiled op, one call):", ""]
+    lines += ["", "Where a row-major Monarch forward spends its time (self CPU time per "
+              f"profiled op, {PROFILED_CALLS} calls; `neuralnum::monarch_rows` runs both "
+              "factors' products, chunk after chunk):", ""]
     lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
                                             for p in r["profile_forward"])
               for r in result["results"]]
@@ -247,11 +277,11 @@ def tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-def _transpose_backend(result: dict) -> str:
-    """The row-major transposes' implementation, for the README (no machine paths)."""
-    status = result.get("transpose", "torch: not recorded")
-    return ("the compiled kernel (`kernels.native_transpose`)" if status.startswith("native")
-            else f"torch's strided copy ({status.removeprefix('torch: ')})")
+def _native_backend(result: dict) -> str:
+    """The block products' implementation, for the README (no machine paths)."""
+    status = result.get("native", "torch: not recorded")
+    return ("the compiled kernels (`kernels.native`)" if status.startswith("native")
+            else f"torch ({status.removeprefix('torch: ')})")
 
 
 def _plot(report: dict, path: Path) -> None:

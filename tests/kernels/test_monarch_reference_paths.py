@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels import monarch_reference
+from kernels import monarch_reference, native
 from kernels.monarch_reference import monarch_matmul_reference
-from kernels.native_transpose import native_status
+from kernels.native import native_status
 from structured.monarch import MonarchMatrix
 
 TOL = {torch.float32: {"rtol": 1e-5, "atol": 1e-5}, torch.float64: {"rtol": 1e-12, "atol": 1e-12}}
@@ -44,8 +44,14 @@ def _operands(dtype, k, p, q, s, batch, seed=0):
     return x, R, L, gy
 
 
+#: q is the block count of the second factor: the lanes of kernels.native.interleaved_bmm
+#: (16 float32 / 8 float64 per vector): 19 runs a whole vector and a ragged tail, 32 whole
+#: vectors only.
+SHAPES = [(3, 4, 5, 2), (1, 1, 1, 1), (4, 2, 3, 6), (2, 3, 19, 7), (3, 2, 32, 11)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("k", "p", "q", "s"), [(3, 4, 5, 2), (1, 1, 1, 1), (4, 2, 3, 6)])
+@pytest.mark.parametrize(("k", "p", "q", "s"), SHAPES)
 @pytest.mark.parametrize("batch", [(7,), (3, 5), (1,)])
 @pytest.mark.parametrize("feature_major", [False, True])
 def test_matches_plain_product_in_value_and_gradient(dtype, k, p, q, s, batch, feature_major):
@@ -111,8 +117,10 @@ class _AtenOps(TorchDispatchMode):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch, dtype):
     """With ``feature_major``, row-major and feature-major inputs (a Monarch's own output)
-    are read in place and the output is written without transposing: the forward
-    dispatches bmm, and its only copies move rows with unit stride on both sides."""
+    are read in place and the output is written without transposing: the forward's only
+    copies move rows with unit stride on both sides, and with the native kernels a
+    feature-major input is multiplied with no ATen op at all (``block_bmm`` writes both
+    factors in place)."""
     monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
     k, p, q, s = 3, 4, 4, 3
     x, R, L, _ = _operands(dtype, k, p, q, s, (37,), seed=2)
@@ -124,10 +132,11 @@ def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch,
         with _AtenOps() as second:
             z = multiply(y, R2, L2)
     for recorded in (first, second):
-        assert "bmm" in recorded.ops
         assert not {"clone", "_to_copy", "contiguous"} & recorded.ops
         copies = [strides for name, strides in recorded.calls if name == "copy_"]
-        assert copies and all(st[-1] == 1 for strides in copies for st in strides)
+        assert all(st[-1] == 1 for strides in copies for st in strides)
+    if native_status().startswith("native"):
+        assert not {"bmm", "copy_"} & second.ops
     assert y.T.is_contiguous()
     gz = torch.randn_like(z)
     want = _values_and_grads(lambda *t: _plain(_plain(*t), R2, L2), x, R, L, gz)
@@ -139,12 +148,13 @@ def test_feature_major_forward_makes_no_transposing_copy_and_chains(monkeypatch,
 
 @pytest.mark.skipif(not native_status().startswith("native"), reason=native_status())
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_row_major_transposes_run_in_the_native_kernel(monkeypatch, dtype):
-    """Row-major, the output's and ``gyᵀ``'s transposing copies go to
-    :func:`kernels.native_transpose.transpose_into`: forward and backward dispatch no
-    ``copy_`` at all, and value and gradients equal the plain product."""
+@pytest.mark.parametrize(("k", "p", "q", "s"), [(3, 4, 4, 3), (2, 3, 19, 7)])
+def test_row_major_runs_in_the_native_kernels(monkeypatch, dtype, k, p, q, s):
+    """Row-major, every product runs in :mod:`kernels.native` (``R``'s in ``block_bmm``,
+    ``L``'s in ``interleaved_bmm``) and the factors' re-layouts in ``transpose_into``:
+    forward and backward dispatch no ATen matmul and no ``copy_`` at all (torch's
+    fallbacks would dispatch both), and value and gradients equal the plain product."""
     monkeypatch.setattr(monarch_reference, "CHUNK_ELEMENTS", 1)     # 16-row chunks
-    k, p, q, s = 3, 4, 4, 3
     x, R, L, gy = _operands(dtype, k, p, q, s, (37,), seed=4)
     want = _values_and_grads(_plain, x, R, L, gy)
     leaves = [_leaf(t) for t in (x, R, L)]
@@ -152,11 +162,26 @@ def test_row_major_transposes_run_in_the_native_kernel(monkeypatch, dtype):
         y = monarch_matmul_reference(*leaves)
     with _AtenOps() as backward:
         y.backward(gy)
-    assert "bmm" in forward.ops and "bmm" in backward.ops
-    assert "copy_" not in forward.ops | backward.ops
+    assert not {"bmm", "baddbmm", "mm", "copy_"} & (forward.ops | backward.ops)
     assert y.is_contiguous()
     for a, b in zip((y, *(t.grad for t in leaves)), want, strict=True):
         torch.testing.assert_close(a, b, **TOL[dtype])
+
+
+def test_row_major_falls_back_to_torch_without_the_native_kernels(monkeypatch):
+    """With ``NEURALNUM_NATIVE=0`` the same multiply runs through ``torch.bmm`` and
+    copies, with the same values and gradients."""
+    monkeypatch.setenv("NEURALNUM_NATIVE", "0")
+    native._library.cache_clear()
+    try:
+        assert native_status().startswith("torch")
+        x, R, L, gy = _operands(torch.float64, 2, 3, 19, 7, (37,), seed=5)
+        got = _values_and_grads(monarch_matmul_reference, x, R, L, gy)
+        want = _values_and_grads(_plain, x, R, L, gy)
+    finally:
+        native._library.cache_clear()
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, **TOL[torch.float64])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from kernels.native_transpose import native_status
+from kernels.native import native_status
 from studies import monarch_projection, monarch_speed
 
 
@@ -17,8 +17,8 @@ def test_speed_study_reports_flop_ratio_and_timings():
         # the speed-up is the ratio of the medians its label names (not of the minimums)
         assert m["speedup"] == m["dense"]["median_s"] / m["monarch"]["median_s"]
         assert m["pct_of_flop_ratio"] == 100 * m["speedup"] / row["flop_ratio"]
-    assert {p["op"] for p in row["profile_forward"]} & {"aten::bmm", "aten::copy_"}
-    assert report["transpose"] == native_status()
+    assert {p["op"] for p in row["profile_forward"]} & {"aten::bmm", "neuralnum::monarch_rows"}
+    assert report["native"] == native_status()
 
 
 def test_projection_study_end_to_end(monkeypatch):
@@ -69,8 +69,9 @@ def test_speed_tables_show_medians_and_percentages():
     assert "over 7 alternated repeats" in text
     assert "| 1024 | 32 | 16.0x | 6.6x | 41% | 8.2x | 51% | 5.6x | 35% |" in text
     assert text.count("| yes |") == 7 and "- n = 2048: `aten::bmm` 75%" in text
-    assert "transposes by torch's strided copy (not recorded)" in text
-    result["transpose"] = "native: /cache/transpose-0123.so"
-    assert "transposes by the compiled kernel" in monarch_speed.tables(result)
-    result["transpose"] = "torch: disabled by NEURALNUM_NATIVE=0"
-    assert "strided copy (disabled by NEURALNUM_NATIVE=0)" in monarch_speed.tables(result)
+    assert "block products by torch (not recorded)" in text
+    result["native"] = "native: /cache/kernels-0123.so"
+    assert "block products by the compiled kernels (`kernels.native`)" in monarch_speed.tables(
+        result)
+    result["native"] = "torch: disabled by NEURALNUM_NATIVE=0"
+    assert "by torch (disabled by NEURALNUM_NATIVE=0)" in monarch_speed.tables(result)

@@ -1,6 +1,7 @@
-"""The compiled 2-D transpose (``kernels.native_transpose``) equals ``src.T`` exactly, writes
-nothing outside ``dst``, really runs (no ATen copy dispatched), and falls back to torch's
-copy, with its reason, where it cannot be built."""
+"""The compiled kernels (``kernels.native``): the 2-D transpose equals ``src.T`` exactly and
+the two batched matmuls (interleaved, block) equal ``torch.bmm``; all write nothing outside
+their output, really run (no ATen op dispatched), and fall back to torch, with the reason,
+where the library cannot be built."""
 
 import pytest
 import torch
@@ -8,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from kernels import native_transpose
-from kernels.native_transpose import native_status, transpose_into
+from kernels import native
+from kernels.native import block_bmm, interleaved_bmm, native_status, transpose_into
 
 NATIVE = native_status().startswith("native")
 needs_native = pytest.mark.skipif(not NATIVE, reason=native_status())
@@ -99,13 +100,107 @@ def test_bad_operands_name_the_problem():
         transpose_into(torch.zeros(3, 4), torch.zeros(4, 3, dtype=torch.float64))
 
 
+def _laid_out(shape, order, gap, dtype, seed):
+    """A view of logical ``shape`` stored with its axes in ``order`` (outermost first),
+    ``gap`` spare entries after the innermost axis, and its parent (to see writes outside
+    the view)."""
+    stored = [shape[axis] for axis in order]
+    stored[-1] += gap
+    parent = torch.randn(*stored, dtype=dtype, generator=torch.Generator().manual_seed(seed))
+    view = parent[..., gap // 2: gap // 2 + shape[order[-1]]]
+    return view.permute(*[order.index(axis) for axis in range(3)]), parent
+
+
+#: kernel → how each operand may be stored: a strategy of axis orders (outermost first)
+#: for a, b and out. interleaved_bmm needs the batch (axis 0) innermost in all three;
+#: block_bmm needs N (axis 2) innermost in b and out, a any way.
+_ORDERS = {
+    interleaved_bmm: st.tuples(*[st.permutations([1, 2]).map(lambda o: (*o, 0))] * 3),
+    block_bmm: st.tuples(st.permutations([0, 1, 2]),
+                         *[st.permutations([0, 1]).map(lambda o: (*o, 2))] * 2),
+}
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), batch=st.integers(1, 40), m=st.integers(1, 30), n=st.integers(1, 75),
+       k=st.integers(0, 9), gaps=st.tuples(*[st.integers(0, 5)] * 3), accumulate=st.booleans(),
+       threads=st.sampled_from([1, 2]), dtype=st.sampled_from([torch.float32, torch.float64]))
+@pytest.mark.parametrize("bmm", list(_ORDERS), ids=lambda f: f.__name__)
+def test_products_equal_bmm_and_write_only_out(bmm, data, batch, m, n, k, gaps, accumulate,
+                                               threads, dtype):
+    """Batches and columns that fill no vector, several vectors and a ragged tail; tiles
+    cut short; ``k = 0``; every storage order the kernel takes, gapped; accumulate; one
+    and two threads: ``out`` is ``a @ b`` (plus its old value) and the gaps are
+    untouched."""
+    orders = data.draw(_ORDERS[bmm], label="orders")
+    seed = batch * 10_000 + m * 100 + n
+    a, _ = _laid_out((batch, m, k), orders[0], gaps[0], dtype, seed)
+    b, _ = _laid_out((batch, k, n), orders[1], gaps[1], dtype, seed + 1)
+    out, out_parent = _laid_out((batch, m, n), orders[2], gaps[2], dtype, seed + 2)
+    before, parent_before = out.clone(), out_parent.clone()
+    want = torch.bmm(a.double(), b.double()) + (before.double() if accumulate else 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        got = bmm(a, b, out, accumulate=accumulate)
+    finally:
+        torch.set_num_threads(previous)
+    assert got is out
+    tol = {torch.float32: 1e-5, torch.float64: 1e-13}[dtype]
+    torch.testing.assert_close(out.double(), want, rtol=tol, atol=tol)
+    out.copy_(before)                                   # now the parent must be as it was
+    assert torch.equal(out_parent, parent_before)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bmm", list(_ORDERS), ids=lambda f: f.__name__)
+def test_product_kernels_run_instead_of_aten(bmm, dtype):
+    """The kernel ran: a Monarch-sized product dispatches no ATen op at all (torch's
+    fallback dispatches ``bmm`` and ``copy_``)."""
+    inner = 0 if bmm is interleaved_bmm else 2
+    a, _ = _laid_out((64, 128, 32), (1, 2, 0), 0, dtype, seed=1)
+    b, _ = _laid_out((64, 32, 32), (1, 2, 0) if inner == 0 else (0, 1, 2), 0, dtype, seed=2)
+    out, _ = _laid_out((64, 128, 32), (1, 2, 0) if inner == 0 else (0, 1, 2), 0, dtype, 3)
+    with _AtenNames() as recorded:
+        bmm(a, b, out)
+    assert recorded.names == []
+    torch.testing.assert_close(out, torch.bmm(a, b))
+
+
+@pytest.mark.parametrize("bmm", list(_ORDERS), ids=lambda f: f.__name__)
+@pytest.mark.parametrize("case", ["layout", "bfloat16"])
+def test_products_of_other_operands_use_torch(bmm, case):
+    """Operands a kernel cannot take (interleaved: batch outermost; block: ``out``
+    column-major), or a dtype without a kernel: ``torch.bmm`` and a copy."""
+    a, b = torch.randn(5, 3, 4), torch.randn(5, 4, 2)
+    out = torch.empty(5, 3, 2) if bmm is interleaved_bmm else torch.empty(5, 2, 3).mT
+    if case == "bfloat16":
+        a, b, out = a.bfloat16(), b.bfloat16(), out.bfloat16()
+    with _AtenNames() as recorded:
+        bmm(a, b, out)
+    assert {"bmm", "copy_"} <= set(recorded.names)
+    assert torch.equal(out, torch.bmm(a, b))
+
+
+@pytest.mark.parametrize("bmm", list(_ORDERS), ids=lambda f: f.__name__)
+def test_products_bad_operands_name_the_problem(bmm):
+    with pytest.raises(ValueError, match="3-D"):
+        bmm(torch.zeros(2, 3), torch.zeros(2, 3, 4), torch.zeros(2, 2, 4))
+    with pytest.raises(ValueError, match=r"b \(B, K, N\)"):
+        bmm(torch.zeros(2, 3, 4), torch.zeros(2, 5, 4), torch.zeros(2, 3, 4))
+    with pytest.raises(TypeError, match="share a dtype"):
+        bmm(torch.zeros(2, 3, 4), torch.zeros(2, 4, 1, dtype=torch.float64),
+            torch.zeros(2, 3, 1))
+
+
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
     """Forget the loaded library and build into an empty cache directory."""
     monkeypatch.setenv("NEURALNUM_CACHE", str(tmp_path))
-    native_transpose._library.cache_clear()
+    native._library.cache_clear()
     yield tmp_path
-    native_transpose._library.cache_clear()
+    native._library.cache_clear()
 
 
 def test_disabled_falls_back_with_its_reason(monkeypatch, fresh_build):
@@ -113,6 +208,10 @@ def test_disabled_falls_back_with_its_reason(monkeypatch, fresh_build):
     assert native_status() == "torch: disabled by NEURALNUM_NATIVE=0"
     src = torch.randn(17, 33)
     assert torch.equal(transpose_into(src, torch.empty(33, 17)), src.T)
+    a, b = torch.randn(3, 2, 16).permute(2, 0, 1), torch.randn(2, 4, 16).permute(2, 0, 1)
+    out = torch.empty(3, 4, 16).permute(2, 0, 1)
+    torch.testing.assert_close(interleaved_bmm(a, b, out), torch.bmm(a, b))
+    torch.testing.assert_close(block_bmm(a, b, torch.empty(16, 3, 4)), torch.bmm(a, b))
     assert not list(fresh_build.iterdir())
 
 
@@ -138,9 +237,9 @@ def test_build_is_cached_under_a_key_of_source_flags_and_cpu(fresh_build):
     """A fresh cache directory gets one library; loading again reuses it."""
     first = native_status()
     assert first.startswith(f"native: {fresh_build}")
-    native_transpose._library.cache_clear()
+    native._library.cache_clear()
     assert native_status() == first
-    assert len(list(fresh_build.glob("transpose-*.so"))) == 1
+    assert len(list(fresh_build.glob("kernels-*.so"))) == 1
 
 
 @needs_native
