@@ -37,7 +37,7 @@ output take different routes:
   Both run chunk after chunk in one native call (:func:`kernels.native.monarch_rows`),
   so that a chunk's ``h`` is still in cache when the second product reads it. No copy of
   the activations is made, forward or backward. Where the C kernels cannot be built the
-  same loop runs here, and the products fall back to ``torch.bmm`` and a copy into place.
+  same loop runs here, and the products fall back to ``torch.bmm``.
 * **feature-major** ``y`` (``feature_major=True``): ``y`` is the ``.T`` of a contiguous
   ``(s·q, N)`` tensor ``yᵀ``, in which the output of block ``i`` has unit stride along the
   rows, so both factors are plain block products (:func:`kernels.native.block_bmm`):

@@ -1,6 +1,6 @@
 """Compiled CPU kernels for the Monarch reference (float32, float64), built on first use.
 
-Two layouts that torch (and any BLAS) handle one element at a time get C kernels here:
+Layouts that torch (and any BLAS) handle poorly get C kernels here:
 
 * :func:`transpose_into` — an out-of-place 2-D transpose. torch's CPU copy of a
   transposed view moves one element at a time: about 10× memcpy's time per MiB (a 1 MiB
@@ -12,15 +12,20 @@ Two layouts that torch (and any BLAS) handle one element at a time get C kernels
   along the batch instead (``native/interleaved_bmm.c``). It is the layout of the Monarch
   multiply's second factor in row-major activations (:mod:`kernels.monarch_reference`),
   so the permutation ``P`` costs no copy there.
+* :func:`block_bmm` — a batched matmul of small blocks read in place (strided views of the
+  activations), vectorised along the output columns, where a BLAS packs both operands of
+  every block first (``native/block_bmm.c``).
+* :func:`monarch_rows` — the row-major Monarch forward, both factors chunk after chunk in
+  one call (``native/monarch_rows.c``).
 
 The C sources are compiled together by the system C compiler (``$CC``, else ``cc``) the
 first time they are needed, into a cache directory (``$NEURALNUM_CACHE``, else
 ``$XDG_CACHE_HOME/neuralnum`` or ``~/.cache/neuralnum``) under a name that hashes the
 sources, the flags and the CPU (the build uses ``-march=native``), written atomically, and
 loaded with :mod:`ctypes`. Where there is no compiler, the build fails, or
-``NEURALNUM_NATIVE=0``, both functions fall back to torch (the same values: a transpose
-only moves them; ``torch.bmm`` sums in its own order); :func:`native_status` says which
-path is in use and why.
+``NEURALNUM_NATIVE=0``, the functions fall back to torch (the same values: a transpose
+only moves them; ``torch.bmm`` sums in its own order) or, for :func:`monarch_rows`, leave
+the loop to the caller; :func:`native_status` says which path is in use and why.
 """
 
 from __future__ import annotations
@@ -41,8 +46,10 @@ import torch
 
 __all__ = ["block_bmm", "interleaved_bmm", "monarch_rows", "native_status", "transpose_into"]
 
-_SOURCES = tuple(Path(__file__).with_name("native") / name
-                 for name in ("transpose.c", "interleaved_bmm.c", "block_bmm.c", "monarch_rows.c"))
+_NATIVE = Path(__file__).with_name("native")
+_SOURCES = tuple(_NATIVE / name for name in ("transpose.c", "interleaved_bmm.c", "block_bmm.c",
+                                             "monarch_rows.c"))
+_HEADERS = (_NATIVE / "common.h",)
 _FLAGS = ("-O3", "-march=native", "-shared", "-fPIC")
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 #: kernel → (argument types, return type, symbol per dtype)
@@ -94,7 +101,7 @@ def interleaved_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
 
     The native kernel runs for float32 / float64 CPU tensors whose batch stride is 1
     (other strides free) with ``torch.get_num_threads()`` threads; anything else is
-    ``torch.bmm`` and a copy into ``out``. ``out`` must not overlap ``a`` or ``b``. Not
+    ``torch.bmm`` into ``out``. ``out`` must not overlap ``a`` or ``b``. Not
     differentiable: call it on tensors outside autograd.
     """
     batch, m, n, k = _bmm_sizes(a, b, out)
@@ -113,9 +120,9 @@ def block_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, *,
 
     The native kernel runs for float32 / float64 CPU tensors where ``b`` and ``out`` have
     unit stride along ``N`` (``a`` and every other stride free) with
-    ``torch.get_num_threads()`` threads; anything else is ``torch.bmm`` and a copy into
-    ``out``. ``out`` must not overlap ``a`` or ``b``. Not differentiable: call it on
-    tensors outside autograd.
+    ``torch.get_num_threads()`` threads; anything else is ``torch.bmm`` into ``out``.
+    ``out`` must not overlap ``a`` or ``b``. Not differentiable: call it on tensors
+    outside autograd.
     """
     batch, m, n, k = _bmm_sizes(a, b, out)
     kernel = _kernel("block_bmm", a, b, out)
@@ -171,8 +178,7 @@ def _bmm_sizes(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor) -> tuple[int
 
 def _torch_bmm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor,
                accumulate: bool) -> torch.Tensor:
-    product = torch.bmm(a, b)
-    return out.add_(product) if accumulate else out.copy_(product)
+    return out.baddbmm_(a, b) if accumulate else torch.bmm(a, b, out=out)
 
 
 def _launch(name: str, kernel: Callable[..., int], out: torch.Tensor, *args) -> torch.Tensor:
@@ -241,8 +247,9 @@ def _cache_dir() -> Path:
 
 
 def _build_key(compiler: str, flags: tuple[str, ...]) -> str:
-    """Hash of the sources, compiler, flags and CPU (``-march=native`` ties the binary to it)."""
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in _SOURCES))
+    """Hash of the sources and headers, compiler, flags and CPU (``-march=native`` ties
+    the binary to it)."""
+    digest = hashlib.sha256(b"".join(path.read_bytes() for path in (*_SOURCES, *_HEADERS)))
     digest.update(" ".join((compiler, *flags, platform.machine(), _cpu_identity())).encode())
     return digest.hexdigest()[:16]
 

@@ -21,16 +21,12 @@
  * Returns 0, or 1 where the packing buffer could not be allocated (then nothing is
  * written).
  */
-#include <stdint.h>
 #include <stdlib.h>
 
-#define VECTOR_BYTES 64 /* 16 floats or 8 doubles: one cache line, one AVX-512 register */
+#include "common.h"
+
 #define PANEL_VECTORS 4 /* NV of a whole column panel */
 
-typedef float f32_vec __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
-typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
-
-#define MIN(x, y) ((x) < (y) ? (x) : (y))
 
 /* Rows ROWS x NV vectors of the packed panel bp (K x NV vectors); `lanes` of the last
  * vector are in o (all of them when it is LANES). Constant ROWS and NV: unrolled, every
@@ -93,16 +89,11 @@ typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
              int64_t N, int64_t K, int accumulate, int threads) {                           \
         const int64_t lanes = VECTOR_BYTES / sizeof(T), width = PANEL_VECTORS * lanes;     \
         const int64_t panels = (N + width - 1) / width;                                    \
-        int failed = 0; /* shared: read by every thread after the barrier */              \
+        int failures = 0; /* shared by the team: see all_allocated */                      \
         _Pragma("omp parallel num_threads(threads) if(threads > 1)")                       \
         {                                                                                  \
             V *bp = aligned_alloc(VECTOR_BYTES, (PANEL_VECTORS * K + 1) * sizeof(V));      \
-            if (bp == NULL) {                                                              \
-                _Pragma("omp atomic write")                                                \
-                failed = 1;                                                                \
-            }                                                                              \
-            _Pragma("omp barrier")                                                         \
-            if (!failed) { /* the same branch in every thread: nothing written on failure */ \
+            if (all_allocated(bp != NULL, &failures)) {                                    \
                 _Pragma("omp for collapse(2) schedule(static)")                            \
                 for (int64_t t = 0; t < batch; ++t)                                        \
                     for (int64_t panel = 0; panel < panels; ++panel) {                     \
@@ -134,7 +125,7 @@ typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
             }                                                                              \
             free(bp);                                                                      \
         }                                                                                  \
-        return failed;                                                                     \
+        return failures != 0;                                                              \
     }
 
 DEFINE_BLOCK_BMM(neuralnum_block_bmm_f32, float, f32_vec)

@@ -23,21 +23,16 @@
  * Returns 0, or 1 where the packing buffers could not be allocated (then nothing is
  * written).
  */
-#include <stdint.h>
 #include <stdlib.h>
 
-#define VECTOR_BYTES 64 /* 16 floats or 8 doubles: one cache line, one AVX-512 register */
+#include "common.h"
+
 #define MR 4
 #define NR 5
 #ifndef PACKED_B_BYTES
 #define PACKED_B_BYTES (512 * 1024) /* b of this many bytes' worth of groups is packed at once */
 #endif
 
-typedef float f32_vec __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
-typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
-
-#define MIN(x, y) ((x) < (y) ? (x) : (y))
-#define MAX(x, y) ((x) > (y) ? (x) : (y))
 
 #define DEFINE_INTERLEAVED_BMM(NAME, T, V)                                                 \
     enum { NAME##_LANES = VECTOR_BYTES / sizeof(T) };                                      \
@@ -105,18 +100,13 @@ typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
         const int64_t per_block = MIN(groups, MAX(1, PACKED_B_BYTES / (int64_t)sizeof(V)   \
                                                          / MAX(1, group_size)));            \
         const int64_t blocks = (groups + per_block - 1) / per_block;                       \
-        int failed = 0; /* shared: read by every thread after the barrier */              \
+        int failures = 0; /* shared by the team: see all_allocated */                      \
         _Pragma("omp parallel num_threads(threads) if(threads > 1)")                       \
         {                                                                                  \
             V *bp = aligned_alloc(VECTOR_BYTES, (per_block * group_size + 1) * sizeof(V)); \
             V *ap = aligned_alloc(VECTOR_BYTES, (MR * K + 1) * sizeof(V));                 \
             int64_t packed_block = -1;                                                     \
-            if (bp == NULL || ap == NULL) {                                                \
-                _Pragma("omp atomic write")                                                \
-                failed = 1;                                                                \
-            }                                                                              \
-            _Pragma("omp barrier")                                                         \
-            if (!failed) { /* the same branch in every thread: nothing written on failure */ \
+            if (all_allocated(bp != NULL && ap != NULL, &failures)) {                      \
                 _Pragma("omp for collapse(2) schedule(static)")                            \
                 for (int64_t block = 0; block < blocks; ++block)                           \
                     for (int64_t panel = 0; panel < panels; ++panel) {                     \
@@ -149,7 +139,7 @@ typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
             free(bp);                                                                      \
             free(ap);                                                                      \
         }                                                                                  \
-        return failed;                                                                     \
+        return failures != 0;                                                              \
     }
 
 DEFINE_INTERLEAVED_BMM(neuralnum_interleaved_bmm_f32, float, f32_vec)

@@ -1,0 +1,32 @@
+/* What the product kernels share: the vector types they compute in, and the agreement of
+ * an OpenMP team on whether every thread got its packing buffers. */
+#ifndef NEURALNUM_NATIVE_COMMON_H
+#define NEURALNUM_NATIVE_COMMON_H
+
+#include <stdint.h>
+
+#define VECTOR_BYTES 64 /* 16 floats or 8 doubles: one cache line, one AVX-512 register */
+
+typedef float f32_vec __attribute__((vector_size(VECTOR_BYTES), aligned(4)));
+typedef double f64_vec __attribute__((vector_size(VECTOR_BYTES), aligned(8)));
+
+#define MIN(x, y) ((x) < (y) ? (x) : (y))
+#define MAX(x, y) ((x) > (y) ? (x) : (y))
+
+/* Called by every thread of a parallel region (it holds a barrier): whether every thread
+ * passed allocated = 1. `failures` is shared by the team and starts at 0; every thread
+ * gets the same answer, so all of them take the same branch after it (a work-sharing loop
+ * must be met by all threads or none). */
+static inline int all_allocated(int allocated, int *failures) {
+    if (!allocated) {
+        _Pragma("omp atomic")
+        ++*failures;
+    }
+    _Pragma("omp barrier")
+    int any;
+    _Pragma("omp atomic read")
+    any = *failures;
+    return any == 0;
+}
+
+#endif
