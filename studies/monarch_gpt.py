@@ -8,7 +8,9 @@ One GPT (:mod:`structured.models`, Transformer kind, byte-level on the package's
 and reverse sparsification (Monarch ``nblocks`` 4 for the first ``DENSIFY_AT`` of the
 steps, then :func:`structured.densify` — exact — and dense training to the end). All see
 the same batches in the same order with the same schedule (AdamW, warm-up + cosine, the
-optimiser of :mod:`structured.train`).
+optimiser of :mod:`structured.train`). Each model trains at its own best peak learning
+rate, chosen by final validation loss from ``LEARNING_RATES`` (one lockstep run per rate),
+and the comparison is then one more lockstep run, every model at its chosen rate.
 
 The models are trained **in lockstep**: each step is taken by every model in turn (order
 rotated every step), so that load from other processes on this shared machine hits all of
@@ -57,6 +59,8 @@ NAME = "monarch_gpt"
 TARGET_SPEEDUP = 1.5
 MLP_SHARE_TARGET = 0.5          # "a size where the MLP dominates the FLOPs"
 DENSIFY_AT = 0.75               # reverse sparsification: fraction of steps trained Monarch
+#: Peak learning rates each model chooses from (by final validation loss), per mode.
+LEARNING_RATES = {"quick": (3e-3,), "default": (5e-4, 1e-3, 2e-3), "full": (3e-4, 6e-4, 1.2e-3)}
 PAPER = ("Dao et al. 2022: Monarch MLPs train GPT-2 about 2x faster to the same "
          "perplexity (GPUs); reverse sparsification: Monarch, then densify")
 
@@ -194,6 +198,7 @@ def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
 def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
                    ) -> dict[str, dict[str, Any]]:
     """Train every variant on the same batches, alternating per step; see the docstring.
+    A spec's ``"lr"`` is its peak learning rate (default ``cfg.lr``).
 
     Returns label → ``{"params", "records": [{step, train_s, cpu_s, val_loss}], ...}``
     (``params`` at the start; after densifying, ``params_final``).
@@ -217,7 +222,7 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
     log(0)
     for step in progress(range(cfg.steps), desc="lockstep"):
         x, y = task.sample(cfg.batch_size, gen)
-        lr = cfg.lr * schedule(step)
+        factor = schedule(step)
         shift = step % len(labels)
         for label in labels[shift:] + labels[:shift]:
             wall, cpu = time.perf_counter(), time.process_time()
@@ -225,6 +230,7 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
                 models[label] = densify(models[label])
                 optimizers[label] = adamw_optimizer(models[label], cfg)
                 out[label]["params_final"] = count_parameters(models[label])
+            lr = specs[label].get("lr", cfg.lr) * factor
             out[label].setdefault("train_loss", []).append(
                 _step(models[label], optimizers[label], x, y, lr, cfg))
             clock[label][0] += time.perf_counter() - wall
@@ -305,18 +311,38 @@ def tables(result: dict) -> str:
              f"{cfg['n_layers']} layers, seq {cfg['seq_len']}, batch {cfg['batch_size']}, "
              f"{cfg['steps']} steps, byte-level corpus; models trained in lockstep "
              f"(alternating steps); {result['load_note']}", "",
-             "| model | params | train FLOPs/token | MLP share of FLOPs | final val loss "
-             "| train wall s (sum of steps) | reaches dense final loss at (wall s) "
-             "| wall-clock speed-up | step ratio | gap above target (nats) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | params | train FLOPs/token | MLP share of FLOPs | peak lr "
+             "| final val loss | train wall s (sum of steps) "
+             "| reaches dense final loss at (wall s) | wall-clock speed-up | step ratio "
+             "| gap above target (nats) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, run in result["runs"].items():
         q = result["quality"].get(label)
         cells = ["", "", "", ""] if q is None else [
             _fmt(q["wall"]["candidate_time"], ".0f"), _fmt(q["wall"]["speedup"], suffix="x"),
             _fmt(q["steps"]["speedup"], suffix="x"), f"{max(0.0, q['wall']['gap']):.3f}"]
         lines.append(f"| {label} | {run['params']:,} | {run['train_flops_per_token']:.3g} | "
-                     f"{run['mlp_share']:.0%} | {run['final_val_loss']:.3f} | "
+                     f"{run['mlp_share']:.0%} | {run['lr']:g} | {run['final_val_loss']:.3f} | "
                      f"{run['train_s']:.0f} | " + " | ".join(cells) + " |")
+    if result["lr_grid"]:
+        rates = list(result["lr_grid"])
+        lines += ["", "Final validation loss per peak learning rate (one lockstep run each; "
+                  "each model trains at its lowest):", "",
+                  "| model | " + " | ".join(f"lr {float(r):g}" for r in rates) + " |",
+                  "|---|" + "---:|" * len(rates)]
+        lines += [f"| {label} | " + " | ".join(f"{result['lr_grid'][r][label]:.3f}"
+                                                for r in rates) + " |"
+                  for label in result["runs"]]
+    lines += ["", "How close each variant gets: the loss it ends at, when it first reaches it, "
+              "and when the dense model does (wall-clock, same lockstep run):", "",
+              "| model | final val loss | reaches it at (wall s) | dense reaches it at (wall s) "
+              "| reached sooner than dense by |", "|---|---:|---:|---:|---:|"]
+    for label, q in result["quality"].items():
+        own = q["dense_to_own_loss"]
+        dense_at, own_at = own["candidate_time"], own["reference_time"]
+        sooner = None if dense_at is None else dense_at / max(own_at, 1e-12)
+        lines.append(f"| {label} | {own['target']:.3f} | {own_at:.0f} | "
+                     f"{_fmt(dense_at, '.0f')} | {_fmt(sooner, suffix='x')} |")
     prof = result["profile"]
     lines += ["", f"Profile (median of {result['profile_repeats']} alternated repeats, "
               "forward+backward of one batch):", "",
@@ -342,32 +368,58 @@ def _plot(result: dict, path) -> None:
         by_time.plot([r["train_s"] for r in recs], [r["val_loss"] for r in recs], "o-", ms=3,
                      label=label)
     target = result["runs"]["dense"]["final_val_loss"]
+    spread = max(run["final_val_loss"] for run in result["runs"].values()) - target
     for ax, xlabel in ((by_step, "step"), (by_time, "training wall-clock (s, lockstep)")):
-        ax.axhline(target, color="k", ls=":", lw=1)
+        ax.axhline(target, color="k", ls=":", lw=1, label="dense final loss")
+        # zoomed on the finish, where the curves part: the early drop is common to all
+        ax.set_ylim(target - max(0.05, spread), target + max(0.5, 10 * spread))
         ax.set(xlabel=xlabel, ylabel="validation loss (nats/byte)")
         ax.legend()
     by_step.set_title("GPT: dense vs Monarch MLPs")
     save_figure(fig, path)
 
 
-def run_study(cfg: TrainConfig, profile_repeats: int) -> dict:
+def choose_learning_rates(cfg: TrainConfig, specs: dict[str, dict[str, Any]],
+                          rates: Sequence[float]) -> tuple[dict[str, float], dict]:
+    """Each variant's peak learning rate from ``rates``: the one whose lockstep run (all
+    variants at that rate) ends at the lowest validation loss. Returns label → rate and
+    the grid (rate → label → final validation loss); no run for a single rate."""
+    if len(rates) == 1:
+        return {label: rates[0] for label in specs}, {}
+    grid = {}
+    for rate in progress(rates, desc="learning rates"):
+        runs = train_lockstep(replace(cfg, lr=rate), specs)
+        grid[rate] = {label: run["final_val_loss"] for label, run in runs.items()}
+    return {label: min(rates, key=lambda r: grid[r][label]) for label in specs}, grid
+
+
+def run_study(cfg: TrainConfig, profile_repeats: int,
+              rates: Sequence[float] | None = None) -> dict:
+    """Choose each variant's learning rate (:func:`choose_learning_rates`; default: just
+    ``cfg.lr``), train all of them in one more lockstep run at their rates, compare."""
     specs = variants(cfg)
+    chosen, grid = choose_learning_rates(cfg, specs, rates or (cfg.lr,))
+    specs = {label: {**spec, "lr": chosen[label]} for label, spec in specs.items()}
     runs = train_lockstep(cfg, specs)
     quality = {}
     dense = runs["dense"]["records"]
     for label, run in runs.items():
+        run["lr"] = chosen[label]
         if label == "dense":
             continue
-        quality[label] = {
-            axis: time_to_quality([(r[key], r["val_loss"]) for r in dense],
-                                  [(r[key], r["val_loss"]) for r in run["records"]])
-            for axis, key in (("wall", "train_s"), ("cpu", "cpu_s"), ("steps", "step"))}
+        curves = {axis: ([(r[key], r["val_loss"]) for r in dense],
+                         [(r[key], r["val_loss"]) for r in run["records"]])
+                  for axis, key in (("wall", "train_s"), ("cpu", "cpu_s"), ("steps", "step"))}
+        quality[label] = {axis: time_to_quality(*pair) for axis, pair in curves.items()}
+        # how close it gets: the dense model chasing this variant's own final loss
+        quality[label]["dense_to_own_loss"] = time_to_quality(*reversed(curves["wall"]))
     config = {k: getattr(cfg.model, k) for k in ("d_model", "n_layers", "n_heads", "seq_len",
                                                   "mlp_ratio")}
-    config.update({k: getattr(cfg, k) for k in ("batch_size", "steps", "lr", "seed")})
+    config.update({k: getattr(cfg, k) for k in ("batch_size", "steps", "seed")})
+    config["learning_rates"] = list(rates or (cfg.lr,))
     return {"study": NAME, "paper": PAPER, "config": config, "densify_at": DENSIFY_AT,
-            "runs": runs, "quality": quality,
-            "profile": profile_steps(cfg, specs, profile_repeats),
+            "runs": runs, "lr_grid": {str(rate): row for rate, row in grid.items()},
+            "quality": quality, "profile": profile_steps(cfg, specs, profile_repeats),
             "profile_repeats": profile_repeats}
 
 
@@ -375,7 +427,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     args = study_args(NAME, __doc__.split("\n\n")[0], argv)
     mode = "quick" if args.quick else "full" if args.full else "default"
     cfg = replace(base_config(mode), out_dir=str(args.out))
-    result = run_study(cfg, profile_repeats=3 if args.quick else 7)
+    result = run_study(cfg, profile_repeats=3 if args.quick else 7,
+                       rates=LEARNING_RATES[mode])
     result["load_note"] = load_note(args.threads)
     result["verdicts"] = verdicts(result)
     rows = [{"model": label, "params": run["params"], "mlp_share": run["mlp_share"],

@@ -59,15 +59,19 @@ def test_build_swaps_only_the_mlps_and_counts_their_flops():
 
 def _result(speedups: dict[str, float | None], mlp_share: float) -> dict:
     runs = {"dense": {"params": 10, "train_flops_per_token": 1e6, "mlp_share": mlp_share,
-                      "final_val_loss": 2.0, "train_s": 100.0}}
+                      "final_val_loss": 2.0, "train_s": 100.0, "lr": 1e-3}}
     quality = {}
     for label, s in speedups.items():
         runs[label] = {**runs["dense"], "final_val_loss": 2.1}
         wall = {"candidate_time": None if s is None else 100 / s, "speedup": s, "gap": 0.1}
-        quality[label] = {"wall": wall, "steps": {**wall, "speedup": 1.0}}
+        own = {"target": 2.1, "reference_time": 80.0, "candidate_time": 96.0, "gap": 0.0}
+        quality[label] = {"wall": wall, "steps": {**wall, "speedup": 1.0},
+                          "dense_to_own_loss": own}
     prof = {"dense": {"step_s": 1.0, "mlp_s": 0.5, "mlp_share": 0.5, "step_speedup": 1.0,
                       "mlp_speedup": 1.0, "amdahl_bound": 2.0}}
+    grid = {"0.001": {label: 2.5 for label in runs}, "0.002": {label: 2.75 for label in runs}}
     return {"runs": runs, "quality": quality, "profile": prof, "profile_repeats": 7,
+            "lr_grid": grid,
             "load_note": "load", "config": {"d_model": 8, "n_layers": 1, "seq_len": 4,
                                             "batch_size": 2, "steps": 3}}
 
@@ -87,6 +91,9 @@ def test_tables_render_numbers_from_the_result():
     text = monarch_gpt.tables(result)
     assert "| monarch-4 | 10 |" in text and "1.60x" in text and "| never | never |" in text
     assert "neverx" not in text
+    assert "| 0.001 | 2.100 |" in text                               # peak lr, final loss
+    assert "| lr 0.001 | lr 0.002 |" in text and "| monarch-2 | 2.500 | 2.750 |" in text
+    assert "| monarch-4 | 2.100 | 80 | 96 | 1.20x |" in text       # how close it gets
     assert "median of 7" in text and text.count("| yes |") == 2
 
 
@@ -98,3 +105,29 @@ def test_study_end_to_end(tmp_path, single_thread):
     assert [r["step"] for r in switched["records"]] == [0, 3, 6]
     assert (tmp_path / "monarch_gpt.json").exists() and (tmp_path / "monarch_gpt.png").exists()
     json.dumps(report)
+
+
+def test_each_model_trains_at_its_own_learning_rate(single_thread):
+    """A spec's ``lr`` is that model's: at 0 its weights, and so its loss, never move,
+    while the model beside it (same batches, default rate) learns."""
+    cfg = monarch_gpt.base_config("quick")
+    specs = {"dense": {"nblocks": None, "densify_at": None, "lr": 0.0},
+             "monarch-2": {"nblocks": 2, "densify_at": None}}
+    runs = monarch_gpt.train_lockstep(cfg, specs)
+    frozen = [r["val_loss"] for r in runs["dense"]["records"]]
+    assert frozen == [frozen[0]] * len(frozen)
+    learning = [r["val_loss"] for r in runs["monarch-2"]["records"]]
+    assert learning[-1] < learning[0]
+
+
+def test_learning_rates_are_chosen_per_model_by_final_validation_loss(monkeypatch):
+    """Each label gets the rate of its lowest final validation loss in the grid, whichever
+    rate suits the others; a single rate trains nothing."""
+    table = {1e-3: {"dense": 2.0, "monarch-2": 3.0}, 2e-3: {"dense": 2.5, "monarch-2": 2.9}}
+    monkeypatch.setattr(monarch_gpt, "train_lockstep", lambda cfg, specs: {
+        label: {"final_val_loss": table[cfg.lr][label]} for label in specs})
+    cfg, specs = monarch_gpt.base_config("quick"), {"dense": {}, "monarch-2": {}}
+    chosen, grid = monarch_gpt.choose_learning_rates(cfg, specs, (1e-3, 2e-3))
+    assert chosen == {"dense": 1e-3, "monarch-2": 2e-3} and grid == table
+    assert monarch_gpt.choose_learning_rates(cfg, specs, (5e-3,)) == (
+        {"dense": 5e-3, "monarch-2": 5e-3}, {})
