@@ -268,7 +268,8 @@ def tables(result: dict) -> str:
             for mode in MODES) + " |")
     lines += ["", "Where a row-major Monarch forward spends its time (self CPU time per "
               f"profiled op, {PROFILED_CALLS} calls; `neuralnum::monarch_rows` runs both "
-              "factors' products, chunk after chunk):", ""]
+              "factors' products, chunk after chunk, `neuralnum::transpose` re-lays out the "
+              "small `R` and `L` once per call):", ""]
     lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
                                             for p in r["profile_forward"])
               for r in result["results"]]
