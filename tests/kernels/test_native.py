@@ -194,6 +194,15 @@ def test_products_bad_operands_name_the_problem(bmm):
             torch.zeros(2, 3, 1))
 
 
+def test_a_kernel_reporting_failed_allocation_raises_memory_error():
+    """A product kernel returns 1 when its packing buffers could not be allocated (it has
+    then written nothing): the call raises instead of returning an unwritten ``out``."""
+    with pytest.raises(MemoryError, match="block_bmm: could not allocate"):
+        native._launch("block_bmm", lambda *args: 1, torch.empty(2, 3))
+    out = torch.empty(0, 3)                             # nothing to compute: no call at all
+    assert native._launch("block_bmm", lambda *args: 1, out) is out
+
+
 @pytest.fixture
 def fresh_build(monkeypatch, tmp_path):
     """Forget the loaded library and build into an empty cache directory."""
