@@ -6,17 +6,18 @@
  * and loaded by kernels/native.py.
  *
  * The Monarch multiply's factors are batches of small blocks (K and N of 16 to a few
- * hundred) whose operands are strided views of the activations. A BLAS packs both operands
- * of every block product into its own layout first, which at these sizes is a large share
- * of the work (MKL's batched GEMM ran the Monarch's 64 x 64 blocks at 50-55 GFLOP/s on
- * one core of the development machine, against 75-80 for a large dense product). Here a
- * is read where it lies, one entry at a time, broadcast to a vector; SIMD runs along n.
- * A register tile of MR rows x NV vectors of n (NV <= 4, MR * NV = 24 accumulators) is
- * accumulated over k: MR broadcasts and NV loads per MR * NV fused multiply-adds. Only
- * b's K x NV-vector column panel is packed (zero-padded to whole vectors, so that ragged
- * n needs no other code), once per block and panel; it stays in L1 while the rows of a
- * stream past. Rows past the last whole tile run in tiles of 4, 2 and 1 rows. Blocks and
- * column panels are split over threads with OpenMP when threads > 1.
+ * hundred) whose operands are strided views of the activations. A BLAS packs both
+ * operands of every block product into its own layout first, which at these sizes is a
+ * large share of the work (MKL's batched GEMM ran the Monarch's 64 x 64 blocks at 50-55
+ * GFLOP/s on one core of the development machine, against 75-80 for a large dense
+ * product). Here a is read where it lies, one entry at a time, broadcast to a vector;
+ * SIMD runs along n. A register tile of MR rows x NV vectors of n (NV <= 4; MR * NV <=
+ * 24 accumulators with 32 vector registers, 12 with 16) is accumulated over k: MR
+ * broadcasts and NV loads per MR * NV fused multiply-adds. Only b's K x NV-vector
+ * column panel is packed (zero-padded to whole vectors, so that ragged n needs no other
+ * code), once per block and panel; it stays in L1 while the rows of a stream past. Rows
+ * past the last whole tile run in tiles of 4, 2 and 1 rows. Blocks and column panels
+ * are split over threads with OpenMP when threads > 1.
  *
  * Returns 0, or 1 where the packing buffer could not be allocated (then nothing is
  * written).
@@ -26,6 +27,17 @@
 #include "common.h"
 
 #define PANEL_VECTORS 4 /* NV of a whole column panel */
+/* Rows of a tile NV vectors wide: 24 accumulators at most with 32 vector registers (and at
+ * most 8 rows: rows 4 KiB apart share an L1 set), 12 with 16. */
+#if WIDE_REGISTER_FILE
+#define ROWS_2 8
+#define ROWS_3 8
+#define ROWS_4 6
+#else
+#define ROWS_2 6
+#define ROWS_3 4
+#define ROWS_4 2
+#endif
 
 
 /* Rows ROWS x NV vectors of the packed panel bp (K x NV vectors); `lanes` of the last
@@ -80,10 +92,10 @@
     }
 
 #define DEFINE_BLOCK_BMM(NAME, T, V)                                                       \
-    DEFINE_PANEL(NAME##_panel1, T, V, 8, 1)                                               \
-    DEFINE_PANEL(NAME##_panel2, T, V, 8, 2)                                               \
-    DEFINE_PANEL(NAME##_panel3, T, V, 8, 3)                                                \
-    DEFINE_PANEL(NAME##_panel4, T, V, 6, 4)                                                \
+    DEFINE_PANEL(NAME##_panel1, T, V, 8, 1)                                                \
+    DEFINE_PANEL(NAME##_panel2, T, V, ROWS_2, 2)                                           \
+    DEFINE_PANEL(NAME##_panel3, T, V, ROWS_3, 3)                                           \
+    DEFINE_PANEL(NAME##_panel4, T, V, ROWS_4, 4)                                           \
     int NAME(const T *a, int64_t a_t, int64_t a_m, int64_t a_k, const T *b, int64_t b_t,    \
              int64_t b_k, T *o, int64_t o_t, int64_t o_m, int64_t batch, int64_t M,         \
              int64_t N, int64_t K, int accumulate, int threads) {                           \

@@ -7,18 +7,20 @@
  * each operand has unit stride along the batch and free strides otherwise. Compiled and
  * loaded by kernels/native.py.
  *
- * A BLAS cannot take this layout (no matrix of it has a unit stride), and it is the layout
- * of the Monarch multiply's second factor in row-major activations: there the batch is the
- * block index i, which the permutation P puts innermost in the output. Here SIMD runs along
- * the batch instead: a vector holds one (m, n) entry of LANES consecutive matrices, and a
- * register tile of MR x NR such vectors is accumulated over k (MR + NR loads per MR * NR
- * fused multiply-adds), as in a GEMM. As in a GEMM, the operands are first packed: for one
- * group of LANES matrices, all of b into column panels of K x NR vectors, then each MR-row
- * panel of a (K x MR vectors) in turn, so that the tile reads both sequentially from cache
- * whatever the strides (in the Monarch layout the rows of a tile are 32 KiB apart, which
- * maps them all to one L1 set). Panels are zero-padded to whole tiles and whole vectors,
- * so that one tile computes every case; the edges are written back entry by entry. Groups
- * of matrices and row panels are split over threads with OpenMP when threads > 1.
+ * A BLAS cannot take this layout (no matrix of it has a unit stride), and it is the
+ * layout of the Monarch multiply's second factor in row-major activations: there the
+ * batch is the block index i, which the permutation P puts innermost in the output.
+ * Here SIMD runs along the batch instead: a vector holds one (m, n) entry of LANES
+ * consecutive matrices, and a register tile of MR x NR such vectors (4 x 5 with 32
+ * vector registers, 3 x 4 with 16) is accumulated over k (MR + NR loads per MR * NR
+ * fused multiply-adds), as in a GEMM. As in a GEMM, the operands are first packed: for
+ * one group of LANES matrices, all of b into column panels of K x NR vectors, then each
+ * MR-row panel of a (K x MR vectors) in turn, so that the tile reads both sequentially
+ * from cache whatever the strides (in the Monarch layout the rows of a tile are 32 KiB
+ * apart, which maps them all to one L1 set). Panels are zero-padded to whole tiles and
+ * whole vectors, so that one tile computes every case; the edges are written back entry
+ * by entry. Groups of matrices and row panels are split over threads with OpenMP when
+ * threads > 1.
  *
  * Returns 0, or 1 where the packing buffers could not be allocated (then nothing is
  * written).
@@ -27,8 +29,13 @@
 
 #include "common.h"
 
+#if WIDE_REGISTER_FILE
 #define MR 4
-#define NR 5
+#define NR 5 /* 20 accumulators + 5 operands of 32 registers */
+#else
+#define MR 3
+#define NR 4 /* 12 accumulators + 4 operands of 16 registers */
+#endif
 #ifndef PACKED_B_BYTES
 #define PACKED_B_BYTES (512 * 1024) /* b of this many bytes' worth of groups is packed at once */
 #endif
@@ -66,7 +73,7 @@
             _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m) row[m] = ap[k * MR + m];  \
             _Pragma("GCC unroll 8") for (int n = 0; n < NR; ++n) {                         \
                 V col = bp[k * NR + n];                                                    \
-                __asm__("" : "+v"(col)); /* one load per column, not one per FMA */        \
+                IN_REGISTER(col); /* one load per column, not one per FMA */               \
                 _Pragma("GCC unroll 8") for (int m = 0; m < MR; ++m)                       \
                     acc[m][n] += row[m] * col;                                             \
             }                                                                              \

@@ -3,6 +3,9 @@ the two batched matmuls (interleaved, block) equal ``torch.bmm``; all write noth
 their output, really run (no ATen op dispatched), and fall back to torch, with the reason,
 where the library cannot be built."""
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -10,7 +13,9 @@ from hypothesis import strategies as st
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from kernels import native
+from kernels.monarch_reference import monarch_matmul_reference
 from kernels.native import block_bmm, interleaved_bmm, native_status, transpose_into
+from structured.monarch import MonarchMatrix
 
 NATIVE = native_status().startswith("native")
 needs_native = pytest.mark.skipif(not NATIVE, reason=native_status())
@@ -249,6 +254,40 @@ def test_build_is_cached_under_a_key_of_source_flags_and_cpu(fresh_build):
     native._library.cache_clear()
     assert native_status() == first
     assert len(list(fresh_build.glob("kernels-*.so"))) == 1
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return set()
+    return {flag for line in lines if line.startswith("flags") for flag in line.split()[2:]}
+
+
+@needs_native
+@pytest.mark.skipif(platform.machine() != "x86_64", reason="x86-64 ISA levels")
+@pytest.mark.parametrize("march", ["x86-64", "x86-64-v3"])
+def test_kernels_build_and_agree_on_older_cpus(monkeypatch, fresh_build, march):
+    """The library is built for the CPU it runs on (``-march=native``), and the vector
+    width and register tiles follow it (``native/common.h``). Built for SSE2 only
+    (``x86-64``) and for AVX2 (``x86-64-v3``), 16 vector registers, it compiles and its
+    products and the Monarch multiply agree with torch (a build failure would fall back
+    to torch silently, so the status is checked too)."""
+    if march == "x86-64-v3" and not {"avx2", "fma"} <= _cpu_flags():
+        pytest.skip("this CPU cannot run AVX2 code")
+    monkeypatch.setattr(native, "_FLAGS", tuple(
+        f"-march={march}" if flag == "-march=native" else flag for flag in native._FLAGS))
+    assert native_status().startswith("native")
+    for dtype in (torch.float32, torch.float64):
+        for bmm, inner in ((interleaved_bmm, (1, 2, 0)), (block_bmm, (0, 1, 2))):
+            a, _ = _laid_out((19, 13, 7), (1, 2, 0), 0, dtype, seed=1)
+            b, _ = _laid_out((19, 7, 11), inner, 0, dtype, seed=2)
+            out, _ = _laid_out((19, 13, 11), inner, 0, dtype, seed=3)
+            torch.testing.assert_close(bmm(a, b, out), torch.bmm(a, b))
+        x = torch.randn(37, 2 * 3, dtype=dtype)
+        R, L = torch.randn(2, 19, 3, dtype=dtype), torch.randn(19, 5, 2, dtype=dtype)
+        dense = MonarchMatrix(R, L).to_dense()
+        torch.testing.assert_close(monarch_matmul_reference(x, R, L), x @ dense.T)
 
 
 @needs_native
