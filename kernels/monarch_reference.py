@@ -172,7 +172,7 @@ class _MonarchFunction(torch.autograd.Function):
         with torch.autocast(x.device.type, enabled=False):
             for rows in chunks:
                 c = rows.stop - rows.start
-                h = h_all[rows.start * k * q:rows.stop * k * q] if need_L else None
+                h = _chunk_h(h_all, rows, k * q, keep=True) if need_L else None
                 if ctx.feature_major:
                     gy_t = gy[rows].T                                # (s·q, c)
                     if gy_buf is not None:                           # one transposing copy
@@ -219,7 +219,7 @@ def _forward_row_major(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor, h_all:
         return y
     for rows in chunks:
         c = rows.stop - rows.start
-        h = (h_all[rows.start * k * q:rows.stop * k * q] if keep else h_all[:c * k * q])
+        h = _chunk_h(h_all, rows, k * q, keep)
         block_bmm(x[rows].unflatten(1, (k, p)).transpose(0, 1), R_t,      # (k, c, p) @ Rᵀ
                   out=h.view(k, c, q))
         interleaved_bmm(h.view(k, c, q).permute(2, 1, 0), L.transpose(1, 2),  # (q,c,k)@(q,k,s)
@@ -237,11 +237,19 @@ def _forward_feature_major(x: torch.Tensor, R: torch.Tensor, L: torch.Tensor,
     y_blocks = y_t.view(s, q, n).transpose(0, 1)                     # (q, s, n) view: P
     for rows in chunks:
         c = rows.stop - rows.start
-        h = (h_all[rows.start * k * q:rows.stop * k * q] if keep else h_all[:c * k * q])
+        h = _chunk_h(h_all, rows, k * q, keep)
         block_bmm(R, x[rows].T.unflatten(0, (k, p)), out=h.view(k, q, c))  # (k,q,p) @ (k,p,c)
         block_bmm(L, h.view(k, q, c).transpose(0, 1),                # (q, s, k) @ (q, k, c)
                   out=y_blocks[:, :, rows])                          # (q, s, c) view: P
     return y_t.T
+
+
+def _chunk_h(h_all: torch.Tensor, rows: slice, per_row: int, keep: bool) -> torch.Tensor:
+    """A chunk's ``h`` (flat, ``per_row`` = ``k·q`` values per row): its own stretch of
+    ``h_all`` when every chunk's is kept, else the start of the one-chunk workspace."""
+    if keep:
+        return h_all[rows.start * per_row:rows.stop * per_row]
+    return h_all[:(rows.stop - rows.start) * per_row]
 
 
 def _transposed(matrix: torch.Tensor) -> torch.Tensor:

@@ -192,7 +192,7 @@ def _launch(name: str, kernel: Callable[..., int], out: torch.Tensor, *args) -> 
     return out
 
 
-def _kernel(name: str, *tensors: torch.Tensor) -> Callable[..., None] | None:
+def _kernel(name: str, *tensors: torch.Tensor) -> Callable[..., int | None] | None:
     """The compiled ``name`` for the tensors' dtype, or ``None`` (not built, not CPU, or a
     dtype it lacks)."""
     symbol = _KERNELS[name][2].get(tensors[0].dtype)
@@ -210,7 +210,7 @@ def _profiled(name: str) -> contextlib.AbstractContextManager:
 
 
 def native_status() -> str:
-    """``"native: <path>"`` when the compiled kernel is in use, else ``"torch: <why>"``."""
+    """``"native: <path>"`` when the compiled kernels are in use, else ``"torch: <why>"``."""
     library, why = _library()
     return f"native: {library._name}" if library is not None else f"torch: {why}"
 

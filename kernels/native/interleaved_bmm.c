@@ -14,13 +14,14 @@
  * consecutive matrices, and a register tile of MR x NR such vectors (4 x 5 with 32
  * vector registers, 3 x 4 with 16) is accumulated over k (MR + NR loads per MR * NR
  * fused multiply-adds), as in a GEMM. As in a GEMM, the operands are first packed: for
- * one group of LANES matrices, all of b into column panels of K x NR vectors, then each
- * MR-row panel of a (K x MR vectors) in turn, so that the tile reads both sequentially
- * from cache whatever the strides (in the Monarch layout the rows of a tile are 32 KiB
- * apart, which maps them all to one L1 set). Panels are zero-padded to whole tiles and
- * whole vectors, so that one tile computes every case; the edges are written back entry
- * by entry. Groups of matrices and row panels are split over threads with OpenMP when
- * threads > 1.
+ * a block of groups of LANES matrices (as many as PACKED_B_BYTES of packed b holds),
+ * all of b into column panels of K x NR vectors, then each MR-row panel of a (K x MR
+ * vectors) of every group of the block in turn, so that the tile reads both
+ * sequentially from cache whatever the strides (in the Monarch layout the rows of a
+ * tile are 32 KiB apart, which maps them all to one L1 set) and a's cache lines are
+ * used whole. Panels are zero-padded to whole tiles and whole vectors, so that one tile
+ * computes every case; the edges are written back entry by entry. Blocks of groups
+ * and row panels are split over threads with OpenMP when threads > 1.
  *
  * Returns 0, or 1 where the packing buffers could not be allocated (then nothing is
  * written).
@@ -36,10 +37,7 @@
 #define MR 3
 #define NR 4 /* 12 accumulators + 4 operands of 16 registers */
 #endif
-#ifndef PACKED_B_BYTES
 #define PACKED_B_BYTES (512 * 1024) /* b of this many bytes' worth of groups is packed at once */
-#endif
-
 
 #define DEFINE_INTERLEAVED_BMM(NAME, T, V)                                                 \
     enum { NAME##_LANES = VECTOR_BYTES / sizeof(T) };                                      \
