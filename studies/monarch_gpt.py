@@ -9,8 +9,9 @@ and reverse sparsification (Monarch ``nblocks`` 4 for the first ``DENSIFY_AT`` o
 steps, then :func:`structured.densify` — exact — and dense training to the end). All see
 the same batches in the same order with the same schedule (AdamW, warm-up + cosine, the
 optimiser of :mod:`structured.train`). Each model trains at its own best peak learning
-rate, chosen by final validation loss from ``LEARNING_RATES`` (one lockstep run per rate),
-and the comparison is then one more lockstep run, every model at its chosen rate.
+rate, chosen by final validation loss from ``LEARNING_RATES`` (one lockstep run per rate);
+the comparison is one lockstep run with every model at its chosen rate (the grid's own run
+at that rate where all chose the same).
 
 The models are trained **in lockstep**: each step is taken by every model in turn (order
 rotated every step), so that load from other processes on this shared machine hits all of
@@ -383,24 +384,28 @@ def choose_learning_rates(cfg: TrainConfig, specs: dict[str, dict[str, Any]],
                           rates: Sequence[float]) -> tuple[dict[str, float], dict]:
     """Each variant's peak learning rate from ``rates``: the one whose lockstep run (all
     variants at that rate) ends at the lowest validation loss. Returns label → rate and
-    the grid (rate → label → final validation loss); no run for a single rate."""
+    the runs (rate → :func:`train_lockstep`'s result); no run for a single rate."""
     if len(rates) == 1:
         return {label: rates[0] for label in specs}, {}
-    grid = {}
-    for rate in progress(rates, desc="learning rates"):
-        runs = train_lockstep(replace(cfg, lr=rate), specs)
-        grid[rate] = {label: run["final_val_loss"] for label, run in runs.items()}
-    return {label: min(rates, key=lambda r: grid[r][label]) for label in specs}, grid
+    runs = {rate: train_lockstep(replace(cfg, lr=rate), specs)
+            for rate in progress(rates, desc="learning rates")}
+    return {label: min(rates, key=lambda r: runs[r][label]["final_val_loss"])
+            for label in specs}, runs
 
 
 def run_study(cfg: TrainConfig, profile_repeats: int,
               rates: Sequence[float] | None = None) -> dict:
     """Choose each variant's learning rate (:func:`choose_learning_rates`; default: just
-    ``cfg.lr``), train all of them in one more lockstep run at their rates, compare."""
+    ``cfg.lr``) and compare the variants trained in one lockstep run at their rates: the
+    chosen rate's own run where every variant chose the same, else one more run."""
     specs = variants(cfg)
-    chosen, grid = choose_learning_rates(cfg, specs, rates or (cfg.lr,))
+    chosen, runs_by_rate = choose_learning_rates(cfg, specs, rates or (cfg.lr,))
     specs = {label: {**spec, "lr": chosen[label]} for label, spec in specs.items()}
-    runs = train_lockstep(cfg, specs)
+    same = set(chosen.values())
+    if len(same) == 1 and (rate := same.pop()) in runs_by_rate:
+        runs = runs_by_rate[rate]        # that rate's run trained every variant at its rate
+    else:
+        runs = train_lockstep(cfg, specs)
     quality = {}
     dense = runs["dense"]["records"]
     for label, run in runs.items():
@@ -418,7 +423,9 @@ def run_study(cfg: TrainConfig, profile_repeats: int,
     config.update({k: getattr(cfg, k) for k in ("batch_size", "steps", "seed")})
     config["learning_rates"] = list(rates or (cfg.lr,))
     return {"study": NAME, "paper": PAPER, "config": config, "densify_at": DENSIFY_AT,
-            "runs": runs, "lr_grid": {str(rate): row for rate, row in grid.items()},
+            "runs": runs, "lr_grid": {str(rate): {label: run["final_val_loss"]
+                                                  for label, run in by_label.items()}
+                                      for rate, by_label in runs_by_rate.items()},
             "quality": quality, "profile": profile_steps(cfg, specs, profile_repeats),
             "profile_repeats": profile_repeats}
 

@@ -127,7 +127,37 @@ def test_learning_rates_are_chosen_per_model_by_final_validation_loss(monkeypatc
     monkeypatch.setattr(monarch_gpt, "train_lockstep", lambda cfg, specs: {
         label: {"final_val_loss": table[cfg.lr][label]} for label in specs})
     cfg, specs = monarch_gpt.base_config("quick"), {"dense": {}, "monarch-2": {}}
-    chosen, grid = monarch_gpt.choose_learning_rates(cfg, specs, (1e-3, 2e-3))
+    chosen, runs = monarch_gpt.choose_learning_rates(cfg, specs, (1e-3, 2e-3))
+    grid = {rate: {label: run["final_val_loss"] for label, run in by_label.items()}
+            for rate, by_label in runs.items()}
     assert chosen == {"dense": 1e-3, "monarch-2": 2e-3} and grid == table
     assert monarch_gpt.choose_learning_rates(cfg, specs, (5e-3,)) == (
         {"dense": 5e-3, "monarch-2": 5e-3}, {})
+
+
+@pytest.mark.parametrize(("table", "runs_expected"), [
+    ({1e-3: (2.0, 2.5), 2e-3: (2.2, 2.9)}, 2),        # both choose 1e-3: its run is reused
+    ({1e-3: (2.0, 3.0), 2e-3: (2.5, 2.9)}, 3)])       # they differ: one more run
+def test_the_comparison_reuses_the_grid_run_where_every_model_chose_its_rate(
+        monkeypatch, single_thread, table, runs_expected):
+    calls = []
+
+    def lockstep(cfg, specs):
+        calls.append({label: spec.get("lr", cfg.lr) for label, spec in specs.items()})
+        return {label: {"final_val_loss": table[lr][i], "records": [
+                    {"step": 0, "train_s": 0.0, "cpu_s": 0.0, "val_loss": 5.0},
+                    {"step": 6, "train_s": 1.0, "cpu_s": 1.0, "val_loss": table[lr][i]}]}
+                for i, (label, lr) in enumerate(calls[-1].items())}
+
+    monkeypatch.setattr(monarch_gpt, "train_lockstep", lockstep)
+    monkeypatch.setattr(monarch_gpt, "variants", lambda cfg: {
+        "dense": {"nblocks": None, "densify_at": None},
+        "monarch-2": {"nblocks": 2, "densify_at": None}})
+    result = monarch_gpt.run_study(monarch_gpt.base_config("quick"), profile_repeats=1,
+                                   rates=(1e-3, 2e-3))
+    assert len(calls) == runs_expected
+    best = {label: min(table, key=lambda r, i=i: table[r][i])
+            for i, label in enumerate(("dense", "monarch-2"))}
+    assert {label: run["lr"] for label, run in result["runs"].items()} == best
+    assert {label: run["final_val_loss"] for label, run in result["runs"].items()} == {
+        label: table[best[label]][i] for i, label in enumerate(best)}
