@@ -2,8 +2,8 @@
 
 Built on ``kernels`` (Monarch multiply, long and exactly causal convolutions) and on
 ``neuralnum``'s shared pieces: the model convention and the softmax attention block of
-:mod:`neuralnum.arch`, the argument checks and precision names of
-:mod:`neuralnum.validation`, and :mod:`neuralnum.runtime`. ``neuralnum`` never imports
+:mod:`neuralnum.models`, the argument checks and precision names of
+:mod:`neuralnum.core.validation`, and :mod:`neuralnum.core.runtime`. ``neuralnum`` never imports
 this package.
 """
 

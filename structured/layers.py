@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from kernels import monarch_matmul
-from neuralnum.validation import check_positive_int
+from neuralnum.core.validation import check_positive_int
 from structured.monarch import MonarchMatrix, MonarchShape, project
 
 __all__ = ["BlockdiagLinear", "MonarchLinear"]

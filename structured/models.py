@@ -13,13 +13,13 @@ kind          arch="m2"           arch="transformer"
 Every block is pre-norm: ``x + mixer(LN(x))`` then ``x + mlp(LN(x))``. M2 blocks use the
 gated long-conv :class:`~structured.mixer.SequenceMixer` and the Monarch/block-diagonal
 :class:`~structured.mixer.GLUMixer`; Transformer blocks are the project's one softmax
-attention block, :class:`neuralnum.arch.SoftmaxBlock` (torch SDPA, dense GELU MLP).
+attention block, :class:`neuralnum.models.SoftmaxBlock` (torch SDPA, dense GELU MLP).
 Language models take ``idx: (B, L) int64`` and return logits ``(B, L, vocab)``; vision
 models take ``images: (B, C, H, W)`` and return logits ``(B, n_classes)``. Learned
 positional embeddings and a head tied to the token embedding (LM) are shared by both
 architectures.
 
-Models follow the project's convention (:mod:`neuralnum.arch.base`)::
+Models follow the project's convention (:mod:`neuralnum.models.base`)::
 
     cfg = ModelConfig(kind="gpt", arch="m2", d_model=64, seq_len=128)
     model = build_model(cfg, dtype=torch.float32, generator=make_generator(0))
@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralnum.arch import Config, SoftmaxBlock, count_parameters, drawing_from
-from neuralnum.validation import check_choice, check_positive_int
+from neuralnum.core.validation import check_choice, check_positive_int
+from neuralnum.models import Config, SoftmaxBlock, count_parameters, drawing_from
 from structured.mixer import LINEAR_KINDS, GLUMixer, SequenceMixer
 from structured.monarch import MonarchShape
 

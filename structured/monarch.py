@@ -41,7 +41,7 @@ from typing import NamedTuple
 import torch
 
 from kernels import monarch_matmul
-from neuralnum.validation import check_positive_int
+from neuralnum.core.validation import check_positive_int
 
 __all__ = ["FACTOR_DTYPES", "MonarchMatrix", "MonarchShape", "Projection", "project"]
 

@@ -7,13 +7,13 @@
 Read top to bottom: the config (:class:`TrainConfig`, nesting the
 :class:`~structured.models.ModelConfig`), the tasks (data + loss: :class:`Task`), then
 :func:`train`, which builds the model, AdamW with warm-up + cosine LR
-(:class:`neuralnum.train.Schedule`), gradient clipping and throughput hooks, and runs the
-one training loop :func:`neuralnum.train.train` (DDP, metrics, atomic checkpoints, exact
+(:class:`neuralnum.training.loop.Schedule`), gradient clipping and throughput hooks, and runs the
+one training loop :func:`neuralnum.training.loop.train` (DDP, metrics, atomic checkpoints, exact
 resume). Under ``torchrun`` every rank draws the same global batch from the same seeded
 generator and trains on its slice inside ``DistributedDataParallel``; the loss is
 normalised by the global number of targets, so the averaged gradient equals the
 single-process gradient of the whole batch. The command line is generated from
-:class:`TrainConfig` by :mod:`neuralnum.cli`.
+:class:`TrainConfig` by :mod:`neuralnum.core.flags`.
 
 Outputs in ``out_dir``: ``metrics.jsonl``, ``ckpt.pt``, ``loss.png``.
 """
@@ -32,25 +32,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralnum.arch import count_parameters
-from neuralnum.cli import add_dataclass_arguments, dataclass_from_args
-from neuralnum.runtime import (
+from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args
+from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
     cli_defaults,
     init_distributed,
     make_generator,
 )
-from neuralnum.train import (
+from neuralnum.core.validation import parse_precision
+from neuralnum.models import count_parameters
+from neuralnum.training.loop import (
     Hook,
     Loop,
     LoopConfig,
     Schedule,
     make_scheduler,
 )
-from neuralnum.train import Task as LoopTask
-from neuralnum.train import train as run_loop
-from neuralnum.validation import parse_precision
+from neuralnum.training.loop import Task as LoopTask
+from neuralnum.training.loop import train as run_loop
 from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_batch, text_splits
 from structured.mixer import LINEAR_KINDS
 from structured.models import ARCHS, ModelConfig, build_model
@@ -60,7 +60,7 @@ __all__ = ["FORMAT", "PRECISIONS", "TASKS", "Task", "TrainConfig", "adamw_optimi
 
 FORMAT = "structured.train/2"
 TASKS = ("lm-causal", "lm-masked", "vision", "mqar")
-PRECISIONS = ("float32", "float64", "bfloat16")  # names of neuralnum.validation.PRECISIONS
+PRECISIONS = ("float32", "float64", "bfloat16")  # names of neuralnum.core.validation.PRECISIONS
 DEVICES = ("auto", "cpu", "cuda")
 _CHOICES = {"task": TASKS, "arch": ARCHS, "precision": PRECISIONS, "device": DEVICES,
             "dim_mixer": LINEAR_KINDS}

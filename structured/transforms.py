@@ -23,7 +23,7 @@ import math
 
 import torch
 
-from neuralnum.validation import check_positive_int
+from neuralnum.core.validation import check_positive_int
 from structured.monarch import MonarchMatrix
 
 __all__ = [

@@ -1,6 +1,6 @@
 """README table of the main job, ``python3 -m neuralnum demo``.
 
-The demo lives in :mod:`neuralnum.__main__`: it learns a GD step from a random init, then
+The demo lives in :mod:`neuralnum.cli`: it learns a GD step from a random init, then
 solves held-out problems with CG on the learned operator and with scipy, both judged by
 mpmath, and writes ``demo.json`` beside its checkpoint (``runs/demo/demo.json``);
 ``docs/results/demo.json`` keeps the copy this README renders. Run the demo to

@@ -4,9 +4,9 @@ Trains the two solvers of :func:`studies.lsq_common.train_solvers` on the spectr
 (κ = 5, n = 20, d = 5), then on held-out problems records the MSE against the mpmath
 minimum-norm solution of every iterate of CG and of GD (step from Lanczos through the
 operator) — each run on the learned operator and on the true ``Aᵀ(Ax − b)/n``, the same
-algorithm (:mod:`neuralnum.operator_solvers`; no SVD anywhere) — and the end-to-end
+algorithm (:mod:`neuralnum.solvers.krylov`; no SVD anywhere) — and the end-to-end
 Transformer's one-shot prediction. "Last iterate" is the iterate after the final
-iteration, no minimum taken; "solve" is :meth:`~neuralnum.learner.Learner.solve` with its
+iteration, no minimum taken; "solve" is :meth:`~neuralnum.solvers.learner.Learner.solve` with its
 stopping rule (the best iterate by the learned residual). Targets (issue 4, on the
 operator-only solvers of issue 12): learned CG ≥ 1e5× lower MSE than the end-to-end
 Transformer; learned CG / GD within 10× of exact CG / GD at the last iterate. Writes
@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from neuralnum import reference
-from neuralnum.operator_solvers import ExactOperator, LearnedOperator, solve
-from neuralnum.problems import family_from_name
-from neuralnum.runtime import make_generator
+from neuralnum.core.runtime import make_generator
+from neuralnum.problems import reference
+from neuralnum.problems.families import family_from_name
+from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
 from studies.lsq_common import PAPER, parse, train_solvers, training_summary
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 

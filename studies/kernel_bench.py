@@ -34,7 +34,7 @@ import torch
 
 import kernels
 from kernels import long_conv_reference, monarch_matmul_reference, use_backend
-from neuralnum.runtime import make_generator, progress
+from neuralnum.core.runtime import make_generator, progress
 from studies import markdown as md
 from studies.study_io import figure_row, run_cli, save_figure, study_parser, write_report
 

@@ -29,7 +29,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 from kernels import _triton_common, long_conv_triton, monarch_triton
-from neuralnum.runtime import progress
+from neuralnum.core.runtime import progress
 from studies import markdown as md
 from studies.study_io import run_cli, study_parser, write_report
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from neuralnum.learner import Learner
-from neuralnum.recipe import Recipe
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 from studies.study_io import study_parser
 
 __all__ = ["PAPER", "construction_twin", "parse", "train", "train_solvers",
@@ -80,7 +80,7 @@ def train_solvers(full: bool, dtype: str, family: Any, seed: int = 0) -> dict[st
     * ``"learned"`` — the GD update ``Aᵀ(Ax − b)/n`` learned from the random init (the
       demo's training: quick: linear attention, 6000 steps of the default recipe;
       BaseConv learns too slowly from scratch on a CPU budget. Full: BaseConv, 200k
-      steps). Studies solve with it through :meth:`~neuralnum.learner.Learner.solve`
+      steps). Studies solve with it through :meth:`~neuralnum.solvers.learner.Learner.solve`
       (CG on the learned operator by default, no SVD).
     * ``"end_to_end"`` — a softmax Transformer trained to output ``x*`` (quick: 1500 steps
       of batch 64 at LR 1e-3, ~3 CPU-minutes, MSE still falling — the paper's reach

@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from neuralnum.arch import count_parameters
-from neuralnum.runtime import MetricsLog, make_generator, progress
+from neuralnum.core.runtime import MetricsLog, make_generator, progress
+from neuralnum.models import count_parameters
 from structured.mixer import GLUMixer, cached_filters
 from structured.models import ModelConfig, build_model
 from structured.train import TrainConfig, train

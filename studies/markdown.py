@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from neuralnum.cli import without_option
+from neuralnum.core.flags import without_option
 
 __all__ = ["command", "count", "fixed", "num", "percent", "sci", "study_command", "table",
            "times"]

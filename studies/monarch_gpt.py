@@ -40,9 +40,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from neuralnum.arch import drawing_from
-from neuralnum.runtime import make_generator, progress
-from neuralnum.train import Schedule
+from neuralnum.core.runtime import make_generator, progress
+from neuralnum.models import drawing_from
+from neuralnum.training.loop import Schedule
 from structured.conversion import densify, sparsify
 from structured.layers import MonarchLinear
 from structured.models import ModelConfig, build_model, count_parameters

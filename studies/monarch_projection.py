@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralnum.runtime import make_generator, progress
+from neuralnum.core.runtime import make_generator, progress
 from structured import MonarchLinear, densify, project, sparsify
 from studies import markdown as md
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report

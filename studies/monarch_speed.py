@@ -46,7 +46,7 @@ import torch
 from torch import nn
 
 from kernels.native import native_status
-from neuralnum.runtime import progress
+from neuralnum.core.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report

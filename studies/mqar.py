@@ -14,8 +14,8 @@ seed-to-seed spread: one seed per cell).
 Models, all with the same width and two layers of sequence mixing:
 
 * softmax attention — the GPT of :mod:`structured.models` (attention + MLP blocks);
-* linear attention — :mod:`neuralnum.arch`'s, with its MLP;
-* BaseConv — :mod:`neuralnum.arch`'s gated convolution (long filter + short conv), as
+* linear attention — :mod:`neuralnum.models`'s, with its MLP;
+* BaseConv — :mod:`neuralnum.models`'s gated convolution (long filter + short conv), as
   many layers as bring its parameter count nearest the GPT's (it has no MLP);
 * M2 / M2 slow decay — M2-GPT with the block-diagonal GLU width matching the GPT's size;
   "slow decay" rebuilds its implicit filters to decay to 1% between 1.5·L and 6·L (the
@@ -45,9 +45,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralnum.arch import TokenConfig, arch_config, drawing_from
-from neuralnum.arch import build_model as build_arch
-from neuralnum.runtime import make_generator, progress_shown, show_progress
+from neuralnum.core.runtime import make_generator, progress_shown, show_progress
+from neuralnum.models import TokenConfig, arch_config, drawing_from
+from neuralnum.models import build_model as build_arch
 from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
@@ -124,7 +124,7 @@ class ShortConv(nn.Module):
 
 
 class ArchLM(nn.Module):
-    """A :mod:`neuralnum.arch` body as a token model: embed (→ :class:`ShortConv`) → body
+    """A :mod:`neuralnum.models` body as a token model: embed (→ :class:`ShortConv`) → body
     → LayerNorm → head, weights drawn from ``generator`` (``None``: seed 0)."""
 
     def __init__(self, config: TokenConfig, vocab: int, *, front_conv: bool = False,

@@ -15,9 +15,9 @@ default — on the two smallest tasks that need high-precision products:
 
 It reports each model's MSE floor (the best held-out MSE over the last quarter of
 training) and the softmax/polynomial ratio, plots MSE vs step (log scale), and evaluates
-hand-built models: the exact GD constructions of :mod:`neuralnum.arch.construct` on
+hand-built models: the exact GD constructions of :mod:`neuralnum.models.construct` on
 ``gd_term`` (one step, and iterated from ``x₀ = 0`` to compare with the paper's exact-GD
-level) and :class:`~neuralnum.arch.construct.SoftmaxProduct` on ``product`` across
+level) and :class:`~neuralnum.models.construct.SoftmaxProduct` on ``product`` across
 its score scale ``ε`` (error ``≈ ε²(pq)³/12 + O(u/ε)``: MSE ``~ε⁴`` against ``~u²/ε²``,
 best ``~u^{4/3}`` instead of the polynomial models' ``~u²``).
 
@@ -34,17 +34,17 @@ from pathlib import Path
 
 import torch
 
-from neuralnum.arch import TokenConfig, TokenModel, arch_config, build_model, count_parameters
-from neuralnum.arch.construct import (
+from neuralnum.core.runtime import make_generator, progress
+from neuralnum.models import TokenConfig, TokenModel, arch_config, build_model, count_parameters
+from neuralnum.models.construct import (
     SoftmaxProduct,
     apply_gd_model,
     construct_baseconv_gd,
     construct_linear_attention_gd,
 )
-from neuralnum.problems import GaussianFamily
-from neuralnum.runtime import make_generator, progress
-from neuralnum.targets import GDStep, OptimalStep
-from neuralnum.tokens import TokenLayout
+from neuralnum.models.tokens import TokenLayout
+from neuralnum.problems.families import GaussianFamily
+from neuralnum.problems.targets import GDStep, OptimalStep
 from studies import markdown as md
 from studies.study_io import figure, figure_row, run_cli, save_figure, study_parser, write_report
 

@@ -4,7 +4,7 @@ Trains the two solvers of :func:`studies.lsq_common.train_solvers` on the spectr
 (κ = 5, n = 20, d = 5, scale 1, no noise), then solves held-out problems of shifted
 families (:meth:`neuralnum.problems.ProblemFamily.shifted`) and judges every solution
 against the mpmath minimum-norm least-squares solution. The learned update is used as
-an operator by :meth:`~neuralnum.learner.Learner.solve` (CG on the learned operator with
+an operator by :meth:`~neuralnum.solvers.learner.Learner.solve` (CG on the learned operator with
 its stopping rule; no SVD), beside CG on the same architecture set to the exact
 construction (so a shortfall shared by both is the architecture's arithmetic, not
 training's) and exact CG on the true operator (the same algorithm); the end-to-end
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from neuralnum.evaluate import error_metrics
-from neuralnum.operator_solvers import ExactOperator, solve
-from neuralnum.problems import family_from_name
-from neuralnum.reference import lstsq
-from neuralnum.runtime import make_generator
+from neuralnum.core.runtime import make_generator
+from neuralnum.problems.families import family_from_name
+from neuralnum.problems.reference import lstsq
+from neuralnum.solvers.evaluate import error_metrics
+from neuralnum.solvers.krylov import ExactOperator, solve
 from studies.lsq_common import (
     PAPER,
     construction_twin,

@@ -2,7 +2,7 @@
 
 Each row trains a learner on the GD update (``Aᵀ(Ax − b)/n``, spectrum family κ = 5,
 n = 20, d = 5) with the full recipe, the plain baseline, the full recipe with one
-component switched off (:data:`neuralnum.recipe.ABLATIONS`) or with the relative loss
+component switched off (:data:`neuralnum.training.recipe.ABLATIONS`) or with the relative loss
 switched on, and reports the held-out one-step MSE. Targets (issue 4): float32 BaseConv
 ≤ 1e-12, float64 ≤ 1e-20, full recipe ≥ 1e4× lower MSE than the baseline.
 
@@ -10,7 +10,7 @@ switched on, and reports the held-out one-step MSE. Targets (issue 4): float32 B
 linear attention (float64, every ablation and the relative loss, 3000 steps) and
 BaseConv (float64 and float32, full vs baseline, 1500 steps) at the default LR.
 ``--full`` (GPU): every architecture, dtype and ablation, 200k steps, LR 1e-3, batches
-up to 1024. BaseConv's default init is ``"delta_sum"`` (:mod:`neuralnum.arch.baseconv`):
+up to 1024. BaseConv's default init is ``"delta_sum"`` (:mod:`neuralnum.models.baseconv`):
 on one CPU thread (default recipe + relative loss, float64, seed 0) it reached one-step
 MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000, where the plain ``"random"`` init
 stayed at 0.33 (1000) and 0.052 (2000) — still far from the ≤ 1e-20 target, which the
@@ -19,7 +19,7 @@ paper reached with ~1–2.5M GPU steps.
 **Finisher rows (issue 13).** For BaseConv and linear attention in float64 and float32,
 from two starts — the exact construction + 1e-3 noise (``construct``) and the default
 init (``scratch``) — an Adam-only run is compared with Adam → Levenberg–Marquardt
-(:mod:`neuralnum.finisher`; for ``scratch`` the LM phase starts from the Adam run's
+(:mod:`neuralnum.training.finisher`; for ``scratch`` the LM phase starts from the Adam run's
 weights at ``lm_after`` steps, for ``construct`` at step 0): fresh-problem one-step MSE
 per Adam step / LM iteration and per wall-clock second, the rank of ``J`` and the
 condition number of ``JᵀJ``, the train-vs-fresh gap, the convergence order estimated
@@ -44,12 +44,12 @@ from typing import Any
 
 import torch
 
-from neuralnum.finisher import FinisherSettings, finish_lm
-from neuralnum.fit import draw_problems
-from neuralnum.learner import Learner
-from neuralnum.levenberg_marquardt import LMSettings
-from neuralnum.problems import family_from_name
-from neuralnum.recipe import ABLATIONS, Recipe
+from neuralnum.problems.families import family_from_name
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.finisher import FinisherSettings, finish_lm
+from neuralnum.training.fit import draw_problems
+from neuralnum.training.levenberg_marquardt import LMSettings
+from neuralnum.training.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
 from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
@@ -133,7 +133,7 @@ def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str,
     8.5e-16 after 7). From scratch: Cholesky, which is 3x cheaper per iteration and there
     no worse per iteration, with geodesic acceleration (BaseConv), whose longer steps
     along the curved valley of the from-scratch tail took the 30-minute float64 row from
-    2.9e-16 to 3.1e-20 (:class:`~neuralnum.levenberg_marquardt.LMSettings`). The float64
+    2.9e-16 to 3.1e-20 (:class:`~neuralnum.training.levenberg_marquardt.LMSettings`). The float64
     BaseConv row also starts LM from an annealed Adam run (``"annealed"``: its own 800
     steps, the cosine schedule ending there, as in the demo) rather than from step 800
     of the 1200-step run, where the learning rate is still a quarter of its peak: from

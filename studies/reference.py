@@ -25,16 +25,16 @@ from pathlib import Path
 
 import torch
 
-from neuralnum.problems import family_from_name
-from neuralnum.reference import (
+from neuralnum.core.runtime import make_generator, progress
+from neuralnum.problems.families import family_from_name
+from neuralnum.problems.reference import (
     condition_number,
     digits,
     lstsq,
     mse,
     relative_error,
 )
-from neuralnum.runtime import make_generator, progress
-from neuralnum.targets import GDSteps, OptimalStep, contraction_factor
+from neuralnum.problems.targets import GDSteps, OptimalStep, contraction_factor
 from studies import markdown as md
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 

@@ -1,7 +1,7 @@
 """What every study's command line and output share.
 
 ``study_parser`` builds ``--quick | --full`` and ``--out DIR`` (default ``runs/<name>``)
-with :mod:`neuralnum.cli`, the project's one config → command-line mechanism;
+with :mod:`neuralnum.core.flags`, the project's one config → command-line mechanism;
 ``format_table`` lays rows out as a fixed-width text table; ``write_report`` writes
 ``DIR/<name>.json``; ``figure`` / ``figure_row`` / ``save_figure`` make and write
 matplotlib figures with the Agg backend (no display needed).
@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuralnum.cli import add_dataclass_arguments, add_modes
-from neuralnum.runtime import cli_defaults
+from neuralnum.core.flags import add_dataclass_arguments, add_modes
+from neuralnum.core.runtime import cli_defaults
 
 __all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "study_parser",
            "write_report"]
@@ -32,7 +32,7 @@ class StudyOptions:
 
 def run_cli(main: Callable[[], object]) -> None:
     """A study's command-line entry: ``main()`` under the documented environment defaults
-    (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``: :func:`neuralnum.runtime.cli_defaults`)."""
+    (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``: :func:`neuralnum.core.runtime.cli_defaults`)."""
     with cli_defaults():
         main()
 
@@ -42,7 +42,7 @@ def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores 
                  modes: dict[str, str] | None = None) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the shared ``--quick``/``--full`` and ``--out`` options;
     ``modes`` adds more mutually exclusive flags (name → help); ``doc`` (the study's
-    module docstring) is shown by ``--help``. Built with :mod:`neuralnum.cli` from
+    module docstring) is shown by ``--help``. Built with :mod:`neuralnum.core.flags` from
     :class:`StudyOptions` (``--out`` defaults to ``runs/<name>``), the mechanism of every
     command line of the project."""
     parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,

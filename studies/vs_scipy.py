@@ -15,7 +15,7 @@ solution of the stored (rounded) problem. Columns: median and worst digits, mode
 (median / max), wall time per problem batch, and the normal-equations bound ``κ(A)²·u``
 (as digits), which any method that sees ``A`` only through ``AᵀA`` cannot beat. So a gap
 between learned and construction CG is the learned weights' (the solvers evaluate the
-model in its canonical gauge, :mod:`neuralnum.arch.canonical`, so what remains is
+model in its canonical gauge, :mod:`neuralnum.models.canonical`, so what remains is
 training's), one between construction and exact CG is the architecture's
 arithmetic (none since the model's increment is read without rounding it at the
 iterate's scale: the construction forms each residual ``a_sᵀx − b_s`` as one score, like
@@ -35,12 +35,12 @@ from typing import Any
 import torch
 
 import neuralnum
-from neuralnum import reference
-from neuralnum.learner import Learner
-from neuralnum.operator_solvers import ExactOperator, LearnedOperator, solve
-from neuralnum.problems import FAMILIES, family_from_name
-from neuralnum.recipe import Recipe
-from neuralnum.runtime import make_generator
+from neuralnum.core.runtime import make_generator
+from neuralnum.problems import reference
+from neuralnum.problems.families import FAMILIES, family_from_name
+from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 from studies.lsq_common import construction_twin, parse, train
 from studies.study_io import format_table, run_cli, save_figure, write_report
 

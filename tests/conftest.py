@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, settings
 
-from neuralnum.runtime import show_progress
+from neuralnum.core.runtime import show_progress
 
 settings.register_profile(
     "ci", max_examples=25, deadline=None, derandomize=True,

@@ -6,9 +6,9 @@ import pytest
 import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
-from neuralnum.__main__ import _build_parser, main, recipe_from_args
-from neuralnum.learner import Learner
-from neuralnum.recipe import Recipe
+from neuralnum.cli import _build_parser, main, recipe_from_args
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 
 TINY = ["--n", "6", "--d", "2", "--log-every", "2", "--eval-batch", "8", "--batch-size", "8",
         "--max-batch-size", "8"]

@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 import neuralnum
-from neuralnum.learner import Learner
-from neuralnum.recipe import Recipe
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 
 
 def _problem(seed, n, d, k, rank, dtype):

@@ -74,7 +74,7 @@ def test_other_solvers_differ_in_the_last_bits():
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_numpy_method_is_numpy_lstsq_bit_for_bit(dtype):
-    from neuralnum.reference import lstsq
+    from neuralnum.problems.reference import lstsq
 
     A, B = _problem("ill_conditioned", dtype, 0)
     x = lstsq(torch.from_numpy(A[None]), torch.from_numpy(B[:, 0][None].copy()), "numpy")

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from neuralnum.arch import count_parameters
+from neuralnum.models import count_parameters
 from structured.models import ARCHS, KINDS, ModelConfig, build_model
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # tiny tensors: 1 thread
@@ -130,7 +130,7 @@ def test_weights_come_from_the_generator_alone(arch):
 
 
 def test_transformer_blocks_are_the_shared_softmax_block():
-    from neuralnum.arch import SoftmaxBlock
+    from neuralnum.models import SoftmaxBlock
 
     blocks = _model("gpt", "transformer").backbone.blocks
     assert all(type(b) is SoftmaxBlock for b in blocks)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from neuralnum.runtime import CheckpointError, MetricsLog, load_checkpoint
-from neuralnum.train import Schedule
+from neuralnum.core.runtime import CheckpointError, MetricsLog, load_checkpoint
+from neuralnum.training.loop import Schedule
 from structured.models import ModelConfig
 from structured.train import TrainConfig, main, parse_config, train
 

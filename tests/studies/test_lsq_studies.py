@@ -6,11 +6,11 @@ import copy
 import pytest
 import torch
 
-from neuralnum import reference
-from neuralnum.learner import Learner
-from neuralnum.operator_solvers import ExactOperator, LearnedOperator
-from neuralnum.problems import SpectrumFamily
-from neuralnum.recipe import Recipe
+from neuralnum.problems import reference
+from neuralnum.problems.families import SpectrumFamily
+from neuralnum.solvers.krylov import ExactOperator, LearnedOperator
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 from studies import iterative, ood, vs_scipy
 
 # ---------------------------------------------------------------- vs_scipy

@@ -158,7 +158,7 @@ def test_study_end_to_end(monkeypatch, tmp_path, single_thread):
 
 @pytest.mark.parametrize("shown", [False, True])
 def test_worker_jobs_carry_the_parents_progress_setting(shown):
-    from neuralnum.runtime import progress_shown, show_progress
+    from neuralnum.core.runtime import progress_shown, show_progress
 
     with show_progress(not shown):  # the worker's own default must not leak through
         assert mqar._star((progress_shown, (), shown)) is shown

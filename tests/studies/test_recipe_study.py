@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from neuralnum.learner import Learner
-from neuralnum.problems import family_from_name
-from neuralnum.recipe import Recipe
+from neuralnum.problems.families import family_from_name
+from neuralnum.solvers.learner import Learner
+from neuralnum.training.recipe import Recipe
 from studies import recipe as study
 from studies.lsq_common import parse
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import studies
-from neuralnum.runtime import progress, show_progress
+from neuralnum.core.runtime import progress, show_progress
 from studies.study_io import run_cli
 
 
