@@ -1,5 +1,5 @@
 """``python -m neuralnum``: the command line of :mod:`neuralnum.cli`."""
 
-from neuralnum.cli import main
+from neuralnum.cli import run
 
-main()
+run()

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +43,8 @@ __all__ = [
     "make_linear",
 ]
 
-LINEAR_KINDS = ("dense", "monarch", "blockdiag")
+LinearKind = Literal["dense", "monarch", "blockdiag"]
+LINEAR_KINDS: tuple[str, ...] = LinearKind.__args__
 
 
 def make_linear(kind: str, in_features: int, out_features: int, *, nblocks: int = 4,

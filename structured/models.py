@@ -32,14 +32,19 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from neuralnum.core.validation import check_choice, check_positive_int
+from neuralnum.core.validation import (
+    check_config_choices,
+    check_positive_int,
+    check_range,
+)
 from neuralnum.models import Config, SoftmaxBlock, count_parameters, drawing_from
-from structured.mixer import LINEAR_KINDS, GLUMixer, SequenceMixer
+from structured.mixer import GLUMixer, LinearKind, SequenceMixer
 from structured.monarch import MonarchShape
 
 __all__ = [
@@ -53,8 +58,10 @@ __all__ = [
     "make_block",
 ]
 
-KINDS = ("gpt", "bert", "vit")
-ARCHS = ("m2", "transformer")
+Kind = Literal["gpt", "bert", "vit"]
+Arch = Literal["m2", "transformer"]
+KINDS: tuple[str, ...] = Kind.__args__
+ARCHS: tuple[str, ...] = Arch.__args__
 _NAMES = {("gpt", "m2"): "M2-GPT", ("gpt", "transformer"): "GPT",
           ("bert", "m2"): "M2-BERT", ("bert", "transformer"): "BERT",
           ("vit", "m2"): "M2-ViT", ("vit", "transformer"): "ViT"}
@@ -68,15 +75,15 @@ def _is_power_of_two(n: int) -> bool:
 class ModelConfig(Config):
     """Everything that defines a model; validated on construction (``ValueError``)."""
 
-    kind: str = "gpt"            # gpt | bert | vit
-    arch: str = "m2"             # m2 | transformer
+    kind: Kind = "gpt"
+    arch: Arch = "m2"
     seq_len: int = 256           # LM context; vision uses (image_size / patch_size)²
     vocab_size: int = 256
     d_model: int = 128
     n_layers: int = 4
     n_heads: int = 4             # transformer only
     mlp_ratio: float = 4.0       # MLP hidden = mlp_ratio · d_model (rounded to nblocks)
-    dim_mixer: str = "monarch"   # M2's GLU projections: monarch | blockdiag | dense
+    dim_mixer: LinearKind = "monarch"   # M2's GLU projections
     nblocks: int = 4
     filter_order: int = 32       # width of the implicit filter's MLP
     image_size: int = 8
@@ -85,14 +92,11 @@ class ModelConfig(Config):
     n_classes: int = 10
 
     def __post_init__(self) -> None:
-        check_choice(self.kind, "kind", KINDS)
-        check_choice(self.arch, "arch", ARCHS)
-        check_choice(self.dim_mixer, "dim_mixer", LINEAR_KINDS)
+        check_config_choices(self)
         for name in ("seq_len", "vocab_size", "d_model", "n_layers", "n_heads", "nblocks",
                      "filter_order", "image_size", "patch_size", "channels", "n_classes"):
             check_positive_int(getattr(self, name), name)
-        if not self.mlp_ratio > 0:
-            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio!r}")
+        check_range(self.mlp_ratio, "mlp_ratio", 0, low_open=True)
         self._check_shapes()
 
     def _check_shapes(self) -> None:

@@ -26,44 +26,44 @@ import functools
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args
 from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
-    cli_defaults,
     init_distributed,
     make_generator,
 )
-from neuralnum.core.validation import parse_precision
-from neuralnum.models import count_parameters
-from neuralnum.training.loop import (
-    Hook,
-    Loop,
-    LoopConfig,
-    Schedule,
-    make_scheduler,
+from neuralnum.core.validation import (
+    check_config_choices,
+    check_nonnegative_int,
+    check_positive_int,
+    check_range,
+    parse_precision,
 )
-from neuralnum.training.loop import Task as LoopTask
+from neuralnum.models import count_parameters
+from neuralnum.training.loop import Loop, LoopConfig
 from neuralnum.training.loop import train as run_loop
+from neuralnum.training.plugins import Hook, Schedule, make_scheduler
+from neuralnum.training.plugins import Task as LoopTask
 from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_batch, text_splits
-from structured.mixer import LINEAR_KINDS
-from structured.models import ARCHS, ModelConfig, build_model
+from structured.models import ModelConfig, build_model
 
 __all__ = ["FORMAT", "PRECISIONS", "TASKS", "Task", "TrainConfig", "adamw_optimizer",
            "evaluate", "main", "train"]
 
 FORMAT = "structured.train/2"
-TASKS = ("lm-causal", "lm-masked", "vision", "mqar")
-PRECISIONS = ("float32", "float64", "bfloat16")  # names of neuralnum.core.validation.PRECISIONS
-DEVICES = ("auto", "cpu", "cuda")
-_CHOICES = {"task": TASKS, "arch": ARCHS, "precision": PRECISIONS, "device": DEVICES,
-            "dim_mixer": LINEAR_KINDS}
+PROG = "python -m structured.train"
+TaskName = Literal["lm-causal", "lm-masked", "vision", "mqar"]
+Precision = Literal["float32", "float64", "bfloat16"]  # of neuralnum.core.validation.PRECISIONS
+TASKS: tuple[str, ...] = TaskName.__args__
+PRECISIONS: tuple[str, ...] = Precision.__args__
 _KIND = {"lm-causal": "gpt", "lm-masked": "bert", "vision": "vit", "mqar": "gpt"}
 
 
@@ -81,7 +81,7 @@ class TrainConfig:
     digits of the vision task.
     """
 
-    task: str = "lm-causal"      # lm-causal | lm-masked | vision | mqar
+    task: TaskName = "lm-causal"
     model: ModelConfig = field(default_factory=_default_model)
     # task details
     mask_prob: float = 0.15      # lm-masked
@@ -96,7 +96,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
-    precision: str = "float32"   # float32 | float64 | bfloat16 (autocast, float32 weights)
+    precision: Precision = "float32"   # bfloat16: autocast, float32 weights
     # evaluation and output
     eval_every: int = 50
     eval_batches: int = 4
@@ -104,20 +104,16 @@ class TrainConfig:
     out_dir: str = "runs/train"
     resume: bool = False
     seed: int = 0
-    device: str = "auto"         # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     plot: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("task", "device"):
-            if getattr(self, name) not in _CHOICES[name]:
-                raise ValueError(f"{name} must be one of {_CHOICES[name]}, got "
-                                 f"{getattr(self, name)!r}")
-        parse_precision(self.precision, PRECISIONS)
+        check_config_choices(self)
         for name in ("steps", "batch_size", "eval_every", "eval_batches", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
-        if self.warmup < 0 or self.lr <= 0 or not 0 <= self.min_lr_factor <= 1:
-            raise ValueError("need warmup ≥ 0, lr > 0 and 0 ≤ min_lr_factor ≤ 1")
+            check_positive_int(getattr(self, name), name)
+        check_nonnegative_int(self.warmup, "warmup")
+        check_range(self.lr, "lr", 0, low_open=True)
+        check_range(self.min_lr_factor, "min_lr_factor", 0, 1)
         if not isinstance(self.model, ModelConfig):
             raise TypeError(f"model must be a ModelConfig, got {type(self.model).__name__}")
         if self.task == "mqar" and self.model.seq_len < 4 * self.mqar_num_kv:
@@ -353,13 +349,21 @@ def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> Pat
 
 
 # ----------------------------------------------------------------------------- CLI
+_EXAMPLES = """examples:
+  python -m structured.train --task lm-causal --arch m2 --steps 200
+  python -m structured.train --task vision --arch transformer --steps 100 --out-dir runs/vit
+  python -m structured.train --task mqar --arch m2 --seq-len 64 --steps 100
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m structured.train",
-                                     description=__doc__.split("\n\n")[0])
-    add_dataclass_arguments(parser, TrainConfig, exclude=("kind", "vocab_size"),
-                            choices=_CHOICES)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                     epilog=_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_arguments(parser, TrainConfig, exclude=("kind", "vocab_size"))
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (default 0: torch's own choice)")
+    add_debug_flag(parser)
     return parser
 
 
@@ -368,18 +372,21 @@ def parse_config(argv: list[str] | None = None) -> TrainConfig:
     return dataclass_from_args(TrainConfig, _parser().parse_args(argv))
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command-line entry: parse and validate the config, then :func:`train`."""
+def main(argv: list[str]) -> dict[str, Any]:
+    """Parse and validate the config, then :func:`train`; errors propagate (:func:`run`
+    turns a user's error into one line)."""
     args = _parser().parse_args(argv)
-    try:
-        cfg = dataclass_from_args(TrainConfig, args)
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    cfg = dataclass_from_args(TrainConfig, args)
+    check_nonnegative_int(args.threads, "threads")
     if args.threads:
         torch.set_num_threads(args.threads)
-    with cli_defaults():
-        train(cfg)
+    return train(cfg)
+
+
+def run(argv: list[str] | None = None) -> None:
+    """The ``python -m structured.train`` entry point (:func:`neuralnum.core.entry.run_main`)."""
+    run_main(main, PROG, argv)
 
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -42,7 +42,7 @@ from torch import nn
 
 from neuralnum.core.runtime import make_generator, progress
 from neuralnum.models import drawing_from
-from neuralnum.training.loop import Schedule
+from neuralnum.training.plugins import Schedule
 from structured.conversion import densify, sparsify
 from structured.layers import MonarchLinear
 from structured.models import ModelConfig, build_model, count_parameters

@@ -46,8 +46,7 @@ import torch
 
 from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.learner import Learner
-from neuralnum.training.finisher import FinisherSettings, finish_lm
-from neuralnum.training.fit import draw_problems
+from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
@@ -159,74 +158,77 @@ def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str,
     return rows
 
 
-def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]:
-    """One finisher row: the Adam-only run (snapshotting the weights at ``lm_after``) and
-    the LM phase from the snapshot, or, with ``spec["annealed"]``, from a separate Adam run
-    of ``lm_after`` steps whose cosine schedule ends there (its time counted before LM).
-    Returns the row with both curves."""
-    arch, dtype, start = spec["arch"], spec["dtype"], spec["start"]
-    construct = start == "construct"
-    recipe = Recipe(dtype=dtype, lr=1e-4 if construct else 1e-2)
-    annealed = spec.get("annealed", False)
+def _adam_recipe(spec: dict[str, Any]) -> Recipe:
+    """A row's first-order recipe: the default one, at LR 1e-4 from the construction."""
+    return Recipe(dtype=spec["dtype"], lr=1e-4 if spec["start"] == "construct" else 1e-2)
 
-    def adam(lrn: Learner, steps: int, **options: Any) -> list[dict]:
-        return lrn.fit(family, steps, seed=seed, log_every=25, eval_batch=256,
-                       show_progress=False, **options)
 
-    learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
-    if construct:
+def _lm_recipe(spec: dict[str, Any], decay: str) -> Recipe:
+    """The recipe of a row's LM phase: its first-order recipe (LR decay ``decay``) with
+    the LM finisher (``lm_iterations`` iterations, the row's engine settings and budget)."""
+    return _adam_recipe(spec).replace(
+        lr_decay=decay, finisher="lm", finisher_steps=spec["lm_iterations"],
+        lm=FinisherSettings(until=1e-31, minutes=spec["lm_minutes"],
+                            engine=LMSettings(**spec["lm"])))
+
+
+def _adam_only(spec: dict[str, Any], family: Any, seed: int
+               ) -> tuple[list[dict], float, dict[int, Any], dict[int, float]]:
+    """The Adam-only run of a row: its records and seconds, and the weights (and seconds)
+    at step 0 and at ``lm_after``, where a non-annealed row's LM phase starts."""
+    learner = Learner(spec["arch"], "gd", _adam_recipe(spec), n=family.n, d=family.d,
+                      seed=seed)
+    if spec["start"] == "construct":
         learner.init_construction(1e-3, seed=seed)
-    snapshot = {0: copy.deepcopy(learner.model.state_dict())}
+    snapshot, seconds_at = {0: copy.deepcopy(learner.model.state_dict())}, {0: 0.0}
     clock = time.perf_counter()
-    seconds_at = {0: 0.0}
 
     def keep(lrn: Learner, record: dict) -> None:
-        if record["step"] == spec["lm_after"] and not annealed:
+        if record["step"] == spec["lm_after"]:
             snapshot[record["step"]] = copy.deepcopy(lrn.model.state_dict())
             seconds_at[record["step"]] = time.perf_counter() - clock
 
-    records = adam(learner, spec["adam_steps"], callbacks=[keep])
-    adam_seconds = time.perf_counter() - clock
-    adam_curve = [(r["step"], r["mse"]) for r in records]
-    lm_learner = Learner(arch, "gd", recipe, n=family.n, d=family.d, seed=seed)
-    if annealed:
-        # LM starts from a separate Adam run of lm_after steps, its cosine LR ending there
-        clock = time.perf_counter()
-        adam(lm_learner, spec["lm_after"])
-        offset = time.perf_counter() - clock
-    else:
+    records = learner.fit(family, spec["adam_steps"], seed=seed, log_every=25, eval_batch=256,
+                          show_progress=False, callbacks=[keep])
+    return records, time.perf_counter() - clock, snapshot, seconds_at
+
+
+def finisher_row(spec: dict[str, Any], family: Any, seed: int) -> dict[str, Any]:
+    """One finisher row: the Adam-only run (snapshotting the weights at ``lm_after``) and
+    the LM phase, run as the recipe's finisher through the training loop (on the run's
+    held-out problems): from the snapshot (a fit of 0 steps), or, with
+    ``spec["annealed"]``, after an Adam run of ``lm_after`` steps whose cosine schedule
+    ends there (its time counted before LM). Returns the row with both curves."""
+    annealed = spec.get("annealed", False)
+    records, adam_seconds, snapshot, seconds_at = _adam_only(spec, family, seed)
+    lm_learner = Learner(spec["arch"], "gd", _lm_recipe(spec, "cosine" if annealed else "none"),
+                         n=family.n, d=family.d, seed=seed)
+    if not annealed:
         lm_learner.model.load_state_dict(snapshot[spec["lm_after"]])
-        offset = seconds_at[spec["lm_after"]]
-    # the same held-out problems the Adam run evaluates on (seed + 1_000_003, 256)
-    fresh = draw_problems(lm_learner, family, 256,
-                          torch.Generator().manual_seed(seed + 1_000_003))
-    settings = FinisherSettings(iterations=spec["lm_iterations"], until=1e-31,
-                                minutes=spec["lm_minutes"], lm=LMSettings(**spec["lm"]))
-    gen = torch.Generator().manual_seed(seed + 7)
-    report = finish_lm(lm_learner, lambda k: draw_problems(lm_learner, family, k, gen), settings,
-                       fresh_set=fresh)
-    lm = report["records"]
-    key = (start, arch, dtype)
-    target, budget = FINISHER_TARGETS.get(key, (None, None))
-    best = min(r["fresh_mse"] for r in lm)
-    row = {**spec, "adam_only_mse": records[-1]["mse"], "adam_seconds": round(adam_seconds, 1),
-           "lm_start_mse": lm[0]["fresh_mse"], "lm_mse": lm[-1]["fresh_mse"],
-           "lm_best_mse": best, "lm_train_mse": lm[-1]["train_mse"],
-           "lm_iterations_run": len(lm) - 1,
-           "lm_seconds": round(lm[-1]["wall"], 1), "seconds": round(offset + lm[-1]["wall"], 1),
-           "rank": report["rank"], "parameters": report["parameters"],
-           "snapped": len(report["snapped"]),
-           "cond_jtj": report["cond_jtj"], "problems": report["problems"],
-           "order": convergence_order([r["fresh_mse"] for r in lm]),
-           "peak_mib": round(max(r["peak_mib"] for r in lm)),
-           "target": target, "budget": budget,
-           "projected_extra_seconds": (None if target is None
-                                       else projected_seconds(lm, target)),
-           "lm_curve": [{k: r[k] for k in ("iteration", "train_mse", "fresh_mse",
-                                             "fresh_mse_train_dtype", "damping",
-                                             "step_norm", "wall")} for r in lm],
-           "adam_curve": adam_curve, "adam_seconds_at_lm": round(offset, 1)}
-    return row
+    clock = time.perf_counter()
+    run = lm_learner.fit(family, spec["lm_after"] if annealed else 0, seed=seed, log_every=25,
+                         eval_batch=256, show_progress=False)
+    lm, final = [r["lm"] for r in run if "lm" in r], run[-1]
+    offset = (time.perf_counter() - clock - lm[-1]["wall"] if annealed
+              else seconds_at[spec["lm_after"]])
+    target, budget = FINISHER_TARGETS.get((spec["start"], spec["arch"], spec["dtype"]),
+                                          (None, None))
+    return {**spec, "adam_only_mse": records[-1]["mse"], "adam_seconds": round(adam_seconds, 1),
+            "lm_start_mse": lm[0]["fresh_mse"], "lm_mse": lm[-1]["fresh_mse"],
+            "lm_best_mse": min(r["fresh_mse"] for r in lm), "lm_train_mse": lm[-1]["train_mse"],
+            "lm_iterations_run": len(lm) - 1, "lm_seconds": round(lm[-1]["wall"], 1),
+            "seconds": round(offset + lm[-1]["wall"], 1), "rank": final["lm_rank"],
+            "parameters": final["lm_parameters"], "snapped": final["lm_snapped"],
+            "cond_jtj": final["lm_cond_jtj"], "problems": final["lm_problems"],
+            "order": convergence_order([r["fresh_mse"] for r in lm]),
+            "peak_mib": round(max(r["peak_mib"] for r in lm)), "target": target,
+            "budget": budget, "projected_extra_seconds": (
+                None if target is None else projected_seconds(lm, target)),
+            "lm_curve": [{k: r[k] for k in ("iteration", "train_mse", "fresh_mse",
+                                              "fresh_mse_train_dtype", "damping",
+                                              "step_norm", "wall")} for r in lm],
+            "adam_curve": [(r["step"], r["mse"]) for r in records],
+            "adam_seconds_at_lm": round(offset, 1)}
 
 
 def finisher_rows(specs: list[dict[str, Any]], family: Any, seed: int) -> list[dict[str, Any]]:

@@ -1,80 +1,132 @@
 """Config dataclasses → command-line flags: the one mechanism of every command line.
 
-``python -m neuralnum train``, ``python -m structured.train`` and the studies
+``python -m neuralnum``, ``python -m structured.train`` and the studies
 (:func:`studies.study_io.study_parser`) all build their options with these helpers on
-``argparse``: each field of a frozen config dataclass becomes ``--field-name`` (typed by
-its default: ``bool`` → ``--x/--no-x``, ``tuple`` → that many values, else ``int`` /
-``float`` / ``str`` / ``Path``); a field holding a dataclass contributes its own fields
-as flat flags (``TrainConfig.model.d_model`` → ``--d-model``). The values are
-validated by the dataclass itself (its ``ValueError`` names the field), so the
-command line and the Python API accept and refuse the same things.
+``argparse``: each field of a frozen config dataclass becomes ``--field-name``, typed by
+its annotation (``bool`` → ``--x/--no-x``; ``tuple[float, float]`` → two values;
+``Literal[...]`` → those choices; ``int | None`` → an ``int`` flag whose absence means
+``None``; a field without a default → a required flag). A field holding a dataclass
+contributes its own fields as flat flags (``TrainConfig.model.d_model`` → ``--d-model``),
+or prefixed ones when the field's metadata says so (:func:`prefixed`) (``Recipe.lm.minutes`` →
+``--lm-minutes``). The values are validated by the dataclass itself (its ``ValueError``
+names the field), so the command line and the Python API accept and refuse the same
+things.
 
 A small helper of our own rather than ``tyro`` / ``simple-parsing``: both parse into
 their own parser object, while our commands need a plain ``ArgumentParser`` that
 sub-commands and studies extend with their own arguments (``study_parser``'s callers do),
-and flat flags for nested configs keep the existing command lines (``--d-model 16``).
+and flat flags for nested configs keep the command lines short (``--d-model 16``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import types
+import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
-__all__ = ["add_dataclass_arguments", "add_modes", "dataclass_from_args", "without_option"]
+__all__ = ["add_dataclass_arguments", "add_modes", "dataclass_from_args", "prefixed",
+           "without_option"]
 
 T = TypeVar("T")
 _SCALARS = (int, float, str, Path)
+_PREFIX = "flag_prefix"
+
+
+def prefixed(prefix: str) -> dict[str, str]:
+    """Field metadata giving a nested config's flags the form ``--<prefix>-<name>``
+    (``lm: LMSettings = field(default_factory=LMSettings, metadata=prefixed("lm"))`` →
+    ``--lm-damping``)."""
+    return {_PREFIX: prefix}
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, base: Any = None,
-                            exclude: Iterable[str] = (), suppress: bool = False,
-                            choices: Mapping[str, Iterable[str]] | None = None,
-                            prefix: str = "") -> None:
+def _without_none(hint: Any) -> tuple[Any, bool]:
+    """``(T, True)`` for ``T | None``, else ``(hint, False)``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(hint)) == 2:
+            return args[0], True
+    return hint, False
+
+
+def _argument(cls: type, f: dataclasses.Field, hint: Any, default: Any) -> dict[str, Any]:
+    """The ``add_argument`` keywords of field ``f`` of ``cls`` (annotation ``hint``)."""
+    hint, optional = _without_none(hint)
+    kwargs: dict[str, Any] = {"metavar": f.name.upper()}
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        kwargs.update(choices=choices, type=type(choices[0]), metavar=None)
+    elif hint is bool:
+        kwargs.update(action=argparse.BooleanOptionalAction, metavar=None)
+    elif typing.get_origin(hint) is tuple:
+        members = typing.get_args(hint)
+        kwargs.update(nargs=len(members), type=members[0])
+    elif hint in _SCALARS:
+        kwargs["type"] = hint
+    else:
+        raise TypeError(f"cannot make a flag for {cls.__name__}.{f.name}: {hint!r}")
+    if default is dataclasses.MISSING:
+        kwargs.update(required=True, help="required")
+    else:
+        shown = "none" if default is None and optional else default
+        kwargs["help"] = f"default {shown}"
+    return kwargs
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+                            cls: type, *, base: Any = None, exclude: Iterable[str] = (),
+                            suppress: bool = False, prefix: str = "",
+                            flag_prefix: str = "") -> None:
     """Add ``--field-name`` for every field of dataclass ``cls`` (recursively, flattened).
 
-    Defaults come from ``base`` (an instance; default ``cls()``). ``suppress=True`` leaves
-    unspecified flags out of the namespace, so :func:`dataclass_from_args` changes only
-    what was given (for a base chosen after parsing). ``choices`` lists allowed values in
-    ``--help`` (the dataclass validates them). Raises ``ValueError`` on a flag defined
-    twice and ``TypeError`` on a field type it cannot parse.
+    Defaults come from ``base`` (an instance; default ``cls()`` when every field has a
+    default). ``suppress=True`` leaves flags not given out of the namespace, so
+    :func:`dataclass_from_args` changes only what was given (for a base chosen after
+    parsing). ``exclude``: field names to leave out. Raises ``ValueError`` on a flag
+    defined twice and ``TypeError`` on a field type it cannot parse.
     """
-    base = cls() if base is None else base
     exclude = set(exclude)
-    choices = dict(choices or {})
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in exclude or not f.init:
             continue
-        default = getattr(base, f.name)
-        if dataclasses.is_dataclass(default):
-            add_dataclass_arguments(parser, type(default), base=default, exclude=exclude,
-                                    suppress=suppress, choices=choices,
-                                    prefix=f"{prefix}{f.name}.")
+        default = _default(cls, f, base)
+        if dataclasses.is_dataclass(hints[f.name]) or dataclasses.is_dataclass(default):
+            inner = f.metadata.get(_PREFIX)
+            group = parser
+            if isinstance(parser, argparse.ArgumentParser):  # one help section per config
+                doc = (hints[f.name].__doc__ or "").strip().split("\n\n")[0]
+                group = parser.add_argument_group(f.name, " ".join(doc.split()))
+            add_dataclass_arguments(
+                group, hints[f.name], base=None if default is dataclasses.MISSING else default,
+                exclude=exclude, suppress=suppress, prefix=f"{prefix}{f.name}.",
+                flag_prefix=f"{flag_prefix}{inner}_" if inner else flag_prefix)
             continue
-        flag = _flag(f.name)
+        flag = _flag(flag_prefix + f.name)
         if flag in parser._option_string_actions:
             raise ValueError(f"flag {flag} of {cls.__name__}.{f.name} is already defined")
-        shown = (f"one of {', '.join(map(str, choices[f.name]))}; " if f.name in choices
-                 else "")
-        kwargs: dict[str, Any] = {
-            "dest": prefix + f.name, "metavar": f.name.upper(),
-            "help": f"{shown}default {default}",
-            "default": argparse.SUPPRESS if suppress else default}
-        if isinstance(default, bool):
-            kwargs.update(action=argparse.BooleanOptionalAction, metavar=None)
-        elif isinstance(default, tuple) and default:
-            kwargs.update(nargs=len(default), type=type(default[0]))
-        elif isinstance(default, _SCALARS):
-            kwargs["type"] = type(default) if not isinstance(default, Path) else Path
-        else:
-            raise TypeError(f"cannot make a flag for {cls.__name__}.{f.name} = {default!r}")
-        parser.add_argument(flag, **kwargs)
+        kwargs = _argument(cls, f, hints[f.name], default)
+        if default is not dataclasses.MISSING:
+            kwargs["default"] = argparse.SUPPRESS if suppress else default
+        parser.add_argument(flag, dest=prefix + f.name, **kwargs)
+
+
+def _default(cls: type, f: dataclasses.Field, base: Any) -> Any:
+    """The value of field ``f`` in ``base`` (or ``cls``'s own default)."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace | Mapping[str, Any], *,
@@ -83,17 +135,16 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace | Mapping[str, An
     with every given field replaced (nested dataclasses likewise); validated by
     ``cls``."""
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
-    base = cls() if base is None else base
     changes: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
-        current = getattr(base, f.name)
-        if dataclasses.is_dataclass(current) and f.init:
+        current = _default(cls, f, base)
+        if f.init and dataclasses.is_dataclass(current):
             changes[f.name] = dataclass_from_args(type(current), values, base=current,
                                                   prefix=f"{prefix}{f.name}.")
         elif prefix + f.name in values:
             value = values[prefix + f.name]
-            changes[f.name] = tuple(value) if isinstance(current, tuple) else value
-    return dataclasses.replace(base, **changes)
+            changes[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**changes) if base is None else dataclasses.replace(base, **changes)
 
 
 def add_modes(parser: argparse.ArgumentParser, modes: Mapping[str, str]) -> None:

@@ -42,6 +42,7 @@ __all__ = [
     "CheckpointError",
     "Distributed",
     "MetricsLog",
+    "atomic_write_text",
     "cli_defaults",
     "env_progress",
     "generator_state",
@@ -227,7 +228,7 @@ class MetricsLog:
         if self.path.exists():
             kept = [r for r in self.read(self.path) if r.get("step", 0) <= resume_step]
             self.records = kept
-            _atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+            atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
@@ -263,8 +264,12 @@ def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> No
         raise
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Atomically write ``text`` to ``path`` (a temporary sibling renamed over it, so an
+    interruption leaves the old file or the new one, never a torn one); returns the path."""
+    path = Path(path)
     _atomic_write(path, "w", lambda fh: fh.write(text))
+    return path
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:

@@ -11,7 +11,9 @@ master weights with a float32 forward/backward; :func:`parse_precision` is its p
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -21,12 +23,14 @@ __all__ = [
     "SUPPORTED_DTYPES",
     "Precision",
     "check_choice",
+    "check_config_choices",
     "check_dtype",
     "check_finite",
     "check_nonnegative_int",
     "check_positive_float",
     "check_positive_int",
     "check_problem",
+    "check_range",
     "check_tensor",
     "parse_precision",
 ]
@@ -63,11 +67,40 @@ def check_positive_float(value: object, name: str) -> float:
     return float(value)
 
 
+def check_range(value: object, name: str, low: float | None = None, high: float | None = None,
+                *, low_open: bool = False, high_open: bool = False,
+                infinite: bool = False) -> float:
+    """``value`` as a ``float`` if it is a real (not a bool) within ``[low, high]`` (an end
+    is excluded with ``low_open`` / ``high_open``; ``None``: unbounded), finite unless
+    ``infinite`` allows ±inf: else ``TypeError`` (not a real) or ``ValueError`` naming
+    ``name`` and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    below = low is not None and (value <= low if low_open else value < low)
+    above = high is not None and (value >= high if high_open else value > high)
+    bad = math.isnan(value) or (math.isinf(value) and not infinite)
+    if bad or below or above:
+        lo = "(-inf" if low is None else f"{'(' if low_open else '['}{low:g}"
+        hi = "inf)" if high is None else f"{high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name} must be in {lo}, {hi}, got {value!r}")
+    return float(value)
+
+
 def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     """``value`` if it is one of ``choices``, else ``ValueError`` listing them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
+
+
+def check_config_choices(config: object) -> None:
+    """Check every ``Literal[...]``-annotated field of the dataclass ``config`` against its
+    choices (:func:`check_choice`): the one place a config's named options are checked."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        hint = hints[f.name]
+        if typing.get_origin(hint) is typing.Literal:
+            check_choice(getattr(config, f.name), f.name, typing.get_args(hint))
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,19 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from neuralnum.core.runtime import CheckpointError, load_checkpoint, save_checkpoint
+from neuralnum.core.runtime import (
+    CheckpointError,
+    Distributed,
+    load_checkpoint,
+    save_checkpoint,
+)
 from neuralnum.core.validation import check_problem, check_tensor
 from neuralnum.models.base import cast_module
 from neuralnum.models.canonical import canonicalize_attention
@@ -42,15 +47,15 @@ from neuralnum.models.registry import (
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.solvers import krylov
 from neuralnum.solvers.krylov import LearnedOperator, SolveInfo
+from neuralnum.training.fit import Callback, FitOptions, fit
 from neuralnum.training.objectives import Objective, as_objective, objective_from_dict
 from neuralnum.training.predictor import Predictor, one_step_metrics
 from neuralnum.training.recipe import Recipe
 
 __all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 
-#: Checkpoint format; version 2 keeps the training state at the top level
-#: (:func:`neuralnum.core.runtime.training_state`).
-FORMAT = "neuralnum.learner/2"
+#: Checkpoint format; version 3 nests the recipe's Levenberg–Marquardt settings.
+FORMAT = "neuralnum.learner/3"
 
 
 class Learner:
@@ -64,6 +69,8 @@ class Learner:
     are drawn on the CPU (seeded) and moved there. Under ``torchrun`` with CUDA each rank
     uses ``cuda:LOCAL_RANK``.
     """
+
+    FORMAT = FORMAT
 
     def __init__(self, arch: str | nn.Module, target: object = "gd",
                  recipe: Recipe | None = None, *, n: int = 20, d: int = 5,
@@ -240,11 +247,16 @@ class Learner:
         return one_step_metrics(self.forward(A, b, x), label)
 
     # ------------------------------------------------------------------ training
-    def fit(self, family: Any, steps: int | None = None, **options: Any) -> list[dict[str, Any]]:
-        """Train on problems of ``family``: :func:`neuralnum.training.fit.fit` (same options)."""
-        from neuralnum.training.fit import fit
-
-        return fit(self, family, steps, **options)
+    def fit(self, family: Any, steps: int | None = None, *,
+            callbacks: Iterable[Callback] = (), distributed: Distributed | None = None,
+            **options: Any) -> list[dict[str, Any]]:
+        """Train on problems of ``family`` for ``steps`` (and/or until ``until_mse`` or
+        for ``minutes``): :func:`neuralnum.training.fit.fit` with
+        ``FitOptions(steps=steps, **options)`` (seed, log_every, eval_batch, metrics,
+        checkpoint, checkpoint_every, resume, show_progress:
+        :class:`~neuralnum.training.fit.FitOptions`)."""
+        return fit(self, family, FitOptions(steps=steps, **options), callbacks=callbacks,
+                   distributed=distributed)
 
     # ------------------------------------------------------------------ save / load
     def save(self, path: str | os.PathLike[str]) -> Path:

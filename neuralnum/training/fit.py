@@ -1,39 +1,97 @@
-"""Training a :class:`~neuralnum.solvers.learner.Learner`: least-squares problems as a loop task.
+"""Training a learner: least-squares problems as a loop task, and :func:`fit`.
 
-:func:`fit` is what :meth:`Learner.fit` runs: it builds the recipe's optimizer, schedule,
-hooks, weight average and finishers (:func:`neuralnum.training.recipe.make_training`), a
-:class:`ProblemTask` (a batch is ``(A, b, x, label)`` of fresh problems from the family
-or of a fixed pool; the loss is :func:`neuralnum.training.recipe.loss_fn` of the prediction) and
-hands them to the one training loop, :func:`neuralnum.training.loop.train`. Under
-``torchrun --nproc_per_node=N`` it runs unchanged: every rank draws the same global batch
-from the same generator and keeps its slice; ``DistributedDataParallel`` averages the
-gradients, so the trajectory matches the single-process one up to reduction order.
+:func:`fit` is what :meth:`Learner.fit <neuralnum.solvers.learner.Learner.fit>` runs: it
+builds the recipe's optimizer, schedule, hooks, weight average and finishers
+(:func:`neuralnum.training.assembly.make_training`), a :class:`ProblemTask` (a batch is
+``(A, b, x, label)`` of fresh problems from the family or of a fixed pool; the loss is
+:func:`~neuralnum.training.objectives.loss_fn` of the prediction) and hands them to the
+one training loop, :func:`neuralnum.training.loop.train`, with the run's
+:class:`FitOptions`. Under ``torchrun --nproc_per_node=N`` it runs unchanged: every rank
+draws the same global batch from the same generator and keeps its slice;
+``DistributedDataParallel`` averages the gradients, so the trajectory matches the
+single-process one up to reduction order.
+
+The learner is anything with the :class:`Trainable` attributes (the
+:class:`~neuralnum.solvers.learner.Learner` is one); this layer does not import it.
 """
 
 from __future__ import annotations
 
 import functools
-import os
+import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 
 from neuralnum.core.runtime import Distributed, init_distributed, make_generator
-from neuralnum.training.loop import Loop, LoopConfig, Task, train
+from neuralnum.core.validation import check_positive_int, check_range
+from neuralnum.training.assembly import make_training
+from neuralnum.training.loop import Loop, LoopConfig, RunOptions, train
+from neuralnum.training.objectives import Objective, loss_fn
+from neuralnum.training.plugins import Task
 from neuralnum.training.predictor import one_step_metrics
-from neuralnum.training.recipe import loss_fn, make_training
+from neuralnum.training.recipe import Recipe
 
-if TYPE_CHECKING:
-    from neuralnum.solvers.learner import Learner
+__all__ = ["EVAL_STREAM", "POOL_STREAM", "FitOptions", "ProblemTask", "Trainable",
+           "draw_problems", "fit"]
 
-__all__ = ["ProblemTask", "draw_problems", "fit"]
+#: The held-out problems are drawn from a generator seeded with the run's seed plus this
+#: offset, the fixed pool (``Recipe(fresh=False)``) from one seeded with this one.
+EVAL_STREAM, POOL_STREAM = 1_000_003, 2_000_003
 
-Callback = Callable[["Learner", dict[str, Any]], bool | None]
+
+class Trainable(Protocol):
+    """What :func:`fit` needs of a learner."""
+
+    FORMAT: str
+    recipe: Recipe
+    objective: Objective
+    net: nn.Module
+    n: int
+    d: int
+    device: torch.device
+    dtype: torch.dtype
+    step_count: int
+
+    def to(self, device: str | torch.device) -> Any: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+    def check_compatible(self, state: dict[str, Any], path: object) -> dict[str, Any]: ...
 
 
-def draw_problems(learner: Learner, family: Any, size: int,
+@dataclass(frozen=True, kw_only=True)
+class FitOptions(RunOptions):
+    """:class:`~neuralnum.training.loop.RunOptions` plus what ends or measures a learner's
+    training: ``until_mse`` (stop once the held-out MSE, checked at every logged step, is
+    at most this), ``minutes`` (stop after this wall time) and ``eval_batch`` (held-out
+    problems behind the logged one-step metrics). Give ``steps``, ``until_mse``,
+    ``minutes`` or several."""
+
+    until_mse: float | None = None
+    minutes: float | None = None
+    eval_batch: int = 256
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive_int(self.eval_batch, "eval_batch")
+        for name in ("until_mse", "minutes"):  # inf: stop at the first logged step / never
+            if getattr(self, name) is not None:
+                check_range(getattr(self, name), name, 0, infinite=True)
+
+    @property
+    def bounded(self) -> bool:
+        """Whether something ends the run (steps, a target MSE or a wall-clock budget)."""
+        return any(v is not None for v in (self.steps, self.until_mse, self.minutes))
+
+
+Callback = Callable[[Trainable, dict[str, Any]], bool | None]
+
+
+def draw_problems(learner: Trainable, family: Any, size: int,
                   gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """``(A, b, x, label)`` of ``size`` new problems of ``family`` (iterates and labels by
     the learner's objective), drawn from ``gen`` on the CPU and moved to the learner's
@@ -41,11 +99,7 @@ def draw_problems(learner: Learner, family: Any, size: int,
 
     Everything is drawn and labelled in float64 and rounded to the learner's dtype at the
     end, so a seed gives the same problems in every dtype (a float32 learner sees the
-    float64 stream rounded, with labels rounded once). Drawing the iterates in float32
-    took another random stream, on which BaseConv from scratch in float32 (seed 0, 1200
-    steps) stalled at one-step MSE 5.0e-2 where float64 reached 8.2e-5; on the shared
-    stream float32 reaches 5.4e-5 (float32 and float64 gradients on one batch agree to
-    3e-7: the stall was that stream, not float32 arithmetic)."""
+    float64 stream rounded, with labels rounded once)."""
     problems = family.sample(size, gen, torch.float64)
     A, b, x_star = problems.A, problems.b, problems.x_star
     if A.shape[1:] != (learner.n, learner.d):
@@ -66,19 +120,20 @@ class ProblemTask(Task):
     """Batches ``(A, b, x, label)`` of ``family``'s problems for ``learner``.
 
     Fresh problems every step, or (``recipe.fresh=False``) rows of a fixed pool of
-    ``recipe.pool_size`` drawn once from ``seed + 2_000_003``; the held-out set of
-    ``eval_batch`` problems comes from ``seed + 1_000_003``.
+    ``recipe.pool_size`` drawn once from ``seed +`` :data:`POOL_STREAM`; the held-out
+    problems (:attr:`held_out`, ``eval_batch`` of them: the logged metrics and the
+    Levenberg–Marquardt finisher's monitor) come from ``seed +`` :data:`EVAL_STREAM`.
     """
 
-    def __init__(self, learner: Learner, family: Any, *, seed: int, eval_batch: int):
+    def __init__(self, learner: Trainable, family: Any, *, seed: int, eval_batch: int):
         self.learner, self.family = learner, family
         self.relative = learner.recipe.relative_loss
-        self.eval_set = draw_problems(learner, family, eval_batch,
-                                      make_generator(seed + 1_000_003))
+        self.held_out = draw_problems(learner, family, eval_batch,
+                                      make_generator(seed + EVAL_STREAM))
         self.pool = None
         if not learner.recipe.fresh:
             self.pool = draw_problems(learner, family, learner.recipe.pool_size,
-                                      make_generator(seed + 2_000_003))
+                                      make_generator(seed + POOL_STREAM))
 
     def sample(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
         if self.pool is None:
@@ -90,24 +145,25 @@ class ProblemTask(Task):
         A, b, x, label = batch
         return loss_fn(model(A, b, x), label, relative=self.relative)
 
-    def residuals(self, forward: Callable[..., torch.Tensor],
-                  batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """``(B·d,)`` residuals whose squared sum is :meth:`loss`."""
-        A, b, x, label = batch
-        r = forward(A, b, x) - label
-        if self.relative:
-            tiny = torch.finfo(label.dtype).tiny
-            r = r / label.pow(2).sum(dim=1, keepdim=True).clamp_min(tiny).sqrt()
-            return r.flatten() / r.shape[0] ** 0.5
-        return r.flatten() / r.numel() ** 0.5
-
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        A, b, x, label = self.eval_set
+        A, b, x, label = self.held_out
         return one_step_metrics(model(A, b, x), label)
 
 
-def _callback_stops(learner: Learner, callback: Callback, record: dict[str, Any]) -> bool:
+def _stop_rules(learner: Trainable, options: FitOptions,
+                callbacks: Iterable[Callback]) -> list[Callable[[dict[str, Any]], bool]]:
+    """The functions of each logged record that end the run: the callbacks, the held-out
+    target ``until_mse`` and the wall-clock budget ``minutes``."""
+    rules = [functools.partial(_callback_stops, learner, cb) for cb in callbacks]
+    if options.until_mse is not None:
+        rules.append(functools.partial(_mse_reached, options.until_mse))
+    if options.minutes is not None:
+        rules.append(functools.partial(_out_of_time, time.monotonic() + 60 * options.minutes))
+    return rules
+
+
+def _callback_stops(learner: Trainable, callback: Callback, record: dict[str, Any]) -> bool:
     return bool(callback(learner, record))
 
 
@@ -115,56 +171,40 @@ def _mse_reached(until_mse: float, record: dict[str, Any]) -> bool:
     return record["mse"] <= until_mse
 
 
-def fit(
-    learner: Learner,
-    family: Any,
-    steps: int | None = None,
-    *,
-    until_mse: float | None = None,
-    callbacks: Iterable[Callback] = (),
-    seed: int = 0,
-    log_every: int = 10,
-    eval_batch: int = 256,
-    metrics: str | os.PathLike[str] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    checkpoint_every: int = 100,
-    resume: bool = False,
-    distributed: Distributed | None = None,
-    show_progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Train ``learner`` on problems from ``family`` for ``steps`` total steps or until the
-    eval MSE ≤ ``until_mse`` (checked every ``log_every`` steps); returns the records.
+def _out_of_time(deadline: float, record: dict[str, Any]) -> bool:
+    return time.monotonic() > deadline
+
+
+def fit(learner: Trainable, family: Any, options: FitOptions, *,
+        callbacks: Iterable[Callback] = (),
+        distributed: Distributed | None = None) -> list[dict[str, Any]]:
+    """Train ``learner`` on problems from ``family`` as ``options`` say; returns the
+    logged records.
 
     ``family.sample(batch, generator, dtype)`` must return problems with ``A, b,
     x_star``. Every ``log_every`` steps a record ``{step, loss, lr, batch, mse, rel_mse,
-    digits}`` (eval on a fixed held-out batch of ``eval_batch``) goes to ``metrics``
-    (JSON lines) and the callbacks ``callback(learner, record)``; one returning True
-    stops training. ``checkpoint`` is written atomically every ``checkpoint_every`` steps
-    and at the end; with ``resume=True`` an existing one is loaded and training continues
-    to the same ``steps``, reproducing the uninterrupted trajectory exactly.
+    digits}`` (on the held-out problems) goes to ``metrics`` (JSON lines) and the
+    callbacks ``callback(learner, record)``; one returning True stops training, as do
+    ``until_mse`` and ``minutes``. ``checkpoint`` is written atomically every
+    ``checkpoint_every`` steps and at the end; with ``resume`` an existing one is loaded
+    and training continues to the same ``steps``, reproducing the uninterrupted
+    trajectory exactly.
     """
-    from neuralnum.solvers.learner import FORMAT
-
-    if steps is None and until_mse is None:
-        raise ValueError("give steps, until_mse, or both")
-    cfg = LoopConfig(steps=steps, batch_size=learner.recipe.batch_size, seed=seed,
-                     log_every=log_every, eval_every=log_every, metrics=metrics,
-                     checkpoint=checkpoint, checkpoint_every=checkpoint_every,
-                     resume=resume, format=FORMAT, config=learner.config(),
-                     show_progress=show_progress, desc="fit")
+    if not options.bounded:
+        raise ValueError("give steps, until_mse or minutes (or several)")
+    cfg = LoopConfig.of(options, batch_size=learner.recipe.batch_size,
+                        eval_every=options.log_every, format=learner.FORMAT,
+                        config=learner.config(), desc="fit")
     dist = distributed or init_distributed(
         device=None if learner.device.type == "cuda" else learner.device)  # cuda:LOCAL_RANK
     if dist.device != learner.device:
         learner.to(dist.device)
-    made = make_training(learner.recipe, learner.net, horizon=steps,
+    made = make_training(learner.recipe, learner.net, horizon=options.steps,
                          world_size=dist.world_size)
-    task = ProblemTask(learner, family, seed=seed, eval_batch=eval_batch)
-    stop = [functools.partial(_callback_stops, learner, cb) for cb in callbacks]
-    if until_mse is not None:
-        stop.append(functools.partial(_mse_reached, until_mse))
+    task = ProblemTask(learner, family, seed=options.seed, eval_batch=options.eval_batch)
     loop = Loop(learner.net, task, made.optimizer, made.scheduler, made.hooks,
                 made.finishers, made.average)
-    result = train(loop, cfg, dist, stop=stop,
-                   check=functools.partial(learner.check_compatible, path=checkpoint))
+    result = train(loop, cfg, dist, stop=_stop_rules(learner, options, callbacks),
+                   check=functools.partial(learner.check_compatible, path=options.checkpoint))
     learner.step_count = result.step
     return result.records

@@ -4,76 +4,31 @@ Read :func:`train` top to bottom (as nanoGPT's ``train.py``): wrap the model in
 ``DistributedDataParallel`` under ``torchrun``, resume from a checkpoint, then per step
 draw the global batch from one seeded generator, keep this rank's slice, compute the
 gradients, let the hooks edit them, ``optimizer.step()``, update the weight average,
-``scheduler.step()``, log, checkpoint; after the loop the finishers run and the final
-checkpoint is written. The users differ only in their :class:`Task` (what a batch is and
-what the loss is), their optimizer and their hooks.
+``scheduler.step()``, log, checkpoint; after the loop the finishers run (on a generator
+of their own stream, :data:`FINISHER_STREAM`) and the final checkpoint is written. The
+users differ only in their :class:`~neuralnum.training.plugins.Task` (what a batch is and
+what the loss is), their optimizer and their plug-ins (:mod:`neuralnum.training.plugins`).
 
-Pieces
-------
-* Precision of every training config: :func:`neuralnum.core.validation.parse_precision`
-  (``"float32"``, ``"float64"``, ``"bfloat16"``: float32 weights, bf16 autocast;
-  ``"mixed"``: float64 master weights, float32 forward/backward).
-* :class:`Schedule` — the one LR schedule (linear warm-up, then cosine / step / no decay
-  to a floor, times the scales hooks set); a ``lr_lambda`` for
-  ``torch.optim.lr_scheduler.LambdaLR`` (:func:`make_scheduler`), whose ``state_dict``
-  carries it, scales included.
-* :func:`ema_average` — ``torch.optim.swa_utils.AveragedModel`` keeping an EMA of the
-  weights from their initial values.
-* :class:`Hook` — a plug-in with no-op defaults: choose the batch size, take over the
-  gradient computation, edit gradients, observe each step; ``state_dict`` for resume.
-* :class:`Finisher` — an optimizer phase after the loop on one fixed batch;
-  :class:`LBFGSFinisher` is the L-BFGS one.
-
-The optimizer seam
-------------------
-First-order optimizers are any ``torch.optim.Optimizer`` the caller builds (Adam, AdamW).
-A second-order or line-search method is a :class:`Finisher`: an object with a
-``batch_size`` and ``run(problem: FinisherProblem) -> dict`` (metrics for the final
-record), run once after the loop (after the weight average is copied in). The
-:class:`FinisherProblem` holds the training module, its parameters by name, and, over
-one fixed batch of ``batch_size`` problems drawn from the training generator, a
-DDP-aware ``closure()`` (zero grads, forward, backward, return the global mean loss) and
-a pure ``residuals(params) -> (m,) tensor`` (``torch.func.functional_call``; its squared
-sum is the loss); also the task and the generator (to draw more data) and ``log``.
-:class:`LBFGSFinisher` is ``LBFGS(params).step(closure)``. A Levenberg–Marquardt phase
-on the fixed batch is::
-
-    @dataclass
-    class LMFinisher(Finisher):
-        steps: int
-        batch_size: int
-
-        def run(self, problem: FinisherProblem) -> dict[str, float]:
-            theta = {k: v.detach().clone() for k, v in problem.params.items()}
-            for _ in range(self.steps):
-                r = problem.residuals(theta)
-                jac = torch.func.jacrev(problem.residuals)(theta)      # name → (m, *shape)
-                theta = lm_step(theta, r, jac)                         # damped normal eqs
-            problem.load(theta)
-            return {"lm_loss": float(problem.residuals(theta).pow(2).sum())}
-
-and one that grows its own problem set (``batch_size = 0``) calls
-``problem.task.sample(size, problem.generator)`` and ``problem.log(lm=record)``. It is
-plugged in as ``Loop(..., finishers=[LMFinisher(20, 1024)])``; the Learner builds its
-finishers in :func:`neuralnum.training.recipe.make_training` (``Recipe.finisher_steps``).
+What a run is told comes in one place: :class:`RunOptions` (how long, how often, where),
+which :class:`LoopConfig` extends with what the program running the loop adds, and
+which :class:`neuralnum.training.fit.FitOptions` extends for a learner's training.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.func import functional_call
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from neuralnum.core.runtime import (
     CheckpointError,
@@ -86,210 +41,15 @@ from neuralnum.core.runtime import (
     save_checkpoint,
     training_state,
 )
+from neuralnum.core.validation import check_nonnegative_int, check_positive_int
+from neuralnum.training.plugins import Batch, Finisher, FinisherProblem, Hook, Task
 
-__all__ = [
-    "DECAYS",
-    "Finisher",
-    "FinisherProblem",
-    "Hook",
-    "LBFGSFinisher",
-    "Loop",
-    "LoopConfig",
-    "Result",
-    "Schedule",
-    "Task",
-    "ema_average",
-    "make_scheduler",
-    "shard_batch",
-    "train",
-]
+__all__ = ["FINISHER_STREAM", "Loop", "LoopConfig", "Result", "RunOptions", "train"]
 
-DECAYS = ("none", "cosine", "step")
-Batch = tuple[Any, ...]
+#: The finishers' generator is seeded with the run's seed plus this offset.
+FINISHER_STREAM = 7
 
 
-# --------------------------------------------------------------------------- schedule
-class Schedule:
-    """LR multiplier at each step; the ``lr_lambda`` of ``LambdaLR``.
-
-    ``(step + 1) / warmup`` during the warm-up; then, over the remaining
-    ``horizon − warmup`` steps, ``"cosine"`` decays from 1 to ``min_factor``, ``"step"``
-    multiplies by ``step_factor`` every ``step_every`` steps and ``"none"`` keeps 1;
-    after the warm-up the value times every entry of :attr:`scales` (set by hooks: the
-    plateau and adaptive rules) is floored at ``min_factor``. A callable object, so
-    ``LambdaLR.state_dict()`` saves its attributes, the scales included.
-    """
-
-    def __init__(self, *, warmup: int = 0, decay: str = "cosine", horizon: int = 0,
-                 min_factor: float = 0.0, step_every: int = 1000, step_factor: float = 1.0):
-        if decay not in DECAYS:
-            raise ValueError(f"lr_decay must be one of {DECAYS}, got {decay!r}")
-        if decay == "cosine" and horizon < 1:
-            raise ValueError("cosine LR decay needs a horizon: total_steps >= 1 or a run "
-                             "with steps")
-        if warmup < 0 or step_every < 1 or not 0 <= min_factor <= 1:
-            raise ValueError("need warmup >= 0, step_every >= 1 and 0 <= min_factor <= 1")
-        self.warmup, self.decay, self.horizon = warmup, decay, horizon
-        self.min_factor, self.step_every, self.step_factor = min_factor, step_every, step_factor
-        self.scales: dict[str, float] = {}
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        since = step - self.warmup
-        factor = 1.0
-        if self.decay == "cosine":
-            t = min(since / max(1, self.horizon - self.warmup), 1.0)
-            factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t))
-        elif self.decay == "step":
-            factor = self.step_factor ** (since // self.step_every)
-        for scale in self.scales.values():
-            factor *= scale
-        return max(factor, self.min_factor)
-
-
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> LambdaLR:
-    """``LambdaLR(optimizer, schedule)``: every group's LR is its initial LR × schedule."""
-    return LambdaLR(optimizer, schedule)
-
-
-def ema_average(model: nn.Module, decay: float) -> AveragedModel | None:
-    """An EMA (``decay`` per step) of ``model``'s parameters, starting from their current
-    values; ``None`` when ``decay`` is 0."""
-    if decay == 0:
-        return None
-    average = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-    average.update_parameters(model)  # the first update copies: the EMA starts at init
-    return average
-
-
-# --------------------------------------------------------------------------- plug-ins
-class Task:
-    """What a batch is and what the loss is; subclass and override.
-
-    * ``sample(size, gen)`` — the *global* batch (a tuple), drawn from ``gen`` only, so
-      every rank draws the same one;
-    * ``shard(batch, dist)`` — this rank's part (default :func:`shard_batch`), moved to the
-      training device;
-    * ``loss(model, batch)`` — scalar loss of this rank's part, normalised so that DDP's
-      mean over ranks equals the loss of the global batch;
-    * ``evaluate(model)`` — held-out metrics (a dict of floats) of the unwrapped module;
-    * ``residuals(forward, batch)`` — the ``(m,)`` residual vector whose squared sum is
-      the loss (needed by residual-based finishers only); ``forward`` calls the model.
-    """
-
-    def sample(self, size: int, gen: torch.Generator) -> Batch:
-        raise NotImplementedError
-
-    def shard(self, batch: Batch, dist: Distributed) -> Batch:
-        return shard_batch(batch, dist)
-
-    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        raise NotImplementedError
-
-    def evaluate(self, model: nn.Module) -> dict[str, float]:
-        return {}
-
-    def residuals(self, forward: Callable[..., torch.Tensor], batch: Batch) -> torch.Tensor:
-        raise NotImplementedError(f"{type(self).__name__} defines no residuals")
-
-
-def shard_batch(batch: Batch, dist: Distributed) -> Batch:
-    """Rows ``[rank·k, (rank+1)·k)`` of every tensor of ``batch`` (``k`` = batch / world),
-    moved to ``dist.device``."""
-    local = dist.shard(batch[0].shape[0])
-    rows = slice(dist.rank * local, (dist.rank + 1) * local)
-    return tuple(t[rows].to(dist.device) for t in batch)
-
-
-class Hook:
-    """A plug-in of the loop; every method is a no-op by default.
-
-    ``batch_size(size)`` returns the global batch size of the next step;
-    ``backward(step, batch, backward)`` may compute the gradients itself (calling
-    ``backward(part) -> loss`` on parts of ``batch``) and return the loss, or return
-    ``None`` to leave it to the loop; ``on_gradients(model)`` edits ``.grad`` before the
-    optimizer step; ``after_step(step, loss)`` observes the finished step. The last two
-    return metrics (a dict, or ``None``) for the step's record.
-    """
-
-    def batch_size(self, size: int) -> int:
-        return size
-
-    def backward(self, step: int, batch: Batch,
-                 backward: Callable[[Batch], float]) -> float | None:
-        return None
-
-    def on_gradients(self, model: nn.Module) -> dict[str, float] | None:
-        return None
-
-    def after_step(self, step: int, loss: float) -> dict[str, float] | None:
-        return None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        pass
-
-
-@dataclass
-class FinisherProblem:
-    """What a :class:`Finisher` works on: one fixed batch (this rank's part).
-
-    ``model``: the (possibly DDP-wrapped) training module; ``params``: its trainable
-    parameters by name; ``closure()``: zero the grads, forward, backward (DDP averages),
-    return the global mean loss; ``residuals(params)``: the pure ``(m,)`` residual vector
-    at the given parameter values (``torch.func.functional_call``), with
-    ``residuals(params).pow(2).sum() == loss``. A finisher that draws its own data (its
-    ``batch_size`` is 0: no fixed batch, ``closure`` and ``residuals`` unset) uses
-    ``task.sample(size, generator)``; ``log(**metrics)`` writes a record at the current
-    step.
-    """
-
-    model: nn.Module
-    params: dict[str, torch.nn.Parameter]
-    closure: Callable[[], torch.Tensor] | None
-    residuals: Callable[[Mapping[str, torch.Tensor]], torch.Tensor] | None
-    task: Task
-    generator: torch.Generator
-    log: Callable[..., dict[str, Any]]
-
-    @torch.no_grad()
-    def load(self, values: Mapping[str, torch.Tensor]) -> None:
-        """Copy ``values`` (name → tensor) into the parameters."""
-        for name, p in self.params.items():
-            p.copy_(values[name])
-
-
-class Finisher:
-    """An optimizer phase after the main loop, ``run`` once on ``batch_size`` problems
-    drawn from the training generator (0: the finisher draws its own data)."""
-
-    batch_size: int
-
-    def run(self, problem: FinisherProblem) -> dict[str, float]:
-        raise NotImplementedError
-
-
-@dataclass
-class LBFGSFinisher(Finisher):
-    """``steps`` L-BFGS iterations (strong Wolfe line search) on one fixed batch."""
-
-    steps: int
-    batch_size: int
-
-    def run(self, problem: FinisherProblem) -> dict[str, float]:
-        if problem.closure is None:
-            raise ValueError("the L-BFGS finisher needs a fixed batch (batch_size >= 1)")
-        lbfgs = torch.optim.LBFGS(list(problem.params.values()), lr=1.0,
-                                  max_iter=self.steps, tolerance_grad=0.0,
-                                  tolerance_change=0.0, line_search_fn="strong_wolfe")
-        lbfgs.step(problem.closure)
-        return {}
-
-
-# --------------------------------------------------------------------------- the loop
 @dataclass
 class Loop:
     """The objects one run trains with (the caller builds them; :func:`train` runs them).
@@ -307,41 +67,66 @@ class Loop:
     average: AveragedModel | None = None
 
 
-@dataclass(frozen=True)
-class LoopConfig:
-    """How long, how often and where: the loop's own options.
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    """How long, how often and where: what the caller of a run decides.
 
-    ``steps``: total steps (``None``: until a stop rule fires); ``stop_at`` ends the run
-    earlier, as an interruption would (the schedule still spans ``steps``). A record is
-    logged every ``log_every`` steps and at ``steps``; it holds held-out metrics every
-    ``eval_every`` steps and at ``steps``. ``checkpoint`` is written atomically every
-    ``checkpoint_every`` steps and at the end, holding ``format`` and the JSON-able
-    ``config``; with ``resume`` an existing one is loaded and the run continues exactly.
+    ``steps``: total steps (``None``: until a stop rule fires); ``seed``: the one seed of
+    the run (batches, finishers and held-out data derive their generators from it); a
+    record is logged every ``log_every`` steps and at ``steps`` (JSON lines in
+    ``metrics``); ``checkpoint`` is written atomically every ``checkpoint_every`` steps
+    and at the end; with ``resume`` an existing one is loaded and the run continues
+    exactly; ``show_progress``: a progress bar on the main process.
     """
 
-    steps: int | None
-    batch_size: int
+    steps: int | None = None
     seed: int = 0
-    stop_at: int | None = None
-    log_every: int = 1
-    eval_every: int = 1
-    metrics: str | os.PathLike[str] | None = None
-    checkpoint: str | os.PathLike[str] | None = None
+    log_every: int = 10
+    metrics: Path | None = None
+    checkpoint: Path | None = None
     checkpoint_every: int = 100
     resume: bool = False
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("log_every", "checkpoint_every"):
+            check_positive_int(getattr(self, name), name)
+        check_nonnegative_int(self.seed, "seed")
+        if self.steps is not None:
+            check_nonnegative_int(self.steps, "steps")
+        for name in ("metrics", "checkpoint"):  # str or PathLike in, Path kept
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, Path(getattr(self, name)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoopConfig(RunOptions):
+    """:class:`RunOptions` plus what the program running the loop adds: the global
+    ``batch_size`` (hooks may change it), ``stop_at`` (end the run earlier, as an
+    interruption would; the schedule still spans ``steps``), held-out metrics every
+    ``eval_every`` steps (and at ``steps``) in the logged records, the checkpoint's
+    ``format`` and JSON-able ``config``, and the progress bar's ``desc``."""
+
+    batch_size: int
+    stop_at: int | None = None
+    eval_every: int = 1
     format: str = "neuralnum.train/1"
     config: dict[str, Any] = field(default_factory=dict)
-    show_progress: bool = True
     desc: str = "train"
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "log_every", "eval_every", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("steps", "stop_at"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ValueError(f"{name} must be a non-negative int, got {value!r}")
+        super().__post_init__()
+        for name in ("batch_size", "eval_every"):
+            check_positive_int(getattr(self, name), name)
+        if self.stop_at is not None:
+            check_nonnegative_int(self.stop_at, "stop_at")
+
+    @classmethod
+    def of(cls, options: RunOptions, **extra: Any) -> LoopConfig:
+        """The loop's config for a run of ``options`` (its :class:`RunOptions` fields)
+        plus ``extra`` (``batch_size`` and the rest)."""
+        shared = {f.name: getattr(options, f.name) for f in dataclasses.fields(RunOptions)}
+        return cls(**shared, **extra)
 
     @property
     def last(self) -> int | None:
@@ -408,7 +193,7 @@ def train(loop: Loop, cfg: LoopConfig, dist: Distributed, *, stop: Sequence[Stop
                 _save(loop, cfg, gen, step, dist)
     finally:
         bar.close()
-    _finish(loop, model, cfg, gen, dist, log, step)
+    _finish(loop, model, cfg, dist, log, step)
     if cfg.checkpoint is not None:
         _save(loop, cfg, gen, step, dist)
     return Result(step, log.records)
@@ -445,8 +230,8 @@ def _evaluated(loop: Loop) -> nn.Module:
     return loop.average.module if loop.average is not None else loop.model
 
 
-def _finish(loop: Loop, model: nn.Module, cfg: LoopConfig, gen: torch.Generator,
-            dist: Distributed, log: MetricsLog, step: int) -> None:
+def _finish(loop: Loop, model: nn.Module, cfg: LoopConfig, dist: Distributed,
+            log: MetricsLog, step: int) -> None:
     """Copy the weight average into the model, run the finishers, log a final record."""
     if loop.average is not None:
         with torch.no_grad():
@@ -454,6 +239,7 @@ def _finish(loop: Loop, model: nn.Module, cfg: LoopConfig, gen: torch.Generator,
                             strict=True):
                 p.copy_(a)
     metrics: dict[str, Any] = {}
+    gen = make_generator(cfg.seed + FINISHER_STREAM)
     for finisher in loop.finishers:
         problem = _finisher_problem(model, loop, finisher.batch_size, gen, dist,
                                     functools.partial(log.log, step))
@@ -465,25 +251,19 @@ def _finish(loop: Loop, model: nn.Module, cfg: LoopConfig, gen: torch.Generator,
 def _finisher_problem(model: nn.Module, loop: Loop, size: int, gen: torch.Generator,
                       dist: Distributed, log: Callable[..., dict[str, Any]]
                       ) -> FinisherProblem:
-    raw = loop.model
-    params = {k: p for k, p in raw.named_parameters() if p.requires_grad}
-    problem = FinisherProblem(model, params, None, None, loop.task, gen, log)
-    if not size:
-        return problem
-    batch = loop.task.shard(loop.task.sample(size, gen), dist)
+    params = {k: p for k, p in loop.model.named_parameters() if p.requires_grad}
+    problem = FinisherProblem(model, params, loop.task, gen, log)
+    if size:
+        batch = loop.task.shard(loop.task.sample(size, gen), dist)
 
-    def closure() -> torch.Tensor:
-        for p in params.values():
-            p.grad = None
-        loss = loop.task.loss(model, batch)
-        loss.backward()
-        return dist.all_reduce_mean(loss.detach().clone())
+        def closure() -> torch.Tensor:
+            for p in params.values():
+                p.grad = None
+            loss = loop.task.loss(model, batch)
+            loss.backward()
+            return dist.all_reduce_mean(loss.detach().clone())
 
-    def residuals(values: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return loop.task.residuals(lambda *args: functional_call(raw, dict(values), args),
-                                   batch)
-
-    problem.closure, problem.residuals = closure, residuals
+        problem.closure = closure
     return problem
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "SolutionObjective",
     "UpdateObjective",
     "as_objective",
+    "loss_fn",
     "objective_from_dict",
 ]
 
@@ -164,3 +165,19 @@ def objective_from_dict(data: dict[str, Any]) -> Objective:
     if data.get("kind") == "update":
         return UpdateObjective(step=GDStep(_rule_from_dict(data)), spread=float(data["spread"]))
     raise ValueError(f"unknown objective {data!r}")
+
+
+def loss_fn(pred: torch.Tensor, target: torch.Tensor, *, relative: bool) -> torch.Tensor:
+    """Mean over the batch of ``‖pred − target‖²/d`` (absolute) or ``/‖target‖²`` (relative).
+
+    ``pred, target: (B, d)``, same dtype; returns a scalar of that dtype. The relative
+    form weighs every problem equally whatever its scale.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(f"pred shape {tuple(pred.shape)} != target shape "
+                         f"{tuple(target.shape)}")
+    sq = (pred - target).pow(2).sum(dim=1)
+    if relative:
+        tiny = torch.finfo(target.dtype).tiny
+        return (sq / target.pow(2).sum(dim=1).clamp_min(tiny)).mean()
+    return sq.mean() / target.shape[1]

@@ -6,7 +6,7 @@ import pytest
 import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
-from neuralnum.cli import _build_parser, main, recipe_from_args
+from neuralnum.cli import main, parse_command
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.recipe import Recipe
 
@@ -53,21 +53,22 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert summary["steps"] == 2 and set(summary) >= {"learned", "scipy"}
 
 
-def test_bad_arguments():
+def test_flags_build_the_recipe_and_bad_values_are_refused():
     def recipe(*flags):
-        return recipe_from_args(_build_parser().parse_args(["train", *flags]))
+        return parse_command(["train", *flags]).recipe
 
     assert recipe() == Recipe() and recipe("--baseline") == Recipe.baseline()
     assert recipe("--no-fresh", "--betas", "0.8", "0.9", "--lr", "0.5") == Recipe(
         fresh=False, betas=(0.8, 0.9), lr=0.5)
     assert recipe("--baseline", "--dtype", "mixed") == Recipe.baseline(dtype="mixed")
+    assert recipe("--lm-minutes", "3", "--lm-geodesic").lm.engine.geodesic
     with pytest.raises(SystemExit):
         main(["train", "--bogus", "1", "--steps", "1"])
     with pytest.raises(SystemExit):
         main(["train", "--fresh", "maybe", "--steps", "1"])
-    with pytest.raises(SystemExit, match="lr must be > 0"):
-        main(["train", "--lr", "0", "--steps", "1"])
     with pytest.raises(SystemExit):
         main(["train", "--arch", "nope"])
-    with pytest.raises(SystemExit):
-        main(["train", "--n", "6", "--d", "2"])  # no --steps / --until-mse / --minutes
+    with pytest.raises(ValueError, match=r"lr must be in \(0, inf\)"):
+        main(["train", "--lr", "0", "--steps", "1"])
+    with pytest.raises(ValueError, match="give --steps"):
+        main(["train", "--n", "6", "--d", "2"])

@@ -7,11 +7,18 @@ import pytest
 import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
-from neuralnum.cli import main
+from neuralnum.cli import main, parse_command
 from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.learner import Learner
-from neuralnum.training.finisher import FinisherSettings, LMFinisher, _snap_dead_channels, finish_lm
+from neuralnum.training.assembly import make_training
+from neuralnum.training.finisher import (
+    FinisherSettings,
+    LMFinisher,
+    _snap_dead_channels,
+    finish_lm,
+)
 from neuralnum.training.fit import draw_problems
+from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.recipe import Recipe
 
 FAMILY = family_from_name("spectrum")
@@ -22,6 +29,12 @@ def drawer(learner: Learner, seed: int = 0):
     return lambda k: draw_problems(learner, FAMILY, k, gen)
 
 
+def run_lm(learner: Learner, iterations: int, **settings) -> dict:
+    """``finish_lm`` with 256 held-out problems, then the training set, from one stream."""
+    draw = drawer(learner)
+    return finish_lm(learner, draw, draw(256), FinisherSettings(**settings), iterations)
+
+
 def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
     learner = Learner("linear_attention", "gd", Recipe(dtype=dtype, **recipe))
     return learner.init_construction(noise, seed=0)
@@ -30,7 +43,7 @@ def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
 @pytest.mark.parametrize("dtype, bound", [("float64", 1e-24), ("float32", 1e-11)])
 def test_finisher_takes_linear_attention_to_its_dtype_floor(dtype, bound):
     learner = construction(dtype)
-    report = finish_lm(learner, drawer(learner), FinisherSettings(iterations=20, until=bound / 10))
+    report = run_lm(learner, 20, until=bound / 10)
     records = report["records"]
     assert records[0]["fresh_mse"] > 1e-6
     assert records[-1]["fresh_mse"] <= bound
@@ -52,26 +65,27 @@ def test_float32_model_trains_on_float64_residuals_and_reports_both():
     with it, so the set stops growing once fitted. ``"model"``: the float32 loss decides, and the
     training MSE stays at float32 level (1.2e-14)."""
     learner = construction("float32")
-    records = finish_lm(learner, drawer(learner), FinisherSettings(iterations=10))["records"]
+    records = run_lm(learner, 10)["records"]
     last = records[-1]
     assert last["train_mse"] < 2e-15 < last["fresh_mse"] <= 1e-11
     assert last["fresh_mse_train_dtype"] < last["fresh_mse"]
     assert len({r["problems"] for r in records[-5:]}) == 1     # grown early, not since
     learner = construction("float32")
-    settings = FinisherSettings(iterations=10, train_precision="model")
-    last = finish_lm(learner, drawer(learner), settings)["records"][-1]
+    last = run_lm(learner, 10, train_precision="model")["records"][-1]
     assert last["train_mse"] > 5e-15 and last["fresh_mse"] <= 1e-11
     assert last["fresh_mse"] == last["fresh_mse_train_dtype"]
 
 
 def test_lm_finisher_on_the_loop_seam():
-    """The loop hands a finisher its task (learner, sample), generator and log."""
+    """The loop hands a finisher its task (learner, sample, held-out problems), the
+    finishers' generator and the log."""
     learner = construction("float64")
     gen, logged = torch.Generator().manual_seed(0), []
 
     class Task:
         def __init__(self):
             self.learner = learner
+            self.held_out = draw_problems(learner, FAMILY, 64, torch.Generator().manual_seed(9))
 
         def sample(self, k, generator):
             return draw_problems(learner, FAMILY, k, generator)
@@ -83,24 +97,29 @@ def test_lm_finisher_on_the_loop_seam():
         def log(**metrics):
             logged.append(metrics)
 
-    out = LMFinisher(FinisherSettings(iterations=20, until=1e-26)).run(Problem())
+    out = LMFinisher(FinisherSettings(until=1e-26), iterations=20).run(Problem())
     assert out["lm_fresh_mse"] <= 1e-24 and out["lm_rank"] > 0
+    assert out["lm_problems"] * learner.d >= 1.5 * out["lm_rank"]
     assert [m["lm"]["iteration"] for m in logged] == list(range(len(logged)))
 
 
 def test_too_few_training_problems_raise_naming_the_fix():
     with pytest.raises(ValueError, match="use problems >= "):
         learner = construction("float64")
-        finish_lm(learner, drawer(learner), FinisherSettings(iterations=1, problems=4))
+        run_lm(learner, 1, problems=4)
 
 
-@pytest.mark.parametrize("bad, match", [({"lm_damping": 0.0}, "damping must be > 0"),
-                                        ({"lm_solver": "lu"}, "solver"),
-                                        ({"lm_train_precision": "float16"}, "train_precision"),
-                                        ({"finisher": "newton"}, "finisher")])
-def test_recipe_rejects_bad_lm_settings(bad, match):
-    with pytest.raises(ValueError, match=match):
-        Recipe(**{"finisher": "lm", **bad})
+def test_recipe_rejects_bad_lm_settings():
+    with pytest.raises(ValueError, match="finisher"):
+        Recipe(finisher="newton")
+    with pytest.raises(ValueError, match="damping must be in"):
+        LMSettings(damping=0.0)
+    with pytest.raises(TypeError, match="lm must be a FinisherSettings"):
+        Recipe(lm=LMSettings())
+    with pytest.raises(ValueError, match="train_precision"):
+        FinisherSettings(train_precision="float16")
+    with pytest.raises(ValueError, match="solver"):
+        LMSettings(solver="lu")
 
 
 def test_fit_runs_the_lm_finisher_and_logs_it(tmp_path):
@@ -122,34 +141,23 @@ def test_cli_train_with_the_lm_finisher(tmp_path):
     assert lines[-1]["mse"] <= 1e-20
 
 
-def test_demo_hands_baseconv_to_the_lm_finisher(monkeypatch, tmp_path):
-    import neuralnum.cli as cli
-
-    seen = {}
-
-    def fake_train(args):
-        seen["steps"], seen["recipe"] = args.steps, cli.recipe_from_args(args)
-        return construction("float64"), {"seconds": 0.0}
-
-    monkeypatch.setattr(cli, "_train", fake_train)
-    monkeypatch.setattr(cli, "_solve", lambda args, learner: {})
-    cli.main(["demo", "--arch", "baseconv", "--lm-minutes", "2", "--out",
-              str(tmp_path / "d.pt")])
-    assert seen["steps"] == 800
-    assert (seen["recipe"].finisher, seen["recipe"].finisher_steps) == ("lm", 1000)
-    assert seen["recipe"].lm_geodesic
-    assert seen["recipe"].lm_minutes == 2.0  # the user's --set wins
-    cli.main(["demo", "--out", str(tmp_path / "e.pt")])  # linear attention: Adam only
-    assert seen["steps"] == 6000 and seen["recipe"].finisher_steps == 0
+def test_demo_hands_baseconv_to_the_lm_finisher():
+    cmd = parse_command(["demo", "--arch", "baseconv", "--lm-minutes", "2"])
+    assert cmd.fit.steps == 800
+    assert (cmd.recipe.finisher, cmd.recipe.finisher_steps) == ("lm", 1000)
+    assert cmd.recipe.lm.engine.geodesic
+    assert cmd.recipe.lm.minutes == 2.0  # the user's flag wins over the demo's 10
+    cmd = parse_command(["demo"])  # linear attention: Adam only
+    assert cmd.fit.steps == 6000 and cmd.recipe.finisher_steps == 0
 
 
-def test_recipe_lm_fields_reach_the_finisher_settings():
-    s = Recipe(finisher="lm", finisher_steps=7, lm_problems=900, lm_fresh=64,
-               lm_damping=1e-2, lm_solver="dual", lm_minutes=3.0,
-               lm_geodesic=True, lm_corrections=2).finisher_settings()
-    assert (s.iterations, s.problems, s.fresh, s.minutes) == (7, 900, 64, 3.0)
-    assert (s.lm.damping, s.lm.solver, s.lm.geodesic, s.lm.corrections) == (
-        1e-2, "dual", True, 2)
+def test_recipe_lm_settings_round_trip_through_a_checkpoint_dict():
+    recipe = Recipe(finisher="lm", finisher_steps=7, lm=FinisherSettings(
+        problems=900, minutes=3.0, engine=LMSettings(damping=1e-2, solver="dual",
+                                                     geodesic=True, corrections=2)))
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    assert make_training(recipe, torch.nn.Linear(2, 2), horizon=1).finishers == [
+        LMFinisher(recipe.lm, 7)]
 
 
 def baseconv_construction(noise: float = 1e-3) -> Learner:

@@ -1,5 +1,5 @@
-"""neuralnum.training.levenberg_marquardt: the LM engine, its three linear solvers, damping and
-resume."""
+"""neuralnum.training.levenberg_marquardt: the LM engine, its linear solvers, damping and resume
+(on the problems of neuralnum.training.lm_problems)."""
 
 import math
 
@@ -7,14 +7,8 @@ import pytest
 import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
-from neuralnum.training.levenberg_marquardt import (
-    FunctionalProblem,
-    LevenbergMarquardt,
-    LMSettings,
-    PerSampleProblem,
-    choose_solver,
-    numerical_rank,
-)
+from neuralnum.training.levenberg_marquardt import LevenbergMarquardt, LMSettings, choose_solver
+from neuralnum.training.lm_problems import FunctionalProblem, PerSampleProblem, numerical_rank
 
 # ---------------------------------------------------------------- a 2-layer polynomial net
 SHAPES = [(4, 3), (4,), (2, 4)]  # W1, c1, W2: y = W2 (W1 x + c1)²
@@ -285,8 +279,10 @@ def test_resume_after_a_failed_step_keeps_the_damping_growth():
 
 # ---------------------------------------------------------------- bad settings
 @pytest.mark.parametrize("bad, match", [
-    ({"damping": 0.0}, "damping must be > 0"), ({"damping": -1.0}, "damping must be > 0"),
-    ({"damping_floor": 1.0}, "damping_floor <= damping"), ({"solver": "qr"}, "solver"),
+    ({"damping": 0.0}, "damping must be in"), ({"damping": -1.0}, "damping must be in"),
+    ({"damping_floor": 1.0}, r"damping must be in \[1, "), ({"damping_floor": 0.0},
+                                                             r"damping_floor must be in \(0"),
+    ({"solver": "qr"}, "solver"),
     ({"cg_iters": 0}, "cg_iters"), ({"shrink": 1.0}, "shrink"), ({"scaling": "x"}, "scaling"),
     ({"corrections": -1}, "corrections"), ({"eig_rtol": 0.0}, "eig_rtol"),
 ])

@@ -1,4 +1,5 @@
-"""neuralnum.training.recipe: configuration, LR control, noise control and the loss."""
+"""The recipe (neuralnum.training.recipe), its hooks and assembly: configuration, LR control,
+noise control and the loss."""
 
 import math
 
@@ -9,21 +10,18 @@ from hypothesis import strategies as st
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.core.validation import Precision
-from neuralnum.training.loop import ema_average
-from neuralnum.training.recipe import (
-    ABLATIONS,
+from neuralnum.training.assembly import make_optimizer, make_schedule, make_training
+from neuralnum.training.hooks import (
     AdaptiveLR,
     AverageRestart,
     BatchSchedule,
     GradientFilter,
     PlateauDecay,
-    Recipe,
     cosine_similarity,
-    loss_fn,
-    make_optimizer,
-    make_schedule,
-    make_training,
 )
+from neuralnum.training.objectives import loss_fn
+from neuralnum.training.plugins import ema_average
+from neuralnum.training.recipe import ABLATIONS, Recipe
 
 DTYPES = [torch.float32, torch.float64]
 
