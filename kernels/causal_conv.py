@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-import kernels
+from kernels.ops import long_conv
 
 __all__ = ["causal_conv_direct", "causal_long_conv"]
 
@@ -82,7 +82,7 @@ def causal_long_conv(u: torch.Tensor, k: torch.Tensor, *, block: int = 64) -> to
         pairs = u_p.view(batch, channels, padded // (2 * n), 2, n)
         early = pairs[..., 0, :].permute(0, 2, 1, 3).reshape(-1, channels, n)
         taps = torch.cat([k_p[:, n: 2 * n], k_p[:, :n]], dim=-1)
-        cross = kernels.long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
+        cross = long_conv(early, taps).view(batch, -1, channels, n).permute(0, 2, 1, 3)
         y.view(batch, channels, -1, 2, n)[..., 1, :] += cross
         n *= 2
     return y[..., :length]

@@ -93,9 +93,7 @@ def _fused_two_stage_kernel(
     rb = tl.arange(0, B1_PAD)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    b3 = rb[:, None, None]
-    n3 = rn[None, :, None]
-    m3 = rm[None, None, :]
+    b3, n3, m3 = rb[:, None, None], rn[None, :, None], rm[None, None, :]
     b_ok = b3 < B1
     n_ok = n3 < N
     m_ok = m3 < M1

@@ -53,7 +53,7 @@ def _module_docstrings(path: Path) -> list[str]:
 @functools.cache
 def text_corpus() -> bytes:
     """The English corpus as UTF-8 bytes (deterministic for a given Python version)."""
-    from pydoc_data.topics import topics
+    from pydoc_data.topics import topics  # optional: some Python builds leave pydoc_data out
 
     parts = [topics[name] for name in sorted(topics)]
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -119,7 +119,7 @@ class ImageSplit:
 
 @functools.cache
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional: the [data] extra
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float64).unsqueeze(1) / 16.0

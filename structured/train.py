@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neuralnum.core.entry import add_debug_flag, run_main
+from neuralnum.core.figures import figure_grid, save_figure
 from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args
 from neuralnum.core.runtime import (
     CheckpointError,
@@ -331,21 +332,13 @@ def _train(cfg: TrainConfig, dist: Distributed, stop_at: int | None,
 
 def plot_losses(records: list[dict[str, Any]], path: Path, *, title: str) -> Path:
     """Training loss per step and held-out loss at each evaluation, to a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ((ax,),) = figure_grid(1, 1, (6, 4))
     ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train", lw=1)
     evals = [r for r in records if "val_loss" in r]
     ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], "o-", label="held-out")
     ax.set(xlabel="step", ylabel="cross-entropy (nats)", title=title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -68,7 +68,7 @@ def time_ms(fn: Callable[[], object], device: torch.device, repeats: int) -> flo
     """Median wall time of ``fn()`` in ms (``triton.testing.do_bench`` on CUDA)."""
     fn()  # warm-up: compilation, autotuning, allocator
     if device.type == "cuda":
-        import triton.testing
+        import triton.testing  # optional: triton, on CUDA only
 
         return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
     samples = []

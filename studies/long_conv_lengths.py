@@ -21,6 +21,7 @@ os.environ["TRITON_INTERPRET"] = "1"  # before kernels.long_conv_triton is impor
 
 import torch
 
+from kernels.long_conv_triton import plan
 from studies import markdown as md
 from studies.kernel_bench import check_correctness
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
@@ -32,8 +33,6 @@ DTYPES = (torch.float32, torch.float64)
 
 def run(lengths: tuple[int, ...]) -> list[dict]:
     """One row per ``(L, dtype)``: plan, max relative error over ``y`` and the gradients."""
-    from kernels.long_conv_triton import plan
-
     cases = [("conv", dtype, (1, 1, length)) for length in lengths for dtype in DTYPES]
     errors: list[str] = []
     rows = check_correctness(torch.device("cpu"), errors, cases)

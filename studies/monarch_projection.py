@@ -73,7 +73,7 @@ def synthetic_matrices(gen: torch.Generator, dtype: torch.dtype) -> dict[str, to
 # ---------------------------------------------------------------------- part 2
 def digits(dtype: torch.dtype, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Standardised digits features; a seeded 1347/450 split."""
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # optional: the [data] extra
 
     data = load_digits()
     X = torch.tensor(data.data, dtype=dtype)

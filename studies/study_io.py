@@ -3,21 +3,26 @@
 ``study_parser`` builds ``--quick | --full`` and ``--out DIR`` (default ``runs/<name>``)
 with :mod:`neuralnum.core.flags`, the project's one config → command-line mechanism;
 ``format_table`` lays rows out as a fixed-width text table; ``write_report`` writes
-``DIR/<name>.json``; ``figure`` / ``figure_row`` / ``save_figure`` make and write
-matplotlib figures with the Agg backend (no display needed).
+``DIR/<name>.json`` atomically; ``figure`` / ``figure_row`` / ``save_figure`` make and
+write matplotlib figures (:mod:`neuralnum.core.figures`: no pyplot, atomic writes);
+``run_cli`` runs a study's ``main`` as a command (:func:`neuralnum.core.entry.run_main`:
+one line for a user's error, ``--debug`` for the traceback).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuralnum.core.entry import add_debug_flag, run_main
+from neuralnum.core.figures import figure_grid, save_figure
 from neuralnum.core.flags import add_dataclass_arguments, add_modes
-from neuralnum.core.runtime import cli_defaults
+from neuralnum.core.runtime import atomic_write_text
 
 __all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "study_parser",
            "write_report"]
@@ -30,25 +35,33 @@ class StudyOptions:
     out: Path = Path("runs")  # output directory
 
 
-def run_cli(main: Callable[[], object]) -> None:
-    """A study's command-line entry: ``main()`` under the documented environment defaults
-    (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``: :func:`neuralnum.core.runtime.cli_defaults`)."""
-    with cli_defaults():
-        main()
+def run_cli(main: Callable[[list[str]], object]) -> None:
+    """A study's command-line entry: ``main(argv)`` as ``python -m <its module>``
+    (:func:`neuralnum.core.entry.run_main`)."""
+    module = main.__module__
+    if module == "__main__":  # run as ``python -m studies.<name>``
+        module = getattr(sys.modules["__main__"].__spec__, "name", module)
+    run_main(main, f"python -m {module}")
 
 
 def study_parser(name: str, doc: str, quick_help: str = "minutes on 2 CPU cores (default)",
-                 full_help: str = "paper scale (GPU)",
-                 modes: dict[str, str] | None = None) -> argparse.ArgumentParser:
+                 full_help: str = "paper scale (GPU)", modes: dict[str, str] | None = None,
+                 examples: Sequence[str] = ()) -> argparse.ArgumentParser:
     """An ``ArgumentParser`` with the shared ``--quick``/``--full`` and ``--out`` options;
     ``modes`` adds more mutually exclusive flags (name → help); ``doc`` (the study's
-    module docstring) is shown by ``--help``. Built with :mod:`neuralnum.core.flags` from
-    :class:`StudyOptions` (``--out`` defaults to ``runs/<name>``), the mechanism of every
-    command line of the project."""
-    parser = argparse.ArgumentParser(prog=f"python -m studies.{name}", description=doc,
+    module docstring) is shown by ``--help``, which ends with example commands (the quick
+    run, into another directory, and ``examples``: argument strings). Built with
+    :mod:`neuralnum.core.flags` from :class:`StudyOptions` (``--out`` defaults to
+    ``runs/<name>``), the mechanism of every command line of the project."""
+    command = f"python -m studies.{name}"
+    lines = [command, f"{command} --quick --out runs/{name}-2",
+             *(f"{command} {args}" for args in examples)]
+    parser = argparse.ArgumentParser(prog=command, description=doc,
+                                     epilog="examples:\n" + "".join(f"  {x}\n" for x in lines),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_modes(parser, {"quick": quick_help, "full": full_help, **(modes or {})})
     add_dataclass_arguments(parser, StudyOptions, base=StudyOptions(out=Path("runs") / name))
+    add_debug_flag(parser)
     return parser
 
 
@@ -71,36 +84,18 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def write_report(out: Path, name: str, report: Any) -> Path:
-    """Write ``report`` as ``out/<name>.json`` (creating ``out``; values JSON cannot hold
-    are written as ``str``); returns the path."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{name}.json"
-    path.write_text(json.dumps(report, indent=2, default=str))
-    return path
+    """Write ``report`` as ``out/<name>.json``, atomically (values JSON cannot hold are
+    written as ``str``); returns the path."""
+    return atomic_write_text(out / f"{name}.json", json.dumps(report, indent=2, default=str))
 
 
 def figure_row(ncols: int, figsize: tuple[float, float]) -> tuple[Any, list[Any]]:
-    """A figure with a row of ``ncols`` axes, drawn with the Agg backend (no display)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, ncols, figsize=figsize, squeeze=False)
+    """A figure with a row of ``ncols`` axes (:func:`neuralnum.core.figures.figure_grid`)."""
+    fig, axes = figure_grid(1, ncols, figsize)
     return fig, list(axes[0])
 
 
 def figure(figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
-    """A ``(fig, ax)`` pair drawn with the Agg backend."""
+    """A ``(fig, ax)`` pair."""
     fig, (ax,) = figure_row(1, figsize)
     return fig, ax
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    """Lay out, write (PNG, 120 dpi) and close ``fig``; returns ``path``."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 import neuralnum
+from neuralnum.core.figures import figure_grid, save_figure
 from neuralnum.core.runtime import make_generator
 from neuralnum.problems import reference
 from neuralnum.problems.families import FAMILIES, family_from_name
@@ -42,7 +43,7 @@ from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.recipe import Recipe
 from studies.lsq_common import construction_twin, parse, train
-from studies.study_io import format_table, run_cli, save_figure, write_report
+from studies.study_io import format_table, run_cli, write_report
 
 NAME = "vs_scipy"
 SOLVERS = ("scipy", "learned_cg", "construction_cg", "learned_chebyshev", "learned_gd",
@@ -240,14 +241,9 @@ def tables(result: dict[str, Any]) -> str:
 
 
 def _figure(result: dict[str, Any], path: Any) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     families = list(result["curves"])
     rows = math.ceil(len(families) / 3)
-    fig, axes = plt.subplots(rows, 3, figsize=(12, 3.3 * rows), squeeze=False)
+    fig, axes = figure_grid(rows, 3, (12, 3.3 * rows))
     scipy_digits = {r["family"]: r["scipy_digits"] for r in result["rows"]
                     if r["dtype"] == "float64" and r["n"] == ROWS_N.get(r["family"], (20,))[0]}
     for ax, family in zip(axes.flat, families, strict=False):

@@ -58,6 +58,26 @@ __all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 FORMAT = "neuralnum.learner/3"
 
 
+class _CanonicalCopy:
+    """The canonical copy of a learner's network (attention heads in interpolative form),
+    remade only when the weights change."""
+
+    def __init__(self, layout: TokenLayout) -> None:
+        self.layout = layout
+        self.weights: torch.Tensor | None = None
+        self.net: nn.Module | None = None
+
+    def get(self, net: nn.Module) -> nn.Module:
+        weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
+        old = self.weights
+        if (old is None or (old.device, old.dtype) != (weights.device, weights.dtype)
+                or not torch.equal(old, weights)):
+            self.net = copy.deepcopy(net)
+            canonicalize_attention(self.net.model, self.layout)
+            self.weights = weights
+        return self.net
+
+
 class Learner:
     """A trainable learned solver step (or end-to-end predictor) for ``n × d`` problems.
 
@@ -98,8 +118,7 @@ class Learner:
                             f"{type(arch).__name__}")
         self.layout = TokenLayout(n, d, width=d_model)
         self.net = Predictor(model, self.layout, self.objective, self.precision)
-        # (the weights, the canonical copy of net made from them): solver_forward's cache
-        self._canonical: tuple[torch.Tensor, nn.Module] | None = None
+        self._canonical = _CanonicalCopy(self.layout)
         self.to(self.device)
         self.step_count = 0
         self.last_solve: SolveInfo | None = None
@@ -172,20 +191,13 @@ class Learner:
         For a linear-attention learner it runs a copy of the network whose heads are
         re-factored into their interpolative form
         (:func:`neuralnum.models.canonical.canonicalize_attention`): the same function, but
-        each score rounds like one residual (learned CG on κ = 1e4 problems: +0.5 digit,
-        to exact CG's level). The copy is a function of the weights alone (never of a
-        problem) and is kept until the weights change. Other learners run :attr:`net`.
+        each score rounds like one residual. The copy is a function of the weights alone
+        (never of a problem) and is kept until the weights change. Other learners run
+        :attr:`net`.
         """
         if not isinstance(self.model, LinearAttention):
             return self._raw_forward
-        weights = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
-        cached = None if self._canonical is None else self._canonical[0]
-        if (cached is None or (cached.device, cached.dtype) != (weights.device, weights.dtype)
-                or not torch.equal(cached, weights)):
-            net = copy.deepcopy(self.net)
-            canonicalize_attention(net.model, self.layout)
-            self._canonical = (weights, net)
-        return functools.partial(self._raw_forward, net=self._canonical[1])
+        return functools.partial(self._raw_forward, net=self._canonical.get(self.net))
 
     def _check_dtype(self, A: torch.Tensor) -> None:
         if A.dtype != self.dtype:

@@ -14,9 +14,9 @@ from studies.study_io import run_cli
 def test_run_cli_applies_neuralnum_progress(monkeypatch, value, shown):
     monkeypatch.setenv("NEURALNUM_PROGRESS", value)
     seen = []
-    with show_progress(not shown):  # only the environment can flip it
-        run_cli(lambda: seen.append(progress(range(1)).disable))
-    assert seen == [not shown]
+    with show_progress(not shown), pytest.raises(SystemExit) as ended:  # the env flips it
+        run_cli(lambda argv: seen.append(progress(range(1)).disable))
+    assert seen == [not shown] and ended.value.code == 0
 
 
 def test_every_study_module_enters_through_run_cli():
