@@ -23,7 +23,8 @@ import torch
 from neuralnum.core.runtime import make_generator
 from neuralnum.problems import reference
 from neuralnum.problems.families import family_from_name
-from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
+from neuralnum.solvers.krylov import solve
+from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 from studies.lsq_common import PAPER, parse, train_solvers, training_summary
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 

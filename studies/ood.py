@@ -28,7 +28,8 @@ from neuralnum.core.runtime import make_generator
 from neuralnum.problems.families import family_from_name
 from neuralnum.problems.reference import lstsq
 from neuralnum.solvers.evaluate import error_metrics
-from neuralnum.solvers.krylov import ExactOperator, solve
+from neuralnum.solvers.krylov import solve
+from neuralnum.solvers.operators import ExactOperator
 from studies.lsq_common import (
     PAPER,
     construction_twin,

@@ -39,8 +39,9 @@ from neuralnum.core.figures import figure_grid, save_figure
 from neuralnum.core.runtime import make_generator
 from neuralnum.problems import reference
 from neuralnum.problems.families import FAMILIES, family_from_name
-from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
+from neuralnum.solvers.krylov import solve
 from neuralnum.solvers.learner import Learner
+from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 from neuralnum.training.recipe import Recipe
 from studies.lsq_common import construction_twin, parse, train
 from studies.study_io import format_table, run_cli, write_report

@@ -46,7 +46,8 @@ from neuralnum.models.registry import (
 )
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.solvers import krylov
-from neuralnum.solvers.krylov import LearnedOperator, SolveInfo
+from neuralnum.solvers.krylov import SolveInfo
+from neuralnum.solvers.operators import LearnedOperator
 from neuralnum.training.fit import Callback, FitOptions, fit
 from neuralnum.training.objectives import Objective, as_objective, objective_from_dict
 from neuralnum.training.predictor import Predictor, one_step_metrics

@@ -8,8 +8,8 @@ import torch
 
 from neuralnum.problems import reference
 from neuralnum.problems.families import SpectrumFamily
-from neuralnum.solvers.krylov import ExactOperator, LearnedOperator
 from neuralnum.solvers.learner import Learner
+from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 from neuralnum.training.recipe import Recipe
 from studies import iterative, ood, vs_scipy
 

@@ -20,8 +20,8 @@ from neuralnum.core.runtime import CheckpointError
 from neuralnum.problems import reference
 from neuralnum.problems.families import GaussianFamily, SpectrumFamily
 from neuralnum.problems.targets import FixedStep, GDStep, InverseLipschitzStep, contraction_factor
-from neuralnum.solvers.krylov import LearnedOperator
 from neuralnum.solvers.learner import Learner
+from neuralnum.solvers.operators import LearnedOperator
 from neuralnum.training.objectives import SolutionObjective, UpdateObjective, objective_from_dict
 from neuralnum.training.recipe import Recipe
 
