@@ -30,9 +30,12 @@ from typing import Any
 import torch
 
 from neuralnum.core.validation import check_problem
+from neuralnum.models.axial import AxialCoefficients
+from neuralnum.models.axial_stage import MatrixStats, matrix_stats
 from neuralnum.solvers.spectrum import LANCZOS_STEPS, extreme_eigenvalues
 
-__all__ = ["ExactOperator", "LearnedOperator", "Operator", "pow2_scale", "rms_exponent"]
+__all__ = ["AxialLearnedOperator", "ExactOperator", "LearnedOperator", "Operator", "pow2_scale",
+           "rms_exponent"]
 
 _BALANCE_GAIN = 4.0  # column balancing is kept where it cuts κ(M) by this factor
 
@@ -62,8 +65,9 @@ class Operator:
     """``g(x) ≈ c·Aᵀ(Ax − b)/n`` for a batch of equilibrated problems, and, where the
     operator has them, the separate products ``v ↦ A v`` and ``u ↦ Aᵀ u``.
 
-    Subclasses implement :meth:`_apply` ``(A, b, x) -> g`` and, for LSQR / CGLS,
-    :meth:`_matvec` / :meth:`_rmatvec`. The constructor equilibrates: ``A_eq = A·2^-eA``,
+    Subclasses implement :meth:`_apply` ``(idx, b, x) -> g`` and, for LSQR / CGLS,
+    :meth:`_matvec` ``(idx, v)`` / :meth:`_rmatvec` ``(idx, u)`` for the problems ``idx``
+    (their matrices: :meth:`matrices`). The constructor equilibrates: ``A_eq = A·2^-eA``,
     ``b_eq = b·2^-eb`` (per problem; :func:`_exponent`); the solution of the equilibrated
     problem is ``x·2^(eA − eb)``. ``calls: (B,)`` counts operator applications per
     problem. ``center``: subtract ``g(0; b = 0)`` from every :meth:`gradient` (a learned
@@ -81,6 +85,7 @@ class Operator:
         self._g0 = self.A.new_zeros(self.batch, self.d)  # g(0; b = 0), filled lazily
         self._have_g0 = torch.zeros(self.batch, dtype=torch.bool, device=A.device)
         self.center = False
+        self.version = 0  # counts changes of self.A (column balancing), for derived caches
 
     def balance_columns(self) -> torch.Tensor:
         """Scale the columns of ``A`` by powers of two to RMS in ``[2^-½, 2^½)`` where that
@@ -117,6 +122,7 @@ class Operator:
         self.A[undo] = unbalanced[~keep[idx]]
         self._have_g0[undo] = False
         self.eC[keep] = cols[keep]
+        self.version += 1
         return keep
 
     @property
@@ -127,29 +133,43 @@ class Operator:
     def device(self) -> torch.device:
         return self.A.device
 
-    def _apply(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def matrices(self, idx: torch.Tensor) -> torch.Tensor:
+        """The equilibrated matrices of problems ``idx``: ``(k, n, d)`` (``self.A`` itself,
+        not a copy, when ``idx`` is every problem in order)."""
+        if len(idx) == self.batch and bool((idx == self._every).all()):
+            return self.A
+        return self.A[idx]
+
+    @property
+    def _every(self) -> torch.Tensor:
+        return torch.arange(self.batch, device=self.A.device)
+
+    def _apply(self, idx: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def _matvec(self, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def _matvec(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         raise TypeError(f"{type(self).__name__} has no separate products A v and Aᵀu (it "
                         f"computes the fused Aᵀ(Ax − b) only): LSQR and CGLS need a "
                         f"shape-general learned operator (solver='learned'); use "
                         f"method='cg' with this one")
 
-    def _rmatvec(self, A: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return self._matvec(A, u)
+    def _rmatvec(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return self._matvec(idx, u)
 
     def matvec(self, v: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``A v`` of problems ``idx`` (equilibrated coordinates): ``v: (k, d)`` →
-        ``(k, n)``; one operator call each."""
+        ``(k, n)``; one operator call each. ``v`` is scaled by a power of two to RMS ≈ 1
+        before the call (exactly undone), so a learned operator sees familiar sizes."""
         self.calls[idx] += 1
-        return self._matvec(self.A[idx], v)
+        e = rms_exponent(v).unsqueeze(1)
+        return pow2_scale(self._matvec(idx, pow2_scale(v, -e)), e)
 
     def rmatvec(self, u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``Aᵀ u`` of problems ``idx`` (equilibrated coordinates): ``u: (k, n)`` →
-        ``(k, d)``; one operator call each."""
+        ``(k, d)``; one operator call each, ``u`` scaled as in :meth:`matvec`."""
         self.calls[idx] += 1
-        return self._rmatvec(self.A[idx], u)
+        e = rms_exponent(u).unsqueeze(1)
+        return pow2_scale(self._rmatvec(idx, pow2_scale(u, -e)), e)
 
     def gradient(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``g(x)`` of problems ``idx`` (equilibrated coordinates), ``x: (k, d)``; rows
@@ -157,12 +177,12 @@ class Operator:
         self.calls[idx] += 1
         finite = torch.isfinite(x).all(dim=1)
         if finite.all():
-            out = self._apply(self.A[idx], self.b[idx], x)
+            out = self._apply(idx, self.b[idx], x)
         else:
             out = torch.full_like(x, math.nan)
             if finite.any():
                 keep = idx[finite]
-                out[finite] = self._apply(self.A[keep], self.b[keep], x[finite])
+                out[finite] = self._apply(keep, self.b[keep], x[finite])
         if self.center and finite.any():
             out[finite] = out[finite] - self._zero(idx[finite])
         return out
@@ -173,7 +193,7 @@ class Operator:
         missing = idx[~self._have_g0[idx]]
         if len(missing):
             self.calls[missing] += 1
-            self._g0[missing] = self._apply(self.A[missing], torch.zeros_like(self.b[missing]),
+            self._g0[missing] = self._apply(missing, torch.zeros_like(self.b[missing]),
                                             self.A.new_zeros(len(missing), self.d))
             self._have_g0[missing] = True
         return self._g0[idx]
@@ -186,7 +206,7 @@ class Operator:
         e = rms_exponent(torch.nan_to_num(p, nan=0.0)).unsqueeze(1)
         self.calls[idx] += 1
         zeros = self.b.new_zeros(len(idx), self.n)
-        out = self._apply(self.A[idx], zeros, pow2_scale(p, -e)) - g0
+        out = self._apply(idx, zeros, pow2_scale(p, -e)) - g0
         return pow2_scale(out, e)
 
     def to_equilibrated(self, x: torch.Tensor) -> torch.Tensor:
@@ -202,14 +222,14 @@ class ExactOperator(Operator):
     """The true ``g(x) = Aᵀ(Ax − b)/n`` and products ``A v``, ``Aᵀ u`` (for the "exact
     CG / GD / LSQR" comparisons)."""
 
-    def _apply(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self._rmatvec(A, self._matvec(A, x) - b) / A.shape[1]
+    def _apply(self, idx: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self._rmatvec(idx, self._matvec(idx, x) - b) / self.n
 
-    def _matvec(self, A: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(A, v.unsqueeze(2)).squeeze(2)
+    def _matvec(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(self.matrices(idx), v.unsqueeze(2)).squeeze(2)
 
-    def _rmatvec(self, A: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        return torch.bmm(u.unsqueeze(1), A).squeeze(1)
+    def _rmatvec(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(u.unsqueeze(1), self.matrices(idx)).squeeze(1)
 
 
 class LearnedOperator(Operator):
@@ -228,10 +248,64 @@ class LearnedOperator(Operator):
         self.predict = learner.solver_forward()
         self.center = True
 
-    def _apply(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        n, trained = A.shape[1], self.learner.n
+    def _apply(self, idx: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        A, n, trained = self.matrices(idx), self.n, self.learner.n
         if n < trained and trained % n == 0:
             # the model is most accurate at the length it was trained on: present the rows
             # n_train/n times over (AᵀA/n and Aᵀb/n are unchanged, exactly)
             A, b = A.repeat(1, trained // n, 1), b.repeat(1, trained // n)
         return self.predict(A, b, x)
+
+
+class AxialLearnedOperator(Operator):
+    """The shape-general learned operator (:mod:`neuralnum.models.axial`) as a solver sees
+    it: the fused ``g(x) = Aᵀ(Ax − b)`` (its full network) and the two products of its
+    stages, ``A v = r(x = v, b = 0) − r(0, 0)`` (the row stage) and ``Aᵀ u =
+    col(r = u, x = 0) − col(0, 0)`` (the column stage read with ``u`` for its residual
+    channel): centred, so a learned constant offset cancels.
+
+    ``coefficients``: the operator's canonical (deployed) form, evaluated in ``A``'s dtype;
+    the per-matrix moments (``Σ a²``, ``Σ a`` along both axes) are computed once per
+    equilibrated ``A`` and again only if column balancing changes it.
+    """
+
+    def __init__(self, coefficients: AxialCoefficients, A: torch.Tensor, b: torch.Tensor
+                 ) -> None:
+        super().__init__(A, b)
+        self.coefficients = coefficients
+        self.center = True
+        self._stats: tuple[int, MatrixStats] | None = None
+        self._offsets: dict[str, torch.Tensor] = {}
+
+    def _moments(self, idx: torch.Tensor) -> MatrixStats:
+        if self._stats is None or self._stats[0] != self.version:
+            self._stats = (self.version, matrix_stats(self.A))
+            self._offsets = {}
+        stats = self._stats[1]
+        return stats if self.matrices(idx) is self.A else MatrixStats(*(t[idx] for t in stats))
+
+    def _offset(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """``r(0, 0)`` (``"rows"``) or ``col(0, 0)`` (``"cols"``) of problems ``idx``, for
+        every problem at once on first use."""
+        if name not in self._offsets:
+            every = self._every
+            zero_rows, zero_cols = self.b.new_zeros(self.b.shape), self.A.new_zeros(
+                self.batch, self.d)
+            self._offsets[name] = (
+                self.coefficients.residual(self.A, zero_rows, zero_cols, self._moments(every))
+                if name == "rows" else
+                self.coefficients.column(self.A, zero_rows, zero_cols, self._moments(every)))
+        return self._offsets[name][idx]
+
+    def _apply(self, idx: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return self.coefficients(self.matrices(idx), b, x, self._moments(idx))[1]
+
+    def _matvec(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        zeros = v.new_zeros(len(idx), self.n)
+        r = self.coefficients.residual(self.matrices(idx), zeros, v, self._moments(idx))
+        return r - self._offset("rows", idx)
+
+    def _rmatvec(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        zeros = u.new_zeros(len(idx), self.d)
+        g = self.coefficients.column(self.matrices(idx), u, zeros, self._moments(idx))
+        return g - self._offset("cols", idx)

@@ -27,17 +27,14 @@ Shapes: problems ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``, labels ``(B, d)
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import torch
-from torch.func import functional_call
-from torch.nn.utils import parameters_to_vector
 
 from neuralnum.core.validation import (
     check_config_choices,
@@ -46,13 +43,11 @@ from neuralnum.core.validation import (
     check_range,
 )
 from neuralnum.training.levenberg_marquardt import LevenbergMarquardt, LMSettings
-from neuralnum.training.lm_problems import PerSampleProblem, normal_matrix, numerical_rank
+from neuralnum.training.lm_problems import LeastSquaresProblem, normal_matrix, numerical_rank
 from neuralnum.training.loop import Finisher, FinisherProblem
 
-__all__ = ["TRAIN_PRECISIONS", "FinisherSettings", "LMFinisher", "finish_lm",
-           "learner_problem"]
+__all__ = ["TRAIN_PRECISIONS", "FinisherSettings", "LMFinisher", "ResidualTask", "finish_lm"]
 
-Data = tuple[torch.Tensor, ...]
 TrainPrecision = Literal["float64", "model"]
 #: ``FinisherSettings.train_precision`` choices.
 TRAIN_PRECISIONS: tuple[str, ...] = TrainPrecision.__args__
@@ -98,117 +93,63 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
-    """A copy of ``model`` in ``dtype`` with its data-dependent input checks off (they
-    branch on values, which ``vmap`` cannot trace)."""
-    net = copy.deepcopy(model).to(dtype)
-    net.check_input = lambda t: t
-    if isinstance(getattr(net, "dtype", None), torch.dtype):
-        net.dtype = dtype
-    return net
+class ResidualTask(Protocol):
+    """What the finisher needs of the loop's task: its held-out problems, new training
+    problems from a generator, and their residuals as a least-squares problem of the flat
+    float64 weights. A set of problems is whatever the task makes of it (a tuple of
+    tensors of one shape, or a list of such groups of several shapes)."""
+
+    held_out: Any
+    parameters: int  # trainable scalars (the length of θ)
+    residuals_per_problem: float  # of a drawn problem, on average (sizes the sets)
+    compute_dtype: torch.dtype  # the dtype of the model as deployed
+
+    def draw(self, k: int, generator: torch.Generator) -> Any: ...
+
+    def join(self, a: Any, b: Any) -> Any: ...
+
+    def size(self, data: Any) -> int: ...
+
+    def count(self, data: Any) -> int: ...
+
+    def residual_problem(self, data: Any, chunk: int, dtype: torch.dtype | None
+                         ) -> tuple[LeastSquaresProblem, torch.Tensor,
+                                    Callable[[torch.Tensor], None]]: ...
+
+    def snap(self, data: Any, rtol: float, chunk: int, dtype: torch.dtype | None) -> list: ...
 
 
-class _FlatParameters:
-    """The trainable parameters of ``model`` as one flat float64 vector ``θ: (p,)``."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.params = dict(model.named_parameters())
-        self.names = [n for n, p in self.params.items() if p.requires_grad]
-        self.shapes = [self.params[n].shape for n in self.names]
-        self.sizes = [self.params[n].numel() for n in self.names]
-        self.buffers = dict(model.named_buffers())
-
-    def vector(self) -> torch.Tensor:
-        return torch.cat([self.params[n].detach().reshape(-1).to(torch.float64)
-                          for n in self.names])
-
-    def unflatten(self, theta: torch.Tensor, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        parts = theta.to(dtype).split(self.sizes)
-        out = {n: t.view(s) for n, t, s in zip(self.names, parts, self.shapes, strict=True)}
-        out.update({k: v.to(dtype) if v.is_floating_point() else v
-                    for k, v in self.buffers.items()})
-        return out
-
-    @torch.no_grad()
-    def write_back(self, theta: torch.Tensor) -> None:
-        for n, t in zip(self.names, theta.split(self.sizes), strict=True):
-            self.params[n].copy_(t.view(self.params[n].shape))
-
-
-def learner_problem(learner: Any, data: Data, chunk: int = 128,
-                    dtype: torch.dtype | None = None,
-                    ) -> tuple[PerSampleProblem, torch.Tensor, Callable[[torch.Tensor], None]]:
-    """The learner's residuals on ``data = (A, b, x, label)`` as a
-    :class:`~neuralnum.training.lm_problems.PerSampleProblem` of flat float64 ``θ``.
-
-    ``problem.residuals`` evaluates the model in ``dtype`` (default: the learner's compute
-    dtype, i.e. the residuals of the model as deployed); the Jacobian is always float64.
-    Returns ``(problem, θ₀: (p,) float64, write_back(θ))`` — ``write_back`` copies ``θ``
-    into the learner's parameters (in their dtype).
-    """
-    flat = _FlatParameters(learner.model)
-    compute = dtype or learner.precision.compute_dtype
-    lin, evaluator = _cast_copy(learner.model, torch.float64), _cast_copy(learner.model, compute)
-    layout, objective = learner.layout, learner.objective
-    A, b, x, label = data
-
-    def forward(net: torch.nn.Module, theta: torch.Tensor, dtype: torch.dtype,
-                tok: torch.Tensor, xs: torch.Tensor, lab: torch.Tensor) -> torch.Tensor:
-        delta = functional_call(net, flat.unflatten(theta, dtype), (tok.to(dtype),),
-                                {"increment": True})
-        pred = objective.read(xs.to(dtype), delta[:, -1, layout.x_slice])
-        return pred.to(torch.float64) - lab.to(torch.float64)
-
-    def residual(theta: torch.Tensor, tok: torch.Tensor, xs: torch.Tensor,
-                 lab: torch.Tensor) -> torch.Tensor:
-        return forward(lin, theta, torch.float64, tok[None], xs[None], lab[None])[0]
-
-    @torch.no_grad()
-    def evaluate(theta: torch.Tensor, tok: torch.Tensor, xs: torch.Tensor,
-                 lab: torch.Tensor) -> torch.Tensor:
-        return torch.cat([forward(evaluator, theta, compute, tok[i:i + 1024], xs[i:i + 1024],
-                                  lab[i:i + 1024]) for i in range(0, tok.shape[0], 1024)])
-
-    problem = PerSampleProblem(residual, evaluate, (layout.encode(A, b, x), x, label),
-                               chunk=chunk)
-    return problem, flat.vector(), flat.write_back
-
-
-def _concat(a: Data, b: Data) -> Data:
-    return tuple(torch.cat([u, v]) for u, v in zip(a, b, strict=True))
-
-
-def _rank_sized_set(learner: Any, draw: Callable[[int], Data], s: FinisherSettings, p: int
-                    ) -> tuple[Data, int, float]:
+def _rank_sized_set(task: ResidualTask, draw: Callable[[int], Any], s: FinisherSettings
+                    ) -> tuple[Any, int, float]:
     """The training set (``≥ rank_factor ×`` the numerical rank of ``J`` residuals, the
     rank measured on a probe set of ``≥ p`` residuals at the starting weights), the rank
     and the condition number of ``JᵀJ``."""
-    d = learner.d
-    train = draw(s.problems or -(-p // d))
-    problem, theta, _ = learner_problem(learner, train, s.chunk)
+    per = task.residuals_per_problem
+    train = draw(s.problems or -(-task.parameters // int(per)))
+    problem, theta, _ = task.residual_problem(train, s.chunk, None)
     with torch.no_grad():
         jtj, _ = normal_matrix(problem, theta, problem.residuals(theta))
     rank, cond = numerical_rank(jtj)
     del jtj
-    need = -(-int(s.rank_factor * rank) // d)
-    if s.problems and s.problems < need:
-        raise ValueError(f"lm problems={s.problems} gives {s.problems * d} residuals, fewer "
-                         f"than {s.rank_factor}× the rank {rank} of J: use problems >= {need} "
-                         f"(or 0 to size it automatically)")
-    if train[0].shape[0] < need:
-        train = _concat(train, draw(need - train[0].shape[0]))
+    need = int(s.rank_factor * rank)
+    if s.problems and task.count(train) < need:
+        raise ValueError(f"lm problems={s.problems} gives {task.count(train)} residuals, "
+                         f"fewer than {s.rank_factor}× the rank {rank} of J: use problems >= "
+                         f"{-(-need // int(per))} (or 0 to size it automatically)")
+    if task.count(train) < need:
+        train = task.join(train, draw(-(-(need - task.count(train)) // int(per))))
     return train, rank, cond
 
 
 class _HeldOut:
     """MSE of the held-out problems in the deployed dtype and in the training precision."""
 
-    def __init__(self, learner: Any, data: Data, s: FinisherSettings,
+    def __init__(self, task: ResidualTask, s: FinisherSettings,
                  train_dtype: torch.dtype | None) -> None:
-        self.deployed = learner_problem(learner, data, s.chunk)[0]
-        same = train_dtype in (None, learner.precision.compute_dtype)
-        self.in_train_dtype = (self.deployed if same
-                               else learner_problem(learner, data, s.chunk, train_dtype)[0])
+        self.deployed = task.residual_problem(task.held_out, s.chunk, None)[0]
+        same = train_dtype in (None, task.compute_dtype)
+        self.in_train_dtype = (self.deployed if same else
+                               task.residual_problem(task.held_out, s.chunk, train_dtype)[0])
 
     def __call__(self, theta: torch.Tensor) -> dict[str, float]:
         deployed = float(self.deployed.residuals(theta).pow(2).mean())
@@ -224,30 +165,29 @@ def _should_stop(record: dict[str, Any], s: FinisherSettings) -> bool:
     return not record["accepted"] and record["damping"] >= s.engine.damping_max
 
 
-def finish_lm(learner: Any, draw: Callable[[int], Data], held_out: Data,
-              settings: FinisherSettings, iterations: int, *,
+def finish_lm(task: ResidualTask, draw: Callable[[int], Any], settings: FinisherSettings,
+              iterations: int, *,
               log: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run ``iterations`` LM iterations on ``learner``; ``draw(k)`` returns ``k`` new
-    problems ``(A, b, x, label)`` (the training set and its growth), ``held_out`` the
-    problems monitored every iteration. Returns ``{"records": [...], "rank": r,
-    "cond_jtj": κ, "snapped": [...], "problems": B, "parameters": p, "seconds": s}``;
-    ``log`` receives every record. The learner's parameters hold the final θ on return.
-    Each record has ``fresh_mse`` (held-out, the learner's compute dtype: the model as
-    deployed) and ``fresh_mse_train_dtype`` (the training precision, which the growth rule
-    compares with ``train_mse``)."""
+    """Run ``iterations`` LM iterations on the weights of ``task``'s model; ``draw(k)``
+    returns ``k`` new training problems (the training set and its growth); the task's
+    held-out problems are monitored every iteration. Returns ``{"records": [...], "rank":
+    r, "cond_jtj": κ, "snapped": [...], "problems": B, "parameters": p, "seconds": s}``;
+    ``log`` receives every record. The model's parameters hold the final θ on return.
+    Each record has ``fresh_mse`` (held-out, the model as deployed) and
+    ``fresh_mse_train_dtype`` (the training precision, which the growth rule compares
+    with ``train_mse``)."""
     s, start = settings, time.perf_counter()
-    p = sum(q.numel() for q in learner.parameters())
-    train, rank, cond = _rank_sized_set(learner, draw, s, p)
+    train, rank, cond = _rank_sized_set(task, draw, s)
     train_dtype = torch.float64 if s.train_precision == "float64" else None
-    snapped = _snap_dead_channels(learner, train, s, train_dtype)
-    monitor = _HeldOut(learner, held_out, s, train_dtype)
-    problem, theta, write_back = learner_problem(learner, train, s.chunk, train_dtype)
+    snapped = task.snap(train, s.snap_rtol, s.chunk, train_dtype)
+    monitor = _HeldOut(task, s, train_dtype)
+    problem, theta, write_back = task.residual_problem(train, s.chunk, train_dtype)
     lm = LevenbergMarquardt(problem, theta, s.engine)
     records: list[dict[str, Any]] = []
 
     def keep(record: dict[str, Any]) -> None:
         record.update(iteration=len(records), **monitor(lm.theta),
-                      problems=train[0].shape[0], wall=time.perf_counter() - start,
+                      problems=task.size(train), wall=time.perf_counter() - start,
                       peak_mib=_peak_mib())
         records.append(record)
         if log is not None:
@@ -263,36 +203,13 @@ def finish_lm(learner: Any, draw: Callable[[int], Data], held_out: Data,
             break
         if (record["fresh_mse_train_dtype"] > s.gap * max(record["train_mse"], 1e-300)
                 and record["accepted"]):
-            train = _concat(train, draw(int(train[0].shape[0] * (s.grow - 1))))
-            problem, _, write_back = learner_problem(learner, train, s.chunk, train_dtype)
+            train = task.join(train, draw(int(task.size(train) * (s.grow - 1))))
+            problem, _, write_back = task.residual_problem(train, s.chunk, train_dtype)
             lm = LevenbergMarquardt(problem, lm.theta, _with_damping(s.engine, lm.damping))
     write_back(lm.theta)
     return {"records": records, "rank": rank, "cond_jtj": cond, "snapped": snapped,
-            "problems": train[0].shape[0], "parameters": p,
+            "problems": task.size(train), "parameters": task.parameters,
             "seconds": time.perf_counter() - start}
-
-
-def _snap_dead_channels(learner: Any, train: Data, s: FinisherSettings,
-                        dtype: torch.dtype | None) -> list[tuple[int, int, str]]:
-    """``learner.model.snap_dead_channels`` on the training problems' tokens (where the
-    model has it and ``s.snap_rtol > 0``), undone if the training loss rose; returns the
-    channels zeroed. A channel with both factors near zero sits where two zero-loss
-    branches cross and the residual is quadratic in its weights, so Gauss–Newton there
-    converges only linearly; on one branch the problem is regular."""
-    model = learner.model
-    if not s.snap_rtol or not hasattr(model, "snap_dead_channels"):
-        return []
-    problem, before, write_back = learner_problem(learner, train, s.chunk, dtype)
-    A, b, x, _ = train
-    snapped = model.snap_dead_channels(learner.layout.encode(A, b, x), s.snap_rtol)
-    if snapped:
-        # θ in learner_problem's order: the trainable parameters, flattened, float64
-        after = parameters_to_vector(
-            [p for p in model.parameters() if p.requires_grad]).to(torch.float64)
-        if problem.residuals(after).pow(2).sum() > problem.residuals(before).pow(2).sum():
-            write_back(before)
-            return []
-    return snapped
 
 
 def _with_damping(engine: LMSettings, damping: float) -> LMSettings:
@@ -305,12 +222,12 @@ def _with_damping(engine: LMSettings, damping: float) -> LMSettings:
 class LMFinisher(Finisher):
     """The LM finisher on the loop's seam: ``iterations`` LM iterations with ``settings``.
 
-    ``batch_size = 0``: it draws its own problems, ``problem.task.sample(k,
-    problem.generator)``; monitors the task's held-out problems
-    (``problem.task.held_out``); finds the learner as ``problem.task.learner``; logs one
-    record per iteration with ``problem.log(lm=record)``; returns the final held-out and
-    training MSE, the rank and condition number of ``JᵀJ``, the channels snapped, the
-    training problems and the parameters (the final record of the run holds them)."""
+    ``batch_size = 0``: it draws its own problems, ``problem.task.draw(k,
+    problem.generator)``, from the task (a :class:`ResidualTask`: the held-out problems
+    it monitors, the residuals it minimises); logs one record per iteration with
+    ``problem.log(lm=record)``; returns the final held-out and training MSE, the rank and
+    condition number of ``JᵀJ``, the channels snapped, the training problems and the
+    parameters (the final record of the run holds them)."""
 
     settings: FinisherSettings
     iterations: int
@@ -318,9 +235,8 @@ class LMFinisher(Finisher):
 
     def run(self, problem: FinisherProblem) -> dict[str, Any]:
         task = problem.task
-        report = finish_lm(task.learner, lambda k: task.sample(k, problem.generator),
-                           task.held_out, self.settings, self.iterations,
-                           log=lambda r: problem.log(lm=r))
+        report = finish_lm(task, lambda k: task.draw(k, problem.generator), self.settings,
+                           self.iterations, log=lambda r: problem.log(lm=r))
         last = report["records"][-1]
         return {"lm_fresh_mse": last["fresh_mse"], "lm_train_mse": last["train_mse"],
                 "lm_rank": report["rank"], "lm_cond_jtj": report["cond_jtj"],

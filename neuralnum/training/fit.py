@@ -27,13 +27,15 @@ import torch
 from torch import nn
 
 from neuralnum.core.runtime import Distributed, init_distributed, make_generator
-from neuralnum.core.validation import check_positive_int, check_range
+from neuralnum.core.validation import Precision, check_positive_int, check_range
 from neuralnum.training.assembly import make_training
+from neuralnum.training.lm_problems import LeastSquaresProblem
 from neuralnum.training.loop import Loop, LoopConfig, RunOptions, train
 from neuralnum.training.objectives import Objective, loss_fn
 from neuralnum.training.plugins import Task
 from neuralnum.training.predictor import one_step_metrics
 from neuralnum.training.recipe import Recipe
+from neuralnum.training.token_residuals import learner_problem, snap_dead_channels
 
 __all__ = ["EVAL_STREAM", "POOL_STREAM", "FitOptions", "ProblemTask", "Trainable",
            "draw_problems", "fit"]
@@ -50,6 +52,7 @@ class Trainable(Protocol):
     recipe: Recipe
     objective: Objective
     net: nn.Module
+    precision: Precision
     n: int
     d: int
     device: torch.device
@@ -89,6 +92,7 @@ class FitOptions(RunOptions):
 
 
 Callback = Callable[[Trainable, dict[str, Any]], bool | None]
+Data = tuple[torch.Tensor, ...]
 
 
 def draw_problems(learner: Trainable, family: Any, size: int,
@@ -149,6 +153,39 @@ class ProblemTask(Task):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         A, b, x, label = self.held_out
         return one_step_metrics(model(A, b, x), label)
+
+    # the Levenberg–Marquardt finisher's view (neuralnum.training.finisher.ResidualTask)
+    @property
+    def parameters(self) -> int:
+        return sum(p.numel() for p in self.learner.net.parameters() if p.requires_grad)
+
+    @property
+    def residuals_per_problem(self) -> float:
+        return self.learner.d
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        return self.learner.precision.compute_dtype
+
+    def draw(self, k: int, generator: torch.Generator) -> Data:
+        return self.sample(k, generator)
+
+    def join(self, a: Data, b: Data) -> Data:
+        return tuple(torch.cat([u, v]) for u, v in zip(a, b, strict=True))
+
+    def size(self, data: Data) -> int:
+        return data[0].shape[0]
+
+    def count(self, data: Data) -> int:
+        return data[3].numel()
+
+    def residual_problem(self, data: Data, chunk: int, dtype: torch.dtype | None
+                         ) -> tuple[LeastSquaresProblem, torch.Tensor,
+                                    Callable[[torch.Tensor], None]]:
+        return learner_problem(self.learner, data, chunk, dtype)
+
+    def snap(self, data: Data, rtol: float, chunk: int, dtype: torch.dtype | None) -> list:
+        return snap_dead_channels(self.learner, data, rtol, chunk, dtype)
 
 
 def _stop_rules(learner: Trainable, options: FitOptions,

@@ -11,15 +11,11 @@ from neuralnum.cli import main, parse_command
 from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.assembly import make_training
-from neuralnum.training.finisher import (
-    FinisherSettings,
-    LMFinisher,
-    _snap_dead_channels,
-    finish_lm,
-)
-from neuralnum.training.fit import draw_problems
+from neuralnum.training.finisher import FinisherSettings, LMFinisher, finish_lm
+from neuralnum.training.fit import ProblemTask, draw_problems
 from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.recipe import Recipe
+from neuralnum.training.token_residuals import snap_dead_channels
 
 FAMILY = family_from_name("spectrum")
 
@@ -30,9 +26,10 @@ def drawer(learner: Learner, seed: int = 0):
 
 
 def run_lm(learner: Learner, iterations: int, **settings) -> dict:
-    """``finish_lm`` with 256 held-out problems, then the training set, from one stream."""
-    draw = drawer(learner)
-    return finish_lm(learner, draw, draw(256), FinisherSettings(**settings), iterations)
+    """``finish_lm`` on the learner's task: 256 held-out problems, the training set drawn
+    from one stream."""
+    task = ProblemTask(learner, FAMILY, seed=0, eval_batch=256)
+    return finish_lm(task, drawer(learner), FinisherSettings(**settings), iterations)
 
 
 def construction(dtype: str, noise: float = 1e-3, **recipe) -> Learner:
@@ -77,21 +74,13 @@ def test_float32_model_trains_on_float64_residuals_and_reports_both():
 
 
 def test_lm_finisher_on_the_loop_seam():
-    """The loop hands a finisher its task (learner, sample, held-out problems), the
+    """The loop hands a finisher its task (held-out problems, draws, residuals), the
     finishers' generator and the log."""
-    learner = construction("float64")
-    gen, logged = torch.Generator().manual_seed(0), []
-
-    class Task:
-        def __init__(self):
-            self.learner = learner
-            self.held_out = draw_problems(learner, FAMILY, 64, torch.Generator().manual_seed(9))
-
-        def sample(self, k, generator):
-            return draw_problems(learner, FAMILY, k, generator)
+    learner, logged = construction("float64"), []
 
     class Problem:
-        task, generator = Task(), gen
+        task = ProblemTask(learner, FAMILY, seed=9, eval_batch=64)
+        generator = torch.Generator().manual_seed(0)
 
         @staticmethod
         def log(**metrics):
@@ -192,7 +181,7 @@ def test_snapping_puts_the_constructions_idle_channels_exactly_on_one_branch():
         for layer in learner.model.layers:
             factors_before.append([f.pow(2).mean(dim=(0, 1)) for f in layer.factors(h)])
             h = layer(h)
-    snapped = _snap_dead_channels(learner, train, FinisherSettings(), torch.float64)
+    snapped = snap_dead_channels(learner, train, 1e-4, 128, torch.float64)
     for layer, channel, factor in snapped:                   # the smaller factor went
         gate_ms, conv_ms = (f[channel] for f in factors_before[layer])
         assert (gate_ms <= conv_ms) == (factor == "gate")
@@ -218,19 +207,16 @@ def test_snapping_is_undone_when_the_training_loss_rises():
     learner = baseconv_construction()
     train = drawer(learner)(64)
     state = {k: v.clone() for k, v in learner.model.state_dict().items()}
-    assert _snap_dead_channels(learner, train, FinisherSettings(snap_rtol=0.99),
-                               torch.float64) == []
+    assert snap_dead_channels(learner, train, 0.99, 128, torch.float64) == []
     for key, value in learner.model.state_dict().items():
         assert torch.equal(value, state[key])
 
 
 def test_snapping_needs_a_model_that_has_it_and_a_threshold():
     learner = construction("float64")                                  # linear attention
-    assert _snap_dead_channels(learner, drawer(learner)(8), FinisherSettings(),
-                               torch.float64) == []
+    assert snap_dead_channels(learner, drawer(learner)(8), 1e-4, 128, torch.float64) == []
     learner = baseconv_construction()
-    assert _snap_dead_channels(learner, drawer(learner)(8), FinisherSettings(snap_rtol=0),
-                               torch.float64) == []
+    assert snap_dead_channels(learner, drawer(learner)(8), 0.0, 128, torch.float64) == []
     with pytest.raises(ValueError, match="snap_rtol"):
         FinisherSettings(snap_rtol=1.0)
     with pytest.raises(ValueError, match="rtol"):

@@ -1,0 +1,209 @@
+"""One stage of the shape-general axial operator (:mod:`neuralnum.models.axial`): the math.
+
+A stage along an axis with own index ``o`` (the output's) and summed index ``s`` has entry
+features ``f_os = [a_os, z_o, o_s, 1]`` (``z``: the one own-level feature; ``o_s``: the
+other axis's feature broadcast along it) and own features ``ω_o = [z_o, 1]``::
+
+    out_o = Σ_{h,h'} w_h' (Σ_s (K f_os)_h (V f_os)_h') (Q ω_o)_h + P·ω_o
+
+— a linear-attention product along one axis with a query read from the own axis, sums not
+means, so no weight depends on the shape. :func:`stage_reference` evaluates exactly this,
+materialising the ``(B, n, d, C)`` tokens. Every entry feature is ``a_os``, an own-level or
+an other-level quantity, so ``out_o`` is a polynomial whose terms are *moments* —
+``Σ_s a_os²`` and ``Σ_s a_os`` (per matrix: :class:`MatrixStats`), ``Σ_s a_os o_s`` (one
+skinny product with ``A`` per call), the per-problem Gram ``Σ_s φ_s φ_sᵀ`` of
+``φ_s = [o_s, 1]``, and the constant 1 — each times a polynomial of degree ≤ 3 in ``z_o``.
+Its coefficients depend on the weights only: :func:`stage_coefficients` collapses
+``(K, V, Q, w, P)`` into this *canonical* form (unique for a given function of all shapes,
+so free of the factors' gauge and of cancellation between equivalent terms), and
+:func:`stage_fast` evaluates it with one read of ``A`` per stage and ``O((n + d)·width²)``
+other work: no ``n·d·width`` activations. Evaluating the factored weights through the same
+moments instead would form terms ``~N`` times larger than the result that cancel only at
+the end, their rounding growing like ``√N`` against a matmul's.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from neuralnum.core.validation import SUPPORTED_DTYPES
+
+__all__ = ["OTHERS", "POWERS", "AxialStage", "MatrixStats", "StageWeights", "check_inputs",
+           "matrix_stats", "stage_coefficients", "stage_fast", "stage_reference"]
+
+POWERS = 4  # a stage's canonical polynomial has powers z⁰…z³ of its own feature
+OTHERS = 1  # other-axis features per stage: x_j (row stage), r_i (column stage)
+
+
+class MatrixStats(NamedTuple):
+    """The moments of ``A`` alone, in ``A``'s dtype: ``row_sq = Σ_j a_ij²``, ``row_sum =
+    Σ_j a_ij``: ``(B, n)``; ``col_sq``, ``col_sum``: ``(B, d)``. Compute once per ``A`` with
+    :func:`matrix_stats` (which checks ``A``) and reuse across calls: then a call reads
+    ``A`` once per stage."""
+
+    row_sq: torch.Tensor
+    row_sum: torch.Tensor
+    col_sq: torch.Tensor
+    col_sum: torch.Tensor
+
+
+class StageWeights(NamedTuple):
+    """One stage's weights, ``h = head_dim``, ``q`` other-axis features, ``C = q + 3``:
+    ``key, value: (h, C)`` over entry features ``[a, z, o_1…o_q, 1]``; ``query: (h, 2)`` and
+    ``skip: (2,)`` over own features ``[z, 1]``; ``out: (h,)`` the read-out."""
+
+    key: torch.Tensor
+    value: torch.Tensor
+    query: torch.Tensor
+    out: torch.Tensor
+    skip: torch.Tensor
+
+
+def _check_tensor(name: str, t: object) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.is_complex():
+        raise TypeError(f"{name} is complex ({t.dtype}); only real float32/float64 problems "
+                        f"are supported")
+    if t.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
+    return t
+
+
+def check_inputs(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise ``TypeError``/``ValueError`` unless ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``
+    are real float32/float64 tensors of one dtype and device, ``B, n, d ≥ 1``, and ``b``, ``x``
+    finite (``A``'s finiteness is checked by :func:`matrix_stats` or the reference path)."""
+    for name, t in (("A", A), ("b", b), ("x", x)):
+        _check_tensor(name, t)
+    if A.ndim != 3:
+        raise ValueError(f"A must have shape (B, n, d), got {tuple(A.shape)}")
+    batch, n, d = A.shape
+    if min(batch, n, d) == 0:
+        raise ValueError(f"A must have at least one problem, row and column; got shape "
+                         f"(B, n, d) = {tuple(A.shape)}")
+    for name, t, shape in (("b", b, (batch, n)), ("x", x, (batch, d))):
+        if tuple(t.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape} to match A of shape "
+                             f"{tuple(A.shape)}, got {tuple(t.shape)}")
+        if t.dtype != A.dtype:
+            raise TypeError(f"{name} is {t.dtype} but A is {A.dtype}; use one dtype")
+        if t.device != A.device:
+            raise ValueError(f"{name} is on {t.device} but A is on {A.device}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} has NaN or Inf entries")
+
+
+def matrix_stats(A: torch.Tensor) -> MatrixStats:
+    """:class:`MatrixStats` of ``A: (B, n, d)`` float32/float64; ``ValueError`` when ``A``
+    is empty or has NaN/Inf entries, or its squared row/column norms overflow."""
+    _check_tensor("A", A)
+    if A.ndim != 3 or min(A.shape) == 0:
+        raise ValueError(f"A must have shape (B, n, d) with B, n, d >= 1, got "
+                         f"{tuple(A.shape)}")
+    square = A * A
+    stats = MatrixStats(square.sum(2), A.sum(2), square.sum(1), A.sum(1))
+    if not all(bool(torch.isfinite(t).all()) for t in stats):
+        what = "NaN or Inf entries" if not bool(torch.isfinite(A).all()) else (
+            f"entries so large that Σ a² overflows {A.dtype}; rescale A")
+        raise ValueError(f"A has {what}")
+    return stats
+
+
+@functools.cache
+def _collapse_map(others: int) -> torch.Tensor:
+    """0/1 matrix ``((C·C·2 + 2), M·POWERS)`` mapping the entries of the weight product
+    ``T[α, β, γ]`` (then ``skip``) onto the canonical coefficients ``(M, POWERS)``.
+
+    Entry feature ``α`` splits into a summed-axis factor ``σ(α)`` of ``[a, o_1…o_q, 1]``
+    and a power ``π(α)`` of the own feature ``z``; the term ``T[α,β,γ] Σ_s f_α f_β ω_γ``
+    is ``T·z^{π(α)+π(β)+π(γ)}·Σ_s σ(α)σ(β)``: moment = unordered pair ``{σ(α), σ(β)}``.
+    The last moment is the constant 1 (the ``skip`` term)."""
+    factors = others + 2
+    pairs = {p: i for i, p in
+             enumerate(itertools.combinations_with_replacement(range(factors), 2))}
+    features = [(0, 0), (factors - 1, 1), *[(1 + l, 0) for l in range(others)],
+                (factors - 1, 0)]
+    query_powers = (1, 0)
+    width, constant = len(features), len(pairs)
+    collapse = torch.zeros(width * width * 2 + 2, (constant + 1) * POWERS, dtype=torch.float64)
+    for (ia, (sa, pa)), (ib, (sb, pb)), (ic, pc) in itertools.product(
+            enumerate(features), enumerate(features), enumerate(query_powers)):
+        slot = pairs[min(sa, sb), max(sa, sb)] * POWERS + pa + pb + pc
+        collapse[(ia * width + ib) * 2 + ic, slot] = 1
+    collapse[-2, constant * POWERS + 1] = 1  # skip · z
+    collapse[-1, constant * POWERS] = 1  # skip · 1
+    return collapse
+
+
+def stage_coefficients(weights: StageWeights) -> torch.Tensor:
+    """The canonical coefficients ``(M, 4)`` float64 of a stage (differentiable): row ``m``
+    holds the coefficients of ``z⁰…z³`` multiplying moment ``m`` in the order of
+    :func:`stage_fast`. ``M = 7`` for a stage with one other-axis feature."""
+    key, value, query, out, skip = (t.to(torch.float64) for t in weights)
+    product = torch.einsum("g,ha,gb,hc->abc", out, key, value, query)
+    collapse = _collapse_map(key.shape[1] - 3).to(key.device)
+    return (torch.cat([product.reshape(-1), skip]) @ collapse).reshape(-1, POWERS)
+
+
+def stage_fast(coefficients: torch.Tensor, mat: torch.Tensor, own: torch.Tensor,
+               others: torch.Tensor, square: torch.Tensor, total: torch.Tensor,
+               ) -> torch.Tensor:
+    """A stage from its canonical ``coefficients: (M, 4)`` (rounded to ``mat``'s dtype).
+
+    ``mat: (B, No, Ns)`` (``A`` or ``A.mT``), ``own: (B, No)``, ``others: (B, Ns, q)``,
+    ``square = Σ_s mat²``, ``total = Σ_s mat``: ``(B, No)``; returns ``(B, No)``. Moments,
+    in order: ``Σ_s a²``, ``Σ_s a o_s`` (one skinny product, computed as ``(othersᵀ
+    matᵀ)ᵀ`` so that the short dimension streams over ``A``'s rows either way), ``Σ_s a``,
+    the upper triangle of ``Σ_s φ_s φ_sᵀ`` (``φ = [o_1…o_q, 1]``) row by row, the constant
+    1; each times a cubic in ``own`` (Horner)."""
+    batch, rows, length = mat.shape
+    phi = torch.cat([others, others.new_ones(batch, length, 1)], 2)
+    upper = torch.triu_indices(phi.shape[2], phi.shape[2], device=mat.device)
+    gram = (phi.mT @ phi)[:, upper[0], upper[1]]
+    moments = torch.cat([square.unsqueeze(2), (others.mT @ mat.mT).mT, total.unsqueeze(2),
+                         gram.unsqueeze(1).expand(batch, rows, -1),
+                         mat.new_ones(batch, rows, 1)], 2)
+    coef = coefficients.to(mat.dtype)
+    poly = coef[:, POWERS - 1].expand(batch, rows, -1)
+    for k in range(POWERS - 2, -1, -1):
+        poly = poly * own.unsqueeze(2) + coef[:, k]
+    return (poly * moments).sum(2)
+
+
+def stage_reference(weights: StageWeights, mat: torch.Tensor, own: torch.Tensor,
+                    others: torch.Tensor) -> torch.Tensor:
+    """The same stage literally: materialises the entry tokens ``(B, No, Ns, C)``, keys and
+    values, sums ``k vᵀ`` over the axis and reads them with the query; weights rounded to
+    ``mat``'s dtype. Shapes as :func:`stage_fast`. For tests and small shapes only."""
+    key, value, query, out, skip = (t.to(mat.dtype) for t in weights)
+    batch, rows, length = mat.shape
+    tokens = torch.cat([mat.unsqueeze(3), own[:, :, None, None].expand(-1, -1, length, 1),
+                        others.unsqueeze(1).expand(-1, rows, -1, -1),
+                        mat.new_ones(batch, rows, length, 1)], 3)
+    state = torch.einsum("bosh,bosg->bohg", tokens @ key.T, tokens @ value.T)
+    own_features = torch.stack([own, torch.ones_like(own)], 2)
+    return (torch.einsum("bohg,boh,g->bo", state, own_features @ query.T, out)
+            + own_features @ skip)
+
+
+class AxialStage(nn.Module):
+    """Trainable :class:`StageWeights` for a stage with ``others`` other-axis features."""
+
+    def __init__(self, others: int, head_dim: int, std: float, *, dtype: torch.dtype,
+                 device: torch.device | str | None, generator: torch.Generator):
+        super().__init__()
+        width = others + 3
+        shapes = {"key": (head_dim, width), "value": (head_dim, width),
+                  "query": (head_dim, 2), "out": (head_dim,), "skip": (2,)}
+        for name, shape in shapes.items():
+            draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
+            self.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
+
+    def weights(self) -> StageWeights:
+        return StageWeights(self.key, self.value, self.query, self.out, self.skip)
