@@ -25,6 +25,7 @@ from neuralnum.problems import reference
 from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
 from studies.lsq_common import PAPER, parse, train_solvers, training_summary
+from studies.markdown import sci, targets_met
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "iterative"
@@ -67,8 +68,17 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     }
 
 
+def headline(result: dict[str, Any]) -> str:
+    """The results-index line: the last iterates' MSE of learned and exact CG beside the
+    end-to-end Transformer's."""
+    f = result["final"]
+    return (f"learned CG MSE {sci(f['learned_cg'])} vs exact CG {sci(f['exact_cg'])} vs "
+            f"end-to-end Transformer {sci(f['end_to_end'])} ({result['dtype']}); "
+            f"{targets_met(verdicts(result))}")
+
+
 def tables(result: dict[str, Any]) -> str:
-    """README Markdown: MSE vs iteration, final MSEs, verdicts."""
+    """Results block: MSE vs iteration, final MSEs, verdicts."""
     n = result["problems"]
     lines = [f"`python3 -m studies.iterative --{result['mode']}` — spectrum family (κ = 5, "
              f"n = 20, d = 5), {result['dtype']}, {n} held-out problems, MSE vs mpmath "

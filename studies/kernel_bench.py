@@ -252,8 +252,18 @@ def verdicts(result: dict) -> dict[str, bool]:
     return out
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the GPU targets measured (or that none was) and the device."""
+    measured = [t for t in result.get("targets") or [] if t["measured"] is not None]
+    if not measured:
+        return (f"GPU targets not measured (no GPU in this run; reference timings on "
+                f"{result['device']})")
+    return "; ".join(f"{t['target']}: {md.num(t['measured'])} (goal ≥ {t['goal']:g})"
+                     for t in measured) + f" on {result['device']}"
+
+
 def tables(result: dict) -> str:
-    """README block: the GPU targets (or that they were not measured) and the timings,
+    """Results block: the GPU targets (or that they were not measured) and the timings,
     each header naming its statistic."""
     stat = ("median of triton.testing.do_bench" if result["mode"] == "gpu" else
             f"median of {result.get('repeats', '?')}")

@@ -39,8 +39,17 @@ def verdicts(result: dict) -> dict[str, bool]:
             m2["test_acc_mean"] >= vit["test_acc_mean"] and m2["params"] < vit["params"]}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: mean test accuracy and parameters of M2-ViT and ViT."""
+    by_model = {r["model"]: r for r in result["rows"]}
+    m2, vit = by_model["M2-ViT"], by_model["ViT"]
+    return (f"M2-ViT {md.percent(m2['test_acc_mean'])} vs ViT "
+            f"{md.percent(vit['test_acc_mean'])} test accuracy with {md.count(m2['params'])} "
+            f"vs {md.count(vit['params'])} parameters (8×8 digits)")
+
+
 def tables(result: dict) -> str:
-    """README block: parameters and test accuracy (mean, min–max over seeds) per model."""
+    """Results block: parameters and test accuracy (mean, min–max over seeds) per model."""
     seeds = result["rows"][0]["seeds"]
     rows = [[r["model"], md.count(r["params"]), md.percent(r["test_acc_mean"]),
              f"{md.percent(r['test_acc_min'])} – {md.percent(r['test_acc_max'])}"]

@@ -267,8 +267,18 @@ def verdicts(result: dict) -> dict[str, bool]:
             "setting": separated}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: each model's range of test accuracy over the settings and
+    widths (at its best learning rate)."""
+    accuracy: dict[str, list[float]] = {}
+    for row in result["rows"]:
+        accuracy.setdefault(row["model"], []).append(row["test_acc"])
+    return "test accuracy " + ", ".join(f"{model} {min(a):.3f}–{max(a):.3f}"
+                                        for model, a in accuracy.items())
+
+
 def tables(result: dict) -> str:
-    """README Markdown: test accuracy ± s.e. per model and width, one table per setting."""
+    """Results block: test accuracy ± s.e. per model and width, one table per setting."""
     flag = "" if result["mode"] == "default" else f" --{result['mode']}"
     grid = result["grid"]
     lines = [f"`python -m studies.mqar{flag}` — vocab {grid['vocab']}, {grid['steps']} steps × "

@@ -36,6 +36,7 @@ from studies.lsq_common import (
     train_solvers,
     training_summary,
 )
+from studies.markdown import sci, targets_met
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "ood"
@@ -67,8 +68,17 @@ def verdicts(result: dict) -> dict[str, bool]:
     }
 
 
+def headline(result: dict) -> str:
+    """The results-index line: learned CG's worst median digits over the shifts beside
+    the end-to-end Transformer's worst MSE."""
+    rows = result["rows"]
+    return (f"learned CG ≥ {min(r['learned_digits'] for r in rows):.1f} digits on every "
+            f"shift, end-to-end Transformer MSE up to "
+            f"{sci(max(r['end_to_end_mse'] for r in rows))}; {targets_met(verdicts(result))}")
+
+
 def tables(result: dict) -> str:
-    """README Markdown: per-shift MSE, gaps and digits; verdicts."""
+    """Results block: per-shift MSE, gaps and digits; verdicts."""
     n = result["problems"]
     lines = [f"`python3 -m studies.ood --{result['mode']}` — trained on the spectrum family "
              f"(κ = 5, n = 20, d = 5); {n} held-out problems per shift, judged by mpmath; "

@@ -50,6 +50,7 @@ from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
+from studies.markdown import sci, targets_met
 from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "recipe"
@@ -297,8 +298,22 @@ def _sci(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the LM budget of the finisher rows (or the Adam grid), the
+    targets met and the lowest one-step MSE reached per dtype."""
+    frows = result.get("finisher_rows", [])
+    mse = [(r["dtype"], r["lm_mse"]) for r in frows]
+    mse += [(r["dtype"], r["one_step_mse"]) for r in result.get("rows", [])]
+    lowest = ", ".join(f"{dtype} {sci(min(v for d, v in mse if d == dtype))}"
+                       for dtype in sorted(dict.fromkeys(d for d, _ in mse), reverse=True))
+    what = (f"Adam → LM (≤ {max(r['lm_minutes'] for r in frows):g} min of LM per row)"
+            if frows else "Adam recipe grid")
+    return (f"{what}: {targets_met(result.get('verdicts', verdicts(result)))}; lowest "
+            f"one-step MSE {lowest}")
+
+
 def tables(result: dict) -> str:
-    """README Markdown: the command (and the ``rerun`` commands, one or a list, that
+    """Results block: the command (and the ``rerun`` commands, one or a list, that
     replaced the rows they name), the finisher table, the Adam grid table, verdicts."""
     reruns = result.get("rerun") or []
     reruns = [reruns] if isinstance(reruns, str) else reruns

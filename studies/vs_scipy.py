@@ -43,6 +43,7 @@ from neuralnum.solvers.krylov import ExactOperator, LearnedOperator, solve
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.recipe import Recipe
 from studies.lsq_common import construction_twin, parse, train
+from studies.markdown import targets_met
 from studies.study_io import format_table, run_cli, write_report
 
 NAME = "vs_scipy"
@@ -213,8 +214,22 @@ def _cell(row: dict[str, Any], solver: str) -> str:
     return f"{row[f'{solver}_digits']:.1f} ({row[f'{solver}_worst']:.1f})"
 
 
+def headline(result: dict[str, Any]) -> str:
+    """The results-index line: float64 median digits of learned CG and of scipy over the
+    rows with κ ≤ 10, and the targets met."""
+    rows = [r for r in result["rows"] if r["dtype"] == "float64" and r["kappa"] <= KAPPA_SMALL]
+
+    def span(key: str) -> str:
+        values = [r[key] for r in rows]
+        return f"{min(values):.1f}–{max(values):.1f}"
+
+    return (f"learned CG {span('learned_cg_digits')} median digits vs scipy "
+            f"{span('scipy_digits')} where κ ≤ {KAPPA_SMALL:g} (float64); "
+            f"{targets_met(verdicts(result))}")
+
+
 def tables(result: dict[str, Any]) -> str:
-    """README Markdown: digits per family and dtype, model calls and time, verdicts."""
+    """Results block: digits per family and dtype, model calls and time, verdicts."""
     lines = [f"`python3 -m studies.vs_scipy --{result['mode']}` — {result['problems']} "
              f"problems per row, judged by mpmath; learner: {result['learner']}."]
     for dtype in DTYPES:
