@@ -7,8 +7,8 @@ operator) — each run on the learned operator and on the true ``Aᵀ(Ax − b)/
 algorithm (:mod:`neuralnum.solvers.krylov`; no SVD anywhere) — and the end-to-end
 Transformer's one-shot prediction. "Last iterate" is the iterate after the final
 iteration, no minimum taken; "solve" is :meth:`~neuralnum.solvers.learner.Learner.solve` with its
-stopping rule (the best iterate by the learned residual). Targets (issue 4, on the
-operator-only solvers of issue 12): learned CG ≥ 1e5× lower MSE than the end-to-end
+stopping rule (the best iterate by the learned residual). Targets (the paper's claim,
+checked on the operator-only solvers): learned CG ≥ 1e5× lower MSE than the end-to-end
 Transformer; learned CG / GD within 10× of exact CG / GD at the last iterate. Writes
 ``iterative.json`` and ``iterative_error_vs_iteration.png``.
 """

@@ -12,7 +12,7 @@
    the crossover length where M2 becomes faster, and the ratio at L = 4096. At inference
    M2's implicit filters are computed once per length (the warm-up pass) and reused.
 
-Targets from the issue: at L = 4096 M2 ≥ 3× the Transformer's throughput, and M2's
+Targets: at L = 4096 M2 ≥ 3× the Transformer's throughput, and M2's
 held-out loss within 5% of the Transformer's at equal tokens. The paper (Fu et al. 2023)
 reports M2-GPT matching Transformers at 360M parameters on the PILE (GPU; no CPU numbers).
 """

@@ -8,7 +8,7 @@ convolution and the dense MLP by a Monarch GLU, so it has fewer parameters. Each
 trained with several seeds; the table gives mean ± spread of test accuracy on the
 held-out 20% (360 images).
 
-Target (issue, after the paper): equal or better accuracy with fewer parameters. The
+Target (after the paper): equal or better accuracy with fewer parameters. The
 paper (Fu et al. 2023) reports on ImageNet-1k: M2-ViT-b 79.5% with 45M parameters vs
 ViT-b 78.5% with 86M.
 """

@@ -25,7 +25,7 @@ and prints each op's share: the native kernels (named ranges), ATen ops, Python.
 Speed-ups are given on wall time and on process CPU time (medians too; the latter leaves
 out time spent descheduled by other processes, not their cache or core-sharing effects).
 
-Targets (issue 16; forward at batch 1024, one thread): at least 50% of the FLOP ratio at
+Targets (forward at batch 1024, one thread): at least 50% of the FLOP ratio at
 n = 2048 and 4096, 40% at 1024, judged in each forward layout; forward+backward at least
 33% at every size.
 
@@ -226,7 +226,7 @@ def _print(report: dict) -> None:
         print(f"{'MET' if met else 'NOT MET'}: {target}")
 
 
-#: Minimum forward speed-up as a percentage of the FLOP ratio, per size (issue 16).
+#: Minimum forward speed-up as a percentage of the FLOP ratio, per size.
 FORWARD_TARGETS = {1024: 40.0, 2048: 50.0, 4096: 50.0}
 FORWARD_BACKWARD_TARGET = 33.0
 #: How each mode is named in tables and verdicts.
