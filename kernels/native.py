@@ -3,9 +3,8 @@
 Layouts that torch (and any BLAS) handle poorly get C kernels here:
 
 * :func:`transpose_into` — an out-of-place 2-D transpose. torch's CPU copy of a
-  transposed view moves one element at a time: about 10× memcpy's time per MiB (a 1 MiB
-  ``(32, 8192)`` float32 block: 170–320 µs against memcpy's 26–32 µs on the development
-  machine); this one moves AVX-register tiles (45–75 µs; ``native/transpose.c``).
+  transposed view moves one element at a time, many times slower per byte than memcpy;
+  this one moves AVX-register tiles (``native/transpose.c``).
 * :func:`interleaved_bmm` — a batched matmul whose batch index is the *innermost*
   (unit-stride) one of all three operands. No matrix of that layout has a unit stride, so
   a BLAS cannot take it and ``torch.bmm`` copies every operand first; the kernel vectorises

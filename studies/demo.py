@@ -1,11 +1,11 @@
-"""README table of the main job, ``python3 -m neuralnum demo``.
+"""Results of the main job, ``python3 -m neuralnum demo``.
 
 The demo lives in :mod:`neuralnum.cli`: it learns a GD step from a random init, then
 solves held-out problems with CG on the learned operator and with scipy, both judged by
 mpmath, and writes ``demo.json`` beside its checkpoint (``runs/demo/demo.json``);
-``docs/results/demo.json`` keeps the copy this README renders. Run the demo to
-reproduce it; this module only renders it (:func:`tables`) and judges it
-(:func:`verdicts`).
+``docs/results/demo.json`` keeps the copy docs/results.md renders. Run the demo to
+reproduce it; this module only renders it (:func:`tables`, :func:`headline`) and judges
+it (:func:`verdicts`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from studies.markdown import command, fixed, sci, table
 
-__all__ = ["NAME", "tables", "verdicts"]
+__all__ = ["NAME", "headline", "tables", "verdicts"]
 
 NAME = "demo"
 
@@ -24,6 +24,13 @@ def verdicts(result: dict[str, Any]) -> dict[str, bool]:
     mpmath are within 0.5 of scipy's on the same problems."""
     return {"learned solver as accurate as scipy (within 0.5 digit)":
             result["learned"]["digits"] >= result["scipy"]["digits"] - 0.5}
+
+
+def headline(result: dict[str, Any]) -> str:
+    """The results-index line: the learned solver's median digits beside scipy's."""
+    return (f"learned {result['method'].upper()} {fixed(result['learned']['digits'])} "
+            f"digits vs scipy {fixed(result['scipy']['digits'])} "
+            f"({result['arch'].replace('_', ' ')}, {result['dtype']})")
 
 
 def tables(result: dict[str, Any]) -> str:

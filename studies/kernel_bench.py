@@ -10,7 +10,7 @@ paths run (Triton needs a GPU; the interpreter is for tests), and the output say
 ``--gpu`` (CUDA required) is one short run, a few minutes on an H100/H200: it first checks
 the Triton kernels against the references (forward and backward, fp64/fp32 at small
 sizes and at ``L = 16384`` (the three-pass convolution plan), bf16 at benchmark size), then
-times at the issue's target sizes (``n = 4096``, batch 8192, bf16; ``L = 4096``; also
+times at the target sizes (``n = 4096``, batch 8192, bf16; ``L = 4096``; also
 ``L = 16384``) and prints the speedups next to the targets: fused ≥ 1.5×
 the two-``bmm`` reference, ≥ 60% of the dense/Monarch FLOP ratio as real speedup over
 cuBLAS dense, Monarch-DFT convolution ≥ 2× ``torch.fft``. Every measurement is guarded:
@@ -225,7 +225,7 @@ def _value_and_grads(fn, inputs):
 
 
 def target_lines(monarch: list[dict], conv: list[dict]) -> list[dict]:
-    """The issue's three GPU targets, measured (``None`` when a row is missing)."""
+    """The three GPU targets (:data:`TARGETS`), measured (``None`` when a row is missing)."""
     at_n = next((r for r in monarch if r["n"] == 4096), {})
     at_l = next((r for r in conv if r["L"] == 4096 and not r["gated"]), {})
     vs_dense = at_n.get("speedup_vs_dense")
@@ -252,8 +252,18 @@ def verdicts(result: dict) -> dict[str, bool]:
     return out
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the GPU targets measured (or that none was) and the device."""
+    measured = [t for t in result.get("targets") or [] if t["measured"] is not None]
+    if not measured:
+        return (f"GPU targets not measured (no GPU in this run; reference timings on "
+                f"{result['device']})")
+    return "; ".join(f"{t['target']}: {md.num(t['measured'])} (goal ≥ {t['goal']:g})"
+                     for t in measured) + f" on {result['device']}"
+
+
 def tables(result: dict) -> str:
-    """README block: the GPU targets (or that they were not measured) and the timings,
+    """Results block: the GPU targets (or that they were not measured) and the timings,
     each header naming its statistic."""
     stat = ("median of triton.testing.do_bench" if result["mode"] == "gpu" else
             f"median of {result.get('repeats', '?')}")

@@ -150,8 +150,16 @@ def verdicts(result: dict) -> dict[str, bool]:
     return {"all_fit": bool(rows) and all(r["shared_bytes"] <= limit for r in rows)}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: how many variants were compiled and how many fit."""
+    rows = result["monarch"] + result["conv"]
+    return (f"{sum(r['fits'] for r in rows)} of {len(rows)} kernel variants fit an "
+            f"sm_{result['arch']} SM's shared memory (Triton {result['triton']}, compiled "
+            f"ahead of time)")
+
+
 def tables(result: dict) -> str:
-    """README block: resources per compiled variant (nothing is run)."""
+    """Results block: resources per compiled variant (nothing is run)."""
     def name(r: dict) -> str:
         tiles = "×".join(str(r[k]) for k in ("BLOCK_N", "BLOCK_M", "BLOCK_E", "BLOCK_A")
                          if k in r)

@@ -62,8 +62,18 @@ def verdicts(result: dict) -> dict[str, bool]:
     return {"all_within_tolerance": all(r["max_rel_err"] < r["tol"] for r in result["rows"])}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the largest relative error per dtype over all lengths."""
+    rows = result["rows"]
+    errors = ", ".join(
+        f"{md.sci(max(r['max_rel_err'] for r in rows if r['dtype'] == d), 1)} "
+        f"({d.removeprefix('torch.')})" for d in dict.fromkeys(r["dtype"] for r in rows))
+    return (f"Monarch-DFT convolution vs `torch.fft` up to L = {max(r['L'] for r in rows)}: "
+            f"max relative error {errors}")
+
+
 def tables(result: dict) -> str:
-    """README block: max relative error per length and dtype, with the plan each ran."""
+    """Results block: max relative error per length and dtype, with the plan each ran."""
     rows = result["rows"]
     dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
     cell = {(r["L"], r["dtype"]): r for r in rows}

@@ -2,8 +2,8 @@
 
 ``parse(name, doc)`` gives ``--quick/--full/--out/--seed`` (on
 :func:`studies.study_io.study_parser`); :func:`train` fits one learner and times it;
-:data:`PAPER` holds Liu et al. (2025)'s reported numbers (REFERENCES.md §1) to print
-beside ours.
+:data:`PAPER` holds the numbers Liu et al. (ICLR 2025, "Towards Learning High-Precision
+Least Squares Algorithms with Sequence Models") report, to print beside ours.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from studies.study_io import study_parser
 __all__ = ["PAPER", "construction_twin", "parse", "train", "train_solvers",
            "training_summary"]
 
-#: Reported levels of Liu et al. 2025 (float32), REFERENCES.md section 1.
+#: Reported levels of Liu et al. 2025 (float32).
 PAPER: dict[str, str] = {
     "one_step_learned": "≈1e-13 (BaseConv / linear attention, single GD iterate)",
     "iterated_learned": "1–2e-13 plateau after ~60–70 iterations",

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from studies.m2_common import (
     compare_language_models,
     lm_base_config,
+    lm_headline,
     lm_tables,
     lm_verdicts,
     study_args,
@@ -33,8 +34,10 @@ PAPER = ("Fu et al. 2023: M2-BERT matches BERT GLUE with up to 27% fewer params;
 
 #: Target verdicts from a result (see :func:`studies.m2_common.lm_verdicts`).
 verdicts = lm_verdicts
-#: README block from a result (see :func:`studies.m2_common.lm_tables`).
+#: Results block from a result (see :func:`studies.m2_common.lm_tables`).
 tables = lm_tables
+#: Results-index line from a result (see :func:`studies.m2_common.lm_headline`).
+headline = lm_headline
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

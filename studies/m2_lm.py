@@ -12,7 +12,7 @@
    the crossover length where M2 becomes faster, and the ratio at L = 4096. At inference
    M2's implicit filters are computed once per length (the warm-up pass) and reused.
 
-Targets from the issue: at L = 4096 M2 ≥ 3× the Transformer's throughput, and M2's
+Targets: at L = 4096 M2 ≥ 3× the Transformer's throughput, and M2's
 held-out loss within 5% of the Transformer's at equal tokens. The paper (Fu et al. 2023)
 reports M2-GPT matching Transformers at 360M parameters on the PILE (GPU; no CPU numbers).
 """
@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from studies.m2_common import (
     compare_language_models,
     lm_base_config,
+    lm_headline,
     lm_tables,
     lm_verdicts,
     study_args,
@@ -36,8 +37,10 @@ LENGTHS = (256, 512, 1024, 2048, 4096, 8192)
 
 #: Target verdicts from a result (see :func:`studies.m2_common.lm_verdicts`).
 verdicts = lm_verdicts
-#: README block from a result (see :func:`studies.m2_common.lm_tables`).
+#: Results block from a result (see :func:`studies.m2_common.lm_tables`).
 tables = lm_tables
+#: Results-index line from a result (see :func:`studies.m2_common.lm_headline`).
+headline = lm_headline
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -8,7 +8,7 @@ convolution and the dense MLP by a Monarch GLU, so it has fewer parameters. Each
 trained with several seeds; the table gives mean ± spread of test accuracy on the
 held-out 20% (360 images).
 
-Target (issue, after the paper): equal or better accuracy with fewer parameters. The
+Target (after the paper): equal or better accuracy with fewer parameters. The
 paper (Fu et al. 2023) reports on ImageNet-1k: M2-ViT-b 79.5% with 45M parameters vs
 ViT-b 78.5% with 86M.
 """
@@ -39,8 +39,17 @@ def verdicts(result: dict) -> dict[str, bool]:
             m2["test_acc_mean"] >= vit["test_acc_mean"] and m2["params"] < vit["params"]}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: mean test accuracy and parameters of M2-ViT and ViT."""
+    by_model = {r["model"]: r for r in result["rows"]}
+    m2, vit = by_model["M2-ViT"], by_model["ViT"]
+    return (f"M2-ViT {md.percent(m2['test_acc_mean'])} vs ViT "
+            f"{md.percent(vit['test_acc_mean'])} test accuracy with {md.count(m2['params'])} "
+            f"vs {md.count(vit['params'])} parameters (8×8 digits)")
+
+
 def tables(result: dict) -> str:
-    """README block: parameters and test accuracy (mean, min–max over seeds) per model."""
+    """Results block: parameters and test accuracy (mean, min–max over seeds) per model."""
     seeds = result["rows"][0]["seeds"]
     rows = [[r["model"], md.count(r["params"]), md.percent(r["test_acc_mean"]),
              f"{md.percent(r['test_acc_min'])} – {md.percent(r['test_acc_max'])}"]

@@ -1,9 +1,11 @@
-"""Small pieces every study's ``tables(result)`` uses to write README Markdown.
+"""Small pieces every study's ``tables(result)`` and ``headline(result)`` use to write
+Markdown.
 
-A study's README tables are rendered from its JSON result by :mod:`studies.report`;
-these helpers keep the look uniform: :func:`command` (the first line, naming the command
-that produced the result), :func:`table` (a Markdown table), and number formats
-(:func:`sci`, :func:`fixed`, :func:`count`, :func:`times`) that print ``—`` for a
+A study's tables (docs/results.md) and its line in the README's results index are
+rendered from its JSON result by :mod:`studies.report`; these helpers keep the look
+uniform: :func:`command` (the first line, naming the command that produced the result),
+:func:`table` (a Markdown table), :func:`targets_met` (a count of verdicts), and number
+formats (:func:`sci`, :func:`fixed`, :func:`count`, :func:`times`) that print ``—`` for a
 missing value.
 """
 
@@ -16,7 +18,7 @@ from typing import Any
 from neuralnum.core.flags import without_option
 
 __all__ = ["command", "count", "fixed", "num", "percent", "sci", "study_command", "table",
-           "times"]
+           "targets_met", "times"]
 
 
 def study_command(name: str, argv: Sequence[str] | None) -> str:
@@ -28,7 +30,7 @@ def study_command(name: str, argv: Sequence[str] | None) -> str:
 
 
 def command(result: dict[str, Any], what: str = "") -> str:
-    """The first line of a study's README block: the command behind ``result``."""
+    """The first line of a study's block of tables: the command behind ``result``."""
     cmd = result.get("command", "(command not recorded)")
     return f"`{cmd}`" + (f" — {what}" if what else "") + ":"
 
@@ -78,3 +80,9 @@ def times(value: float | None, digits: int = 2) -> str:
 def percent(value: float | None, digits: int = 1) -> str:
     """A fraction in ``[0, 1]`` as a percentage."""
     return "—" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def targets_met(verdicts: dict[str, bool]) -> str:
+    """``"3 of 4 targets met"`` for a study's ``verdicts(result)``."""
+    total = len(verdicts)
+    return f"{sum(map(bool, verdicts.values()))} of {total} target{'s' * (total != 1)} met"

@@ -25,7 +25,7 @@ and prints each op's share: the native kernels (named ranges), ATen ops, Python.
 Speed-ups are given on wall time and on process CPU time (medians too; the latter leaves
 out time spent descheduled by other processes, not their cache or core-sharing effects).
 
-Targets (issue 16; forward at batch 1024, one thread): at least 50% of the FLOP ratio at
+Targets (forward at batch 1024, one thread): at least 50% of the FLOP ratio at
 n = 2048 and 4096, 40% at 1024, judged in each forward layout; forward+backward at least
 33% at every size.
 
@@ -49,6 +49,7 @@ from kernels.native import native_status
 from neuralnum.core.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
+from studies.markdown import targets_met
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "monarch_speed"
@@ -225,7 +226,7 @@ def _print(report: dict) -> None:
         print(f"{'MET' if met else 'NOT MET'}: {target}")
 
 
-#: Minimum forward speed-up as a percentage of the FLOP ratio, per size (issue 16).
+#: Minimum forward speed-up as a percentage of the FLOP ratio, per size.
 FORWARD_TARGETS = {1024: 40.0, 2048: 50.0, 4096: 50.0}
 FORWARD_BACKWARD_TARGET = 33.0
 #: How each mode is named in tables and verdicts.
@@ -251,8 +252,19 @@ def verdicts(result: dict) -> dict[str, bool]:
     return out
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the row-major forward speed-up over dense per size, its
+    range as a share of the FLOP ratio, and the targets met."""
+    rows = result["results"]
+    share = [r["forward"]["pct_of_flop_ratio"] for r in rows]
+    return ("Monarch forward " + " / ".join(f"{r['forward']['speedup']:.1f}×" for r in rows)
+            + " faster than dense at n = " + " / ".join(str(r["n"]) for r in rows)
+            + f" ({min(share):.0f}–{max(share):.0f}% of the FLOP ratio); "
+            + targets_met(result["verdicts"]))
+
+
 def tables(result: dict) -> str:
-    """README Markdown: speed-ups (median of the alternated repeats) beside the FLOP ratio."""
+    """Results block: speed-ups (median of the alternated repeats) beside the FLOP ratio."""
     repeats = result["repeats"]
     lines = [f"`python -m studies.monarch_speed` — batch {result['results'][0]['batch']}, "
              f"{result['threads']} thread(s), 1-min load average "
@@ -279,7 +291,7 @@ def tables(result: dict) -> str:
 
 
 def _native_backend(result: dict) -> str:
-    """The block products' implementation, for the README (no machine paths)."""
+    """The block products' implementation, for the results block (no machine paths)."""
     status = result.get("native", "torch: not recorded")
     return ("the compiled kernels (`kernels.native`)" if status.startswith("native")
             else f"torch ({status.removeprefix('torch: ')})")

@@ -3,20 +3,19 @@
 Each row trains a learner on the GD update (``Aᵀ(Ax − b)/n``, spectrum family κ = 5,
 n = 20, d = 5) with the full recipe, the plain baseline, the full recipe with one
 component switched off (:data:`neuralnum.training.recipe.ABLATIONS`) or with the relative loss
-switched on, and reports the held-out one-step MSE. Targets (issue 4): float32 BaseConv
-≤ 1e-12, float64 ≤ 1e-20, full recipe ≥ 1e4× lower MSE than the baseline.
+switched on, and reports the held-out one-step MSE. Targets: float32 BaseConv ≤ 1e-12,
+float64 ≤ 1e-20, full recipe ≥ 1e4× lower MSE than the baseline.
 
 ``--quick`` (one CPU thread, ~8 minutes): every run learns from the default init —
 linear attention (float64, every ablation and the relative loss, 3000 steps) and
 BaseConv (float64 and float32, full vs baseline, 1500 steps) at the default LR.
 ``--full`` (GPU): every architecture, dtype and ablation, 200k steps, LR 1e-3, batches
-up to 1024. BaseConv's default init is ``"delta_sum"`` (:mod:`neuralnum.models.baseconv`):
-on one CPU thread (default recipe + relative loss, float64, seed 0) it reached one-step
-MSE 5.8e-5 after 1000 steps and 8.8e-7 after 4000, where the plain ``"random"`` init
-stayed at 0.33 (1000) and 0.052 (2000) — still far from the ≤ 1e-20 target, which the
-paper reached with ~1–2.5M GPU steps.
+up to 1024. BaseConv's default init is ``"delta_sum"`` (:mod:`neuralnum.models.baseconv`),
+which learns orders of magnitude faster than the plain ``"random"`` init, though Adam
+alone stays far from the ≤ 1e-20 target at CPU scale (the paper reached it with
+~1–2.5M GPU steps).
 
-**Finisher rows (issue 13).** For BaseConv and linear attention in float64 and float32,
+**Finisher rows.** For BaseConv and linear attention in float64 and float32,
 from two starts — the exact construction + 1e-3 noise (``construct``) and the default
 init (``scratch``) — an Adam-only run is compared with Adam → Levenberg–Marquardt
 (:mod:`neuralnum.training.finisher`; for ``scratch`` the LM phase starts from the Adam run's
@@ -30,7 +29,7 @@ minutes (``lm_minutes``), so its "within 20 iterations" verdict can fail on the 
 before 20 iterations ran (the table's LM-iterations column shows it). ``--finisher`` runs
 only these rows; ``--quick`` runs both groups. ``--rows ARCH/DTYPE/START ...`` picks
 finisher rows and ``--lm-minutes M`` sets BaseConv's LM budget (the iteration cap lifted):
-issue 13's from-scratch targets allow 30 minutes on 2 cores, i.e. ``--finisher --rows
+the from-scratch targets allow 30 minutes on 2 cores, i.e. ``--finisher --rows
 baseconv/float64/scratch --lm-minutes 29 --threads 2``.
 Writes ``recipe.json``, ``recipe_mse_vs_step.png`` and ``recipe_finisher.png``.
 """
@@ -50,12 +49,13 @@ from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.recipe import ABLATIONS, Recipe
 from studies.lsq_common import PAPER, parse, train
+from studies.markdown import sci, targets_met
 from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "recipe"
-#: Issue 4's one-step MSE targets for the full recipe, per dtype.
+#: One-step MSE targets for the full recipe, per dtype.
 PRECISION_TARGETS = {"float32": 1e-12, "float64": 1e-20}
-#: Issue 13's finisher targets: (start, arch, dtype) → (fresh one-step MSE, budget).
+#: Finisher targets: (start, arch, dtype) → (fresh one-step MSE, budget).
 #: The budget is LM iterations for ``construct`` and wall-clock seconds for ``scratch``.
 FINISHER_TARGETS = {("construct", "baseconv", "float64"): (1e-28, 20),
                     ("construct", "linear_attention", "float64"): (1e-28, 20),
@@ -126,17 +126,14 @@ def finisher_grid(full: bool, lm_minutes: float | None = None) -> list[dict[str,
     the LM engine's settings. BaseConv from the construction uses the eigh route with 6
     chord corrections per iteration: with its idle channels snapped the problem is
     regular, and the corrections (one residual and one ``Jᵀu`` each, a tenth of a
-    linearisation) take fresh MSE from 1.2e-20 to 3.4e-31 in iteration 7, where 3 of them
-    reached 1.4e-28 after 20 iterations (scratch runs of :func:`finisher_row`, seed 0;
-    without snapping, 3 corrections gave 1.7e-18 after 6 iterations and Cholesky alone
-    8.5e-16 after 7). From scratch: Cholesky, which is 3x cheaper per iteration and there
-    no worse per iteration, with geodesic acceleration (BaseConv), whose longer steps
-    along the curved valley of the from-scratch tail took the 30-minute float64 row from
-    2.9e-16 to 3.1e-20 (:class:`~neuralnum.training.levenberg_marquardt.LMSettings`). The float64
-    BaseConv row also starts LM from an annealed Adam run (``"annealed"``: its own 800
-    steps, the cosine schedule ending there, as in the demo) rather than from step 800
-    of the 1200-step run, where the learning rate is still a quarter of its peak: from
-    there the 30-minute row passes 1e-20 (seed 0; README)."""
+    linearisation) speed up the convergence per iteration. From scratch: Cholesky,
+    which is cheaper per iteration and there no worse per iteration, with geodesic
+    acceleration (BaseConv), whose longer steps follow the curved valley of the
+    from-scratch tail (:class:`~neuralnum.training.levenberg_marquardt.LMSettings`). The
+    float64 BaseConv row also starts LM from an annealed Adam run (``"annealed"``: its own
+    800 steps, the cosine schedule ending there, as in the demo) rather than from step 800
+    of the 1200-step run, where the learning rate is still a quarter of its peak; from
+    there LM stalls short of the float64 target (docs/results.md, "recipe")."""
     rows = []
     for arch in ("baseconv", "linear_attention"):
         for dtype in ("float64", "float32"):
@@ -242,7 +239,7 @@ def finisher_rows(specs: list[dict[str, Any]], family: Any, seed: int) -> list[d
 
 
 def finisher_verdicts(rows: list[dict]) -> dict[str, bool]:
-    """Issue 13's targets over the finisher rows present (see :data:`FINISHER_TARGETS`)."""
+    """The finisher targets over the finisher rows present (see :data:`FINISHER_TARGETS`)."""
     out = {}
     for row in rows:
         key = (row["start"], row["arch"], row["dtype"])
@@ -264,7 +261,8 @@ def finisher_verdicts(rows: list[dict]) -> dict[str, bool]:
 
 
 def grid_verdicts(rows: list[dict]) -> dict[str, bool]:
-    """Issue 4's targets over the Adam grid rows present."""
+    """The recipe targets (:data:`PRECISION_TARGETS`, full vs baseline) over the Adam grid
+    rows present."""
     out = {}
     archs = dict.fromkeys(r["arch"] for r in rows)
     for arch in archs:
@@ -297,8 +295,22 @@ def _sci(value: float | None) -> str:
     return f"{value:.2e}"
 
 
+def headline(result: dict) -> str:
+    """The results-index line: the LM budget of the finisher rows (or the Adam grid), the
+    targets met and the lowest one-step MSE reached per dtype."""
+    frows = result.get("finisher_rows", [])
+    mse = [(r["dtype"], r["lm_mse"]) for r in frows]
+    mse += [(r["dtype"], r["one_step_mse"]) for r in result.get("rows", [])]
+    lowest = ", ".join(f"{dtype} {sci(min(v for d, v in mse if d == dtype))}"
+                       for dtype in sorted(dict.fromkeys(d for d, _ in mse), reverse=True))
+    what = (f"Adam → LM (≤ {max(r['lm_minutes'] for r in frows):g} min of LM per row)"
+            if frows else "Adam recipe grid")
+    return (f"{what}: {targets_met(result.get('verdicts', verdicts(result)))}; lowest "
+            f"one-step MSE {lowest}")
+
+
 def tables(result: dict) -> str:
-    """README Markdown: the command (and the ``rerun`` commands, one or a list, that
+    """Results block: the command (and the ``rerun`` commands, one or a list, that
     replaced the rows they name), the finisher table, the Adam grid table, verdicts."""
     reruns = result.get("rerun") or []
     reruns = [reruns] if isinstance(reruns, str) else reruns
@@ -337,7 +349,7 @@ def tables(result: dict) -> str:
 
 
 def adam_grid(args: Any, family: Any) -> tuple[list[dict], dict, list]:
-    """Issue 4's Adam rows (architecture × recipe ablation) and their curves."""
+    """The Adam rows (architecture × recipe ablation) and their curves."""
     if args.full:
         log_every = 1000
         base = {"lr": 1e-3, "max_batch_size": 1024}
@@ -393,11 +405,11 @@ def _finisher_options(parser: Any) -> None:
                         help=f"finisher rows to run (default: all): {', '.join(names)}")
     parser.add_argument("--lm-minutes", type=float, default=None,
                         help="LM wall budget of the rows that have one (BaseConv; default 6), "
-                             "with the iteration cap lifted: e.g. 29 for issue 13's "
-                             "30-minute from-scratch targets")
+                             "with the iteration cap lifted: e.g. 29 for the 30-minute "
+                             "from-scratch targets")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: 1, or all with --full); issue 13's "
-                             "budgets are for 2 cores")
+                        help="torch threads (default: 1, or all with --full); the finisher "
+                             "targets' budgets are for 2 cores")
 
 
 def selected_specs(args: Any) -> list[dict[str, Any]]:
@@ -426,7 +438,7 @@ def command(args: Any) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse("recipe", __doc__, argv,
-                 modes={"finisher": "only the LM finisher rows (issue 13)"},
+                 modes={"finisher": "only the LM finisher rows"},
                  configure=_finisher_options)
     if args.threads is not None:
         torch.set_num_threads(args.threads)

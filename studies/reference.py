@@ -166,8 +166,16 @@ def verdicts(result: dict) -> dict[str, bool]:
         f["gd_within_bound"] == f["gd_reached"] for f in result["families"])}
 
 
+def headline(result: dict) -> str:
+    """The results-index line: scipy's worst digits over the families, and the GD target."""
+    digits = [f["digits_scipy_min"] for f in result["families"]]
+    return (f"scipy {md.fixed(min(digits))}–{md.fixed(max(digits))} correct digits vs "
+            f"mpmath (worst problem per family, float64); "
+            f"{md.targets_met(verdicts(result))}")
+
+
 def tables(result: dict) -> str:
-    """README block: digits of scipy / numpy against mpmath and GD against its bound."""
+    """Results block: digits of scipy / numpy against mpmath and GD against its bound."""
     cfg = result["config"]
     batch, max_iters = cfg["batch"], cfg["max_iters"]
 

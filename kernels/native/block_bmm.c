@@ -8,9 +8,8 @@
  * The Monarch multiply's factors are batches of small blocks (K and N of 16 to a few
  * hundred) whose operands are strided views of the activations. A BLAS packs both
  * operands of every block product into its own layout first, which at these sizes is a
- * large share of the work (MKL's batched GEMM ran the Monarch's 64 x 64 blocks at 50-55
- * GFLOP/s on one core of the development machine, against 75-80 for a large dense
- * product). Here a is read where it lies, one entry at a time, broadcast to a vector;
+ * large share of the work (a batched GEMM runs such blocks well below its large-matrix
+ * rate). Here a is read where it lies, one entry at a time, broadcast to a vector;
  * SIMD runs along n. A register tile of MR rows x NV vectors of n (NV <= 4; MR * NV <=
  * 24 accumulators with 32 vector registers, 12 with 16) is accumulated over k: MR
  * broadcasts and NV loads per MR * NV fused multiply-adds. Only b's K x NV-vector

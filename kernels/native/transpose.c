@@ -1,6 +1,6 @@
 /* Out-of-place 2-D transpose for float32 and float64: dst[j*ldd + i] = src[i*lds + j]
  * for 0 <= i < rows, 0 <= j < cols (both matrices row-major with leading dimensions
- * lds >= cols and ldd >= rows). Compiled and loaded by kernels/native_transpose.py.
+ * lds >= cols and ldd >= rows). Compiled and loaded by kernels/native.py.
  *
  * torch's strided copy moves one element at a time (about 10x memcpy's time per MiB);
  * this one moves 8x8 (float) or 4x4 (double) tiles through AVX registers, visiting the

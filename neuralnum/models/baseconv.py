@@ -21,7 +21,7 @@ the gate is its bias ``c₁``), the filters of all layers but the last are a del
 and ``W₂`` keep their random defaults. This is the shape of a computation "form
 products at each position, then sum them" (the GD gradient ``Σᵢ aᵢ(aᵢᵀx − bᵢ)``), with
 no channel routing given, so learning the GD step from scratch starts near it; how much
-it helps is measured by ``studies/recipe.py`` (README, "recipe").
+it helps is what ``studies/recipe.py`` measures (docs/results.md, "recipe").
 """
 
 from __future__ import annotations
@@ -162,7 +162,8 @@ class BaseConv(TokenModel):
         in the weights at the crossing and Gauss–Newton converges only linearly. Zeroing
         the smaller factor puts the channel on one branch, where the other factor is
         non-zero and the problem regular (:func:`neuralnum.training.finisher.finish_lm` does this
-        before its first iteration; measured there). Later layers see the snapped stream.
+        before its first iteration, on its training problems). Later layers see the
+        snapped stream.
         """
         if not 0 < rtol < 1:
             raise ValueError(f"rtol must be in (0, 1), got {rtol}")

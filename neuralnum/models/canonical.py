@@ -5,10 +5,10 @@ A head's scores depend on ``W_q, b_q, W_k, b_k`` only through the bilinear form
 score of positions ``t, s`` is ``[u_t; 1]ᵀ S [u_s; 1]``. Any invertible ``G`` gives the
 same ``S`` from ``(G q, G⁻ᵀ k)``, so training lands in an arbitrary such gauge, and a
 dense one costs precision: each score is then a sum of products that mix every channel
-and cancel. Measured on the exact GD construction (``q = [x, −1]``, ``k_s = [a_s, b_s]``,
-each score one residual ``a_sᵀx − b_s``): rotating ``q`` and ``k`` by a random orthogonal
-``G`` leaves the function unchanged and costs learned CG 0.55 digit on κ = 1e4 problems
-(9.86 → 9.28 at n = 20, d = 5), as much as the trained weights lose.
+and cancel. On the exact GD construction (``q = [x, −1]``, ``k_s = [a_s, b_s]``, each
+score one residual ``a_sᵀx − b_s``), rotating ``q`` and ``k`` by a random orthogonal
+``G`` leaves the function unchanged and costs CG on ill-conditioned problems about as
+many digits as the trained weights lose.
 
 :func:`canonicalize_attention` writes every head back in the *interpolative* form of its
 ``S``: ``head_dim`` pivot rows ``I`` of ``S`` (column-pivoted QR) and ``S = T · S[I]``
@@ -22,8 +22,9 @@ at ``t`` and ``s``, so the part of ``S`` that pairs them contributes ``[x; 1]ᵀ
 which only sees ``B``'s symmetric part: the antisymmetric part (training leaves one of
 size 0.1 there, a direction the loss cannot see) is dropped wherever the symmetrised form
 still factors through ``head_dim`` channels. Both steps leave the model's
-function unchanged up to rounding on tokens of its layout; on the demo's learner they take
-learned CG on κ = 1e4 problems from 9.23 to 9.77 digits (exact CG: 9.80).
+function unchanged up to rounding on tokens of its layout; on the demo's learner they close
+most of learned CG's gap to exact CG on ill-conditioned problems (docs/results.md,
+"vs_scipy").
 """
 
 from __future__ import annotations

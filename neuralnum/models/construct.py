@@ -17,7 +17,7 @@ Rounding: every product is formed once and every sum runs over at most ``n`` (po
 or ``d + 1`` (channels) terms; the other weights are exact zeros and ones. So each output
 entry obeys the classical dot-product bound
 ``|x⁺_model − x⁺| ≤ γ_{n+d+3} · (|x| + η |A|ᵀ(|A||x| + |b|))`` with ``γ_k = k u/(1 − k u)``
-and ``u`` the unit roundoff of the dtype (``tests/neuralnum/test_construct.py`` checks it).
+and ``u`` the unit roundoff of the dtype (``tests/neuralnum/models/test_construct.py`` checks it).
 
 :class:`SoftmaxProduct` shows the contrast: softmax attention only reaches a
 product through ``exp``'s small-argument expansion, with a truncation error ``O(ε²)``

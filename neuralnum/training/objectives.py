@@ -8,8 +8,8 @@
   model's *increment* ``Δx = out_x − x``, computed without adding ``x``
   (``model(tokens, increment=True)``): forming ``x + Δx`` first and subtracting ``x``
   again would round ``Δx`` at ``x``'s scale, an absolute error ``u·|x|`` that near a
-  solution is most of ``Δx`` (measured: the exact construction's CG on κ = 1e4 gains
-  0.6 digit). The iterate is
+  solution is most of ``Δx`` (and, not of the form ``Aᵀδr``, is amplified by ``κ²``).
+  The iterate is
   ``x⁺ = x − η(A)·n·model(A, b, x)`` with ``η`` from a :mod:`neuralnum.problems.targets` step rule,
   so an exact model reproduces :class:`~neuralnum.problems.targets.GDStep` and is applied
   iteratively as a solver. ``n`` is the training length (the scale baked into the weights).

@@ -1,5 +1,6 @@
-"""Study verdicts: synthetic results on both sides of every threshold, and the README
-tables they render saying "met" exactly when the verdict is met.
+"""Study verdicts: synthetic results on both sides of every threshold, the result tables
+they render saying "met" exactly when the verdict is met, and the results-index
+headlines built from the same results.
 
 (The main job's ``demo`` block is here too. The studies ``iterative``, ``ood``,
 ``vs_scipy``, ``recipe``, ``mqar``, ``monarch_speed`` and ``monarch_gpt`` test their
@@ -117,6 +118,10 @@ def test_language_model_verdicts(loss, speed, quality, throughput):
     text = m2_lm.tables(result)
     assert "tokens/s L = 4096 (best of 10)" in text and "| 1.0 |" not in text
     assert text.count("**not met**") == (not quality) + (not throughput)
+    assert m2_lm.headline is m2_common.lm_headline is m2_bert.headline
+    assert m2_lm.headline(result).startswith(
+        f"M2-GPT: {loss / 2.0:.3f}× GPT's loss, {speed / 10_000:.2f}× its tokens/s at "
+        "L = 4096; M2-GPT-dense: ")
 
 
 def test_language_model_throughput_not_measured_is_not_met():
@@ -133,6 +138,9 @@ def test_vision_verdict(acc, params, met):
         {**row, "model": "ViT", "params": 100, "test_acc_mean": 0.90},
         {**row, "model": "M2-ViT", "params": params, "test_acc_mean": acc}]}
     assert m2_vision.verdicts(result) == {"M2-ViT:accuracy_with_fewer_params": met}
+    assert m2_vision.headline(result) == (
+        f"M2-ViT {100 * acc:.1f}% vs ViT 90.0% test accuracy with {params} vs 100 "
+        "parameters (8×8 digits)")
     assert _says(m2_vision.tables(result), met)
 
 
@@ -231,3 +239,5 @@ def test_demo_verdict_is_half_a_digit_of_scipy(learned_digits, met):
     text = demo.tables(result)
     assert _says(text, met) and "| learned operator, CG | 1.80e-31 |" in text
     assert f"| {learned_digits:.2f} | 8 | 18 |" in text
+    assert demo.headline(result) == (f"learned CG {learned_digits:.2f} digits vs scipy 15.10 "
+                                     "(linear attention, float64)")
