@@ -270,5 +270,5 @@ def test_bad_config_raises(fields: dict[str, float]) -> None:
 
 
 def test_bad_parameter_dtype_raises() -> None:
-    with pytest.raises(TypeError, match="float32 or torch.float64"):
+    with pytest.raises(TypeError, match=r"float32 or torch\.float64"):
         AxialOperator(AxialConfig(), dtype=torch.float16)
