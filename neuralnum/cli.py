@@ -6,8 +6,12 @@
   --lr 1e-3 --betas 0.9 0.99 --no-fresh --lm-minutes 5``; ``--baseline`` starts from the
   plain recipe); writes an atomic checkpoint (resumable with ``--resume``) and JSON-lines
   metrics.
-* ``solve`` — load a checkpoint, solve held-out problems of a family iteratively and print
-  the MSE and digits of the learned solver next to scipy's, both judged by mpmath.
+* ``solve`` — solve held-out problems of a family with a learned solver (a checkpoint, or
+  by default the shipped shape-general one, by LSQR on its learned products) and print
+  the MSE and digits next to scipy's, both judged by mpmath.
+* ``pretrain`` — train the shape-general learned operator that ``neuralnum.lstsq(A, b,
+  solver="learned")`` ships with (:func:`neuralnum.solvers.pretrained.pretrain`); the
+  documented way to re-create ``neuralnum/pretrained/axial.pt``.
 * ``demo`` — the README's main job: train a linear-attention GD step from a random init
   on the default recipe (6000 steps, under two minutes on a CPU), then ``solve``.
   ``--arch baseconv``: 800 Adam steps, then the Levenberg–Marquardt finisher with
@@ -35,20 +39,26 @@ import torch
 
 from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args, without_option
-from neuralnum.core.runtime import atomic_write_text
+from neuralnum.core.runtime import atomic_write_text, load_checkpoint
 from neuralnum.core.validation import check_positive_int
+from neuralnum.models.axial import AxialConfig
 from neuralnum.models.registry import ARCHS
 from neuralnum.problems.families import FAMILIES, family_from_name
+from neuralnum.solvers.axial_learner import AxialLearner, default_recipe
 from neuralnum.solvers.evaluate import solve_report
-from neuralnum.solvers.krylov import METHODS
+from neuralnum.solvers.learned_solver import LearnedSolver
 from neuralnum.solvers.learner import Learner
+from neuralnum.solvers.methods import METHODS
+from neuralnum.solvers.pretrained import pretrain, pretrained
 from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.fit import FitOptions
 from neuralnum.training.levenberg_marquardt import LMSettings
+from neuralnum.training.mixed_shapes import ShapeMixture
 from neuralnum.training.recipe import Recipe
 
-__all__ = ["DemoCommand", "ModelOptions", "ProblemOptions", "SolveCommand", "SolveOptions",
-           "TrainCommand", "demo_defaults", "main", "print_report", "run"]
+__all__ = ["DemoCommand", "ModelOptions", "PretrainCommand", "ProblemOptions", "SolveCommand",
+           "SolveOptions", "TrainCommand", "demo_defaults", "load_solver", "main", "print_report",
+           "run"]
 
 FamilyName = Literal[tuple(FAMILIES)]
 ArchName = Literal[ARCHS]
@@ -130,11 +140,27 @@ class DemoCommand(TrainCommand):
 
 @dataclass(frozen=True)
 class SolveCommand:
-    """``solve``: the learner saved at ``checkpoint`` on held-out problems."""
+    """``solve``: a learned solver on held-out problems: the one saved at ``checkpoint``,
+    or (no checkpoint) the shipped shape-general one, in ``dtype``."""
 
-    checkpoint: Path
+    checkpoint: Path | None = None
+    dtype: Literal["float64", "float32"] = "float64"
     problem: ProblemOptions = field(default_factory=ProblemOptions)
     solve: SolveOptions = field(default_factory=SolveOptions)
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class PretrainCommand:
+    """``pretrain``: train the shape-general learned operator on mixed shapes and write it,
+    with its provenance, to ``out`` (``neuralnum/pretrained/axial.pt`` re-creates the
+    shipped weights)."""
+
+    fit: FitOptions = field(default_factory=lambda: FitOptions(steps=3000, log_every=500))
+    mixture: ShapeMixture = field(default_factory=ShapeMixture)
+    axial: AxialConfig = field(default_factory=AxialConfig)
+    recipe: Recipe = field(default_factory=default_recipe)
+    out: Path = Path("runs/pretrain/axial.pt")
     threads: int | None = None
 
 
@@ -155,14 +181,15 @@ def demo_defaults(arch: str = "linear_attention") -> DemoCommand:
 
 _COMMANDS: dict[str, tuple[type, Any, str]] = {
     "train": (TrainCommand, TrainCommand(), "train a learner"),
-    "solve": (SolveCommand, None, "solve held-out problems with a checkpoint"),
+    "solve": (SolveCommand, SolveCommand(), "solve held-out problems with a learned solver"),
+    "pretrain": (PretrainCommand, PretrainCommand(), "train the shipped shape-general solver"),
     "demo": (DemoCommand, demo_defaults(), "learn a GD step from scratch, then solve "
              "(the main job)"),
 }
 _EXAMPLES = """examples:
   python -m neuralnum demo
+  python -m neuralnum solve --family ill_conditioned --n 1000 --d 100 --method lsqr
   python -m neuralnum train --arch linear_attention --steps 2000 --out runs/la/learner.pt
-  python -m neuralnum solve --checkpoint runs/la/learner.pt --family ill_conditioned
 """
 
 
@@ -177,12 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
         command = sub.add_parser(name, help=text, description=cls.__doc__, epilog=_EXAMPLES,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
         add_dataclass_arguments(command, cls, base=base, suppress=True,
-                                exclude=("checkpoint",) if base is not None else ())
+                                exclude=() if name == "solve" else ("checkpoint",))
         add_debug_flag(command)
     return parser
 
 
-def parse_command(argv: Sequence[str]) -> TrainCommand | SolveCommand:
+def parse_command(argv: Sequence[str]) -> TrainCommand | SolveCommand | PretrainCommand:
     """The command ``argv`` describes, validated by its dataclasses."""
     args = vars(build_parser().parse_args(argv))
     name = args.pop("command")
@@ -243,7 +270,7 @@ def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:
 
 
 def _solve(problem: ProblemOptions, solve: SolveOptions,
-           learner: Learner) -> dict[str, dict[str, Any]]:
+           learner: LearnedSolver) -> dict[str, dict[str, Any]]:
     family = family_from_name(problem.family, n=problem.n, d=problem.d)
     report = solve_report(learner, family, batch=solve.problems, seed=solve.solve_seed,
                           iters=solve.iters, tol=solve.tol, judge=solve.judge,
@@ -267,6 +294,29 @@ def _demo(cmd: DemoCommand, argv: Sequence[str]) -> dict[str, Any]:
     return report
 
 
+def load_solver(path: Path | None, dtype: str = "float64") -> LearnedSolver:
+    """The learned solver saved at ``path`` (a token learner or a shape-general one, by
+    the checkpoint's format), or the shipped shape-general one (``path`` None)."""
+    if path is None:
+        return pretrained(dtype)
+    if load_checkpoint(path).get("format") == AxialLearner.FORMAT:
+        return AxialLearner.load(path, dtype=dtype)
+    return Learner.load(path)
+
+
+def _pretrain(cmd: PretrainCommand, argv: Sequence[str]) -> dict[str, Any]:
+    command = " ".join(["python -m neuralnum", *argv])
+    learner = pretrain(cmd.fit, config=cmd.axial, recipe=cmd.recipe, mixture=cmd.mixture,
+                       command=command)
+    learner.save(cmd.out, provenance=learner.provenance)
+    metrics = {k: v for k, v in learner.provenance.items() if "rel_mse" in k}
+    print(f"trained the shape-general operator in {learner.provenance['train_seconds']:.0f}s"
+          f" -> {cmd.out}")
+    for name, value in metrics.items():
+        print(f"  {name:<36} {value:.3e}")
+    return learner.provenance
+
+
 def main(argv: Sequence[str]) -> dict[str, Any]:
     """Run the command ``argv`` describes; returns what was printed as data (for tests).
     Errors propagate (:func:`run` turns a user's error into one line)."""
@@ -277,7 +327,9 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     if isinstance(cmd, SolveCommand):
-        return _solve(cmd.problem, cmd.solve, Learner.load(cmd.checkpoint))
+        return _solve(cmd.problem, cmd.solve, load_solver(cmd.checkpoint, cmd.dtype))
+    if isinstance(cmd, PretrainCommand):
+        return _pretrain(cmd, argv)
     if isinstance(cmd, DemoCommand):
         return _demo(cmd, argv)
     learner, _ = _train(cmd)

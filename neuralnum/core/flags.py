@@ -3,14 +3,14 @@
 ``python -m neuralnum``, ``python -m structured.train`` and the studies
 (:func:`studies.study_io.study_parser`) all build their options with these helpers on
 ``argparse``: each field of a frozen config dataclass becomes ``--field-name``, typed by
-its annotation (``bool`` → ``--x/--no-x``; ``tuple[float, float]`` → two values;
-``Literal[...]`` → those choices; ``int | None`` → an ``int`` flag whose absence means
-``None``; a field without a default → a required flag). A field holding a dataclass
-contributes its own fields as flat flags (``TrainConfig.model.d_model`` → ``--d-model``),
-or prefixed ones when the field's metadata says so (:func:`prefixed`) (``Recipe.lm.minutes`` →
-``--lm-minutes``). The values are validated by the dataclass itself (its ``ValueError``
-names the field), so the command line and the Python API accept and refuse the same
-things.
+its annotation (``bool`` → ``--x/--no-x``; ``tuple[float, float]`` → two values,
+``tuple[str, ...]`` one or more; ``Literal[...]`` → those choices; ``int | None`` → an
+``int`` flag whose absence means ``None``; a field without a default → a required
+flag). A field holding a dataclass contributes its own fields as flat flags
+(``TrainConfig.model.d_model`` → ``--d-model``), or prefixed ones when the field's
+metadata says so (:func:`prefixed`; ``Recipe.lm.minutes`` → ``--lm-minutes``). The
+values are validated by the dataclass itself (its ``ValueError`` names the field), so the
+command line and the Python API accept and refuse the same things.
 
 A small helper of our own rather than ``tyro`` / ``simple-parsing``: both parse into
 their own parser object, while our commands need a plain ``ArgumentParser`` that
@@ -67,7 +67,8 @@ def _argument(cls: type, f: dataclasses.Field, hint: Any, default: Any) -> dict[
         kwargs.update(action=argparse.BooleanOptionalAction, metavar=None)
     elif typing.get_origin(hint) is tuple:
         members = typing.get_args(hint)
-        kwargs.update(nargs=len(members), type=members[0])
+        variadic = len(members) == 2 and members[1] is Ellipsis
+        kwargs.update(nargs="+" if variadic else len(members), type=members[0])
     elif hint in _SCALARS:
         kwargs["type"] = hint
     else:

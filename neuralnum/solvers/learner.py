@@ -20,8 +20,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
-from collections.abc import Callable, Iterable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,17 +28,14 @@ from torch import nn
 
 from neuralnum.core.runtime import (
     CheckpointError,
-    Distributed,
     load_checkpoint,
-    save_checkpoint,
 )
-from neuralnum.core.validation import check_problem, check_tensor
+from neuralnum.core.validation import check_problem
 from neuralnum.models.base import cast_module
 from neuralnum.models.canonical import canonicalize_attention
 from neuralnum.models.linear_attention import LinearAttention
 from neuralnum.models.registry import (
     ARCHS,
-    check_weights,
     default_arch,
     load_construction,
     named_arch,
@@ -47,8 +43,9 @@ from neuralnum.models.registry import (
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.solvers import krylov
 from neuralnum.solvers.krylov import SolveInfo
+from neuralnum.solvers.learned_solver import LearnedSolver
 from neuralnum.solvers.operators import LearnedOperator
-from neuralnum.training.fit import Callback, FitOptions, fit
+from neuralnum.training.fit import ProblemTask
 from neuralnum.training.objectives import Objective, as_objective, objective_from_dict
 from neuralnum.training.predictor import Predictor, one_step_metrics
 from neuralnum.training.recipe import Recipe
@@ -79,7 +76,7 @@ class _CanonicalCopy:
         return self.net
 
 
-class Learner:
+class Learner(LearnedSolver):
     """A trainable learned solver step (or end-to-end predictor) for ``n × d`` problems.
 
     ``arch``: a :func:`neuralnum.models.arch_config` name (``d_model``, ``n_layers`` and
@@ -102,7 +99,6 @@ class Learner:
         if not isinstance(self.recipe, Recipe):
             raise TypeError(f"recipe must be a Recipe, got {type(self.recipe).__name__}")
         self.objective: Objective = as_objective(target)
-        self.precision = self.recipe.precision
         self.n, self.d = n, d
         self.device = torch.device(device)
         self.arch_config: dict[str, Any] | None = None
@@ -126,11 +122,6 @@ class Learner:
 
     # ------------------------------------------------------------------ config
     @property
-    def dtype(self) -> torch.dtype:
-        """The dtype problems are given in (the master / parameter dtype)."""
-        return self.precision.param_dtype
-
-    @property
     def model(self) -> nn.Module:
         """The token model (its parameters are the learner's)."""
         return self.net.model
@@ -140,9 +131,6 @@ class Learner:
         return {"arch": self.arch_config, "n": self.n, "d": self.d,
                 "d_model": self.layout.width, "objective": self.objective.to_dict(),
                 "recipe": self.recipe.to_dict()}
-
-    def parameters(self) -> list[nn.Parameter]:
-        return [p for p in self.model.parameters() if p.requires_grad]
 
     def to(self, device: str | torch.device) -> Learner:
         """Move the model (and its mixed-precision compute copy) to ``device``; problems
@@ -200,11 +188,6 @@ class Learner:
             return self._raw_forward
         return functools.partial(self._raw_forward, net=self._canonical.get(self.net))
 
-    def _check_dtype(self, A: torch.Tensor) -> None:
-        if A.dtype != self.dtype:
-            raise TypeError(f"A.dtype {A.dtype} differs from the learner's dtype {self.dtype}"
-                            f" (recipe dtype {self.recipe.dtype!r})")
-
     @torch.no_grad()
     def step(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """One learned iterate ``x⁺`` for ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``."""
@@ -212,45 +195,22 @@ class Learner:
         self._check_dtype(A)
         return self.objective.next_iterate(A, x, self.forward(A, b, x), self.n)
 
-    @torch.no_grad()
-    def solve(
-        self,
-        A: torch.Tensor,
-        b: torch.Tensor,
-        method: str | None = None,
-        iters: int | None = None,
-        tol: float | None = None,
-        x0: torch.Tensor | None = None,
-        **options: Any,
-    ) -> torch.Tensor:
-        """Solve ``min ‖A x − b‖`` touching ``A``, ``b`` only through the learned model;
-        returns ``x: (B, d)`` (or ``(d,)`` for unbatched ``A: (n, d)``, ``b: (n,)``).
-
-        An update learner runs ``method`` (``"cg"`` default, ``"chebyshev"``, ``"gd"``) of
-        :func:`neuralnum.solvers.krylov.solve` on its :class:`LearnedOperator`
-        (equilibrated, so scale-invariant; no SVD of ``A``); ``iters``, ``tol``, ``x0``
-        and ``options`` (``max_iters``, ``patience``, ``accept``, ``record``, ``warn``) go
-        there. An end-to-end learner predicts once from ``x = 0``. :attr:`last_solve`
-        records per problem iterations, model calls and the status.
-        """
-        unbatched = isinstance(A, torch.Tensor) and A.ndim == 2
-        if unbatched:
-            check_tensor(b, "b", 1)
-            A, b = A.unsqueeze(0), b.unsqueeze(0)
-            x0 = None if x0 is None else check_tensor(x0, "x0", 1).unsqueeze(0)
-        check_problem(A, b, x0, x_name="x0")
-        self._check_dtype(A)
+    def _solve(self, A: torch.Tensor, b: torch.Tensor, method: str | None,
+               x0: torch.Tensor | None, options: dict[str, Any]) -> torch.Tensor:
+        """An update learner runs ``method`` (``"cg"`` default, ``"chebyshev"``, ``"gd"``)
+        of :func:`neuralnum.solvers.krylov.solve` on its :class:`LearnedOperator`
+        (equilibrated, so scale-invariant; no SVD of ``A``), with ``x0`` and ``options``
+        (``iters``, ``tol``, ``max_iters``, ``patience``, ``accept``, ``record``,
+        ``warn``). An end-to-end learner predicts once from ``x = 0``."""
         if self.objective.iterative:
-            x, self.last_solve = krylov.solve(
-                LearnedOperator(self, A, b), method or "cg", x0, iters=iters, tol=tol,
-                **options)
-        else:
-            if method is not None:
-                raise ValueError(f"an end-to-end learner predicts once; method={method!r} "
-                                 f"needs an update learner")
-            x = self.forward(A, b, A.new_zeros(A.shape[0], A.shape[2]))
-            self.last_solve = SolveInfo.single_call(A.shape[0], A.device)
-        return x[0] if unbatched else x
+            x, self.last_solve = krylov.solve(LearnedOperator(self, A, b), method or "cg", x0,
+                                              **options)
+            return x
+        if method is not None:
+            raise ValueError(f"an end-to-end learner predicts once; method={method!r} needs "
+                             f"an update learner")
+        self.last_solve = SolveInfo.single_call(A.shape[0], A.device)
+        return self.forward(A, b, A.new_zeros(A.shape[0], A.shape[2]))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
@@ -260,30 +220,14 @@ class Learner:
         return one_step_metrics(self.forward(A, b, x), label)
 
     # ------------------------------------------------------------------ training
-    def fit(self, family: Any, steps: int | None = None, *,
-            callbacks: Iterable[Callback] = (), distributed: Distributed | None = None,
-            **options: Any) -> list[dict[str, Any]]:
-        """Train on problems of ``family`` for ``steps`` (and/or until ``until_mse`` or
-        for ``minutes``): :func:`neuralnum.training.fit.fit` with
-        ``FitOptions(steps=steps, **options)`` (seed, log_every, eval_batch, metrics,
-        checkpoint, checkpoint_every, resume, show_progress:
-        :class:`~neuralnum.training.fit.FitOptions`)."""
-        return fit(self, family, FitOptions(steps=steps, **options), callbacks=callbacks,
-                   distributed=distributed)
+    def make_task(self, family: Any, *, seed: int, eval_batch: int) -> ProblemTask:
+        """The training loop's task: problems of ``family`` (:class:`ProblemTask`)."""
+        return ProblemTask(self, family, seed=seed, eval_batch=eval_batch)
 
     # ------------------------------------------------------------------ save / load
-    def save(self, path: str | os.PathLike[str]) -> Path:
-        """Atomically write config + weights (no training state) to ``path``."""
-        return save_checkpoint(path, {"format": FORMAT, "config": self.config(),
-                                      "model": self.net.state_dict()})
-
-    def check_compatible(self, state: dict[str, Any], path: object) -> dict[str, Any]:
-        """Raise :class:`CheckpointError` unless ``state`` (a loaded checkpoint) holds a
-        learner of this shape and objective; returns ``state``."""
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a neuralnum learner checkpoint "
-                                  f"(format {state.get('format')!r}, expected {FORMAT!r})")
-        saved, mine = state["config"], self.config()
+    def _check_config(self, saved: dict[str, Any], path: object) -> None:
+        """A checkpoint must hold a learner of this shape and objective."""
+        mine = self.config()
         for key in ("arch", "n", "d", "d_model", "objective"):
             a, b = saved.get(key), mine.get(key)
             if key == "arch":
@@ -294,16 +238,6 @@ class Learner:
             if a != b:
                 raise CheckpointError(f"{path} is incompatible: {key} = {a!r}, this learner "
                                       f"has {b!r}")
-        check_weights(state["model"], self.net.state_dict(), path, CheckpointError)
-        return state
-
-    def load_weights(self, path: str | os.PathLike[str]) -> Learner:
-        """Load weights saved by :meth:`save` / :meth:`fit` into this learner (checked)."""
-        state = self.check_compatible(load_checkpoint(path), path)
-        self.net.load_state_dict(
-            {k: v.to(self.dtype) if v.is_floating_point() else v
-             for k, v in state["model"].items()})
-        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], arch: nn.Module | None = None,

@@ -30,23 +30,28 @@ from neuralnum.core.runtime import Distributed, init_distributed, make_generator
 from neuralnum.core.validation import Precision, check_positive_int, check_range
 from neuralnum.training.assembly import make_training
 from neuralnum.training.lm_problems import LeastSquaresProblem
-from neuralnum.training.loop import Loop, LoopConfig, RunOptions, train
+from neuralnum.training.loop import (
+    EVAL_STREAM,
+    POOL_STREAM,
+    Loop,
+    LoopConfig,
+    RunOptions,
+    train,
+)
 from neuralnum.training.objectives import Objective, loss_fn
 from neuralnum.training.plugins import Task
 from neuralnum.training.predictor import one_step_metrics
 from neuralnum.training.recipe import Recipe
 from neuralnum.training.token_residuals import learner_problem, snap_dead_channels
 
-__all__ = ["EVAL_STREAM", "POOL_STREAM", "FitOptions", "ProblemTask", "Trainable",
+__all__ = ["FitOptions", "ProblemTask", "Trainable",
            "draw_problems", "fit"]
 
-#: The held-out problems are drawn from a generator seeded with the run's seed plus this
-#: offset, the fixed pool (``Recipe(fresh=False)``) from one seeded with this one.
-EVAL_STREAM, POOL_STREAM = 1_000_003, 2_000_003
 
 
 class Trainable(Protocol):
-    """What :func:`fit` needs of a learner."""
+    """What :func:`fit` needs of a learner (a :class:`ProblemTask` also reads its
+    ``objective``, ``n`` and ``d``)."""
 
     FORMAT: str
     recipe: Recipe
@@ -62,6 +67,8 @@ class Trainable(Protocol):
     def to(self, device: str | torch.device) -> Any: ...
 
     def config(self) -> dict[str, Any]: ...
+
+    def make_task(self, family: Any, *, seed: int, eval_batch: int) -> Task: ...
 
     def check_compatible(self, state: dict[str, Any], path: object) -> dict[str, Any]: ...
 
@@ -215,12 +222,14 @@ def _out_of_time(deadline: float, record: dict[str, Any]) -> bool:
 def fit(learner: Trainable, family: Any, options: FitOptions, *,
         callbacks: Iterable[Callback] = (),
         distributed: Distributed | None = None) -> list[dict[str, Any]]:
-    """Train ``learner`` on problems from ``family`` as ``options`` say; returns the
-    logged records.
+    """Train ``learner`` on the problems ``family`` describes as ``options`` say; returns
+    the logged records.
 
-    ``family.sample(batch, generator, dtype)`` must return problems with ``A, b,
-    x_star``. Every ``log_every`` steps a record ``{step, loss, lr, batch, mse, rel_mse,
-    digits}`` (on the held-out problems) goes to ``metrics`` (JSON lines) and the
+    The learner makes the loop's task of ``family`` (``learner.make_task``: a
+    :class:`ProblemTask` of a problem family for a token learner, a
+    :class:`~neuralnum.training.mixed_shapes.MixedShapeTask` of a shape mixture for the
+    shape-general operator). Every ``log_every`` steps a record ``{step, loss, lr, batch,
+    …}`` with the task's held-out metrics goes to ``metrics`` (JSON lines) and the
     callbacks ``callback(learner, record)``; one returning True stops training, as do
     ``until_mse`` and ``minutes``. ``checkpoint`` is written atomically every
     ``checkpoint_every`` steps and at the end; with ``resume`` an existing one is loaded
@@ -238,7 +247,7 @@ def fit(learner: Trainable, family: Any, options: FitOptions, *,
         learner.to(dist.device)
     made = make_training(learner.recipe, learner.net, horizon=options.steps,
                          world_size=dist.world_size)
-    task = ProblemTask(learner, family, seed=options.seed, eval_batch=options.eval_batch)
+    task = learner.make_task(family, seed=options.seed, eval_batch=options.eval_batch)
     loop = Loop(learner.net, task, made.optimizer, made.scheduler, made.hooks,
                 made.finishers, made.average)
     result = train(loop, cfg, dist, stop=_stop_rules(learner, options, callbacks),

@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
-from torch.func import jacrev, jvp, vjp, vmap
+from torch.func import jacfwd, jacrev, jvp, vjp, vmap
 
 __all__ = ["FunctionalProblem", "LeastSquaresProblem", "PerSampleProblem", "normal_matrix",
            "numerical_rank"]
@@ -52,20 +52,24 @@ class LeastSquaresProblem(Protocol):
 class FunctionalProblem:
     """A pure ``residuals(θ) -> (m,)``; ``linearise`` (default: the same function) is
     what is differentiated, e.g. a float64 copy of a float32 model. ``chunk``: Jacobian
-    rows per ``jacrev`` block (bounds memory to ``chunk × p``)."""
+    rows per ``jacrev`` block (bounds memory to ``chunk × p``); ``forward``: take the
+    Jacobian in forward mode instead (``jacfwd``: ``p`` passes, the cheaper way when there
+    are far fewer parameters than residuals)."""
 
     def __init__(self, residuals: Callable[[torch.Tensor], torch.Tensor],
                  linearise: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 chunk: int = 512):
+                 chunk: int = 512, forward: bool = False):
         self._residuals = residuals
         self._linearise = linearise or residuals
         self.chunk = chunk
+        self.forward = forward
 
     def residuals(self, theta: torch.Tensor) -> torch.Tensor:
         return self._residuals(theta).reshape(-1).to(torch.float64)
 
     def jacobian_blocks(self, theta: torch.Tensor) -> Iterator[torch.Tensor]:
-        yield jacrev(lambda t: self._linearise(t).reshape(-1), chunk_size=self.chunk)(theta)
+        flat = lambda t: self._linearise(t).reshape(-1)  # noqa: E731
+        yield (jacfwd(flat) if self.forward else jacrev(flat, chunk_size=self.chunk))(theta)
 
     def jvp(self, theta: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return jvp(lambda t: self._linearise(t).reshape(-1), (theta,), (v,))[1]

@@ -44,10 +44,13 @@ from neuralnum.core.runtime import (
 from neuralnum.core.validation import check_nonnegative_int, check_positive_int
 from neuralnum.training.plugins import Batch, Finisher, FinisherProblem, Hook, Task
 
-__all__ = ["FINISHER_STREAM", "Loop", "LoopConfig", "Result", "RunOptions", "train"]
+__all__ = ["EVAL_STREAM", "FINISHER_STREAM", "POOL_STREAM", "Loop", "LoopConfig", "Result",
+           "RunOptions", "train"]
 
-#: The finishers' generator is seeded with the run's seed plus this offset.
-FINISHER_STREAM = 7
+#: The run's streams besides the batches' (seeded with the run's seed): the finishers'
+#: generator, the held-out problems and a fixed pool of problems are seeded with the seed
+#: plus these offsets.
+FINISHER_STREAM, EVAL_STREAM, POOL_STREAM = 7, 1_000_003, 2_000_003
 
 
 @dataclass

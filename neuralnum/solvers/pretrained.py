@@ -1,0 +1,95 @@
+"""The shape-general learned solver the package ships: how it is made, and how it is found.
+
+* :func:`pretrain` trains an :class:`~neuralnum.solvers.axial_learner.AxialLearner` on
+  mixed shapes (the recipe and the Levenberg–Marquardt finisher) and measures it on
+  held-out problems: the relative error of both heads of the trained and of the deployed
+  (snapped) network. ``python -m neuralnum pretrain --out neuralnum/pretrained/axial.pt``
+  is the one command that re-creates the shipped weights; the checkpoint carries its
+  provenance (that command, the seed, the commit, the metrics, the versions).
+* :func:`pretrained` loads the shipped weights (package data, ``weights_only`` — nothing
+  is downloaded), once per dtype and device: what ``neuralnum.lstsq(A, b,
+  solver="learned")`` solves with.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neuralnum.models.axial import AxialConfig
+from neuralnum.solvers.axial_learner import AxialLearner, default_recipe
+from neuralnum.training.fit import FitOptions
+from neuralnum.training.mixed_shapes import ShapeMixture
+from neuralnum.training.recipe import Recipe
+
+__all__ = ["PRETRAINED", "pretrain", "pretrained"]
+
+#: Where the shipped weights live inside the package.
+PRETRAINED = resources.files("neuralnum") / "pretrained" / "axial.pt"
+
+
+def _commit() -> str:
+    """The git commit of the source tree, or ``"unknown"`` outside a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                             cwd=Path(__file__).resolve().parent, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
+
+
+def held_out_metrics(learner: AxialLearner, mixture: ShapeMixture, seed: int,
+                     problems: int) -> dict[str, float]:
+    """Relative error of both heads (``‖r̂ − r‖²/‖r‖² + ‖ĝ − g‖²/‖g‖²``, mean and median)
+    on ``problems`` held-out problems of ``mixture`` (the run's held-out stream), of the
+    trained network and of its deployed form."""
+    task = learner.make_task(mixture, seed=seed, eval_batch=problems)
+    with torch.no_grad():
+        trained, deployed = task.evaluate(learner.net), task.evaluate(learner.coefficients())
+    return {"held_out_rel_mse": trained["mse"],
+            "held_out_rel_mse_median": trained["rel_mse_median"],
+            "deployed_held_out_rel_mse": deployed["mse"],
+            "deployed_held_out_rel_mse_median": deployed["rel_mse_median"]}
+
+
+def pretrain(options: FitOptions, *, config: AxialConfig | None = None,
+             recipe: Recipe | None = None, mixture: ShapeMixture | None = None,
+             command: str = "") -> AxialLearner:
+    """Train the shape-general learner as ``options`` say (default recipe
+    :func:`~neuralnum.solvers.axial_learner.default_recipe`, default mixture) and record
+    its provenance (``command``, seed, commit, metrics, versions) on it; save it with
+    ``learner.save(path, provenance=learner.provenance)``."""
+    mixture = mixture or ShapeMixture()
+    learner = AxialLearner(config, recipe or default_recipe(), seed=options.seed)
+    start = time.monotonic()
+    records = learner.fit(mixture, **_fields(options))
+    lm = [r["lm"] for r in records if "lm" in r]
+    learner.provenance = {
+        "command": command, "seed": options.seed, "commit": _commit(),
+        "train_seconds": round(time.monotonic() - start, 1), "adam_steps": learner.step_count,
+        "lm_iterations": len(lm) - 1 if lm else 0,
+        "lm_train_rel_mse": lm[-1]["train_mse"] if lm else None,
+        "parameters": sum(p.numel() for p in learner.parameters()),
+        **held_out_metrics(learner, mixture, options.seed, options.eval_batch),
+        "torch": torch.__version__, "python": platform.python_version()}
+    return learner
+
+
+def _fields(options: FitOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in options.__dataclass_fields__}
+
+
+@functools.cache
+def pretrained(dtype: str = "float64", device: str = "cpu") -> AxialLearner:
+    """The shipped shape-general learner, solving in ``dtype`` (``"float32"`` or
+    ``"float64"``: the float64-trained weights, their canonical form rounded once to the
+    problems' dtype) on ``device``; loaded once per (dtype, device)."""
+    with resources.as_file(PRETRAINED) as path:
+        return AxialLearner.load(path, device=device, dtype=dtype)
