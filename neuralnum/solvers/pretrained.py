@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from neuralnum.models.axial import AxialConfig
+from neuralnum.models.axial import AxialConfig, construct_axial_gd
 from neuralnum.solvers.axial_learner import AxialLearner, default_recipe
 from neuralnum.training.fit import FitOptions
 from neuralnum.training.mixed_shapes import ShapeMixture
@@ -49,14 +49,18 @@ def held_out_metrics(learner: AxialLearner, mixture: ShapeMixture, seed: int,
                      problems: int) -> dict[str, float]:
     """Relative error of both heads (``‖r̂ − r‖²/‖r‖² + ‖ĝ − g‖²/‖g‖²``, mean and median)
     on ``problems`` held-out problems of ``mixture`` (the run's held-out stream), of the
-    trained network and of its deployed form."""
+    trained network, of its deployed form and of the exact construction (the float
+    arithmetic's own floor on those problems)."""
     task = learner.make_task(mixture, seed=seed, eval_batch=problems)
+    nets = {"": learner.net, "deployed_": learner.coefficients(),
+            "exact_": construct_axial_gd(learner.dtype)}
+    out = {}
     with torch.no_grad():
-        trained, deployed = task.evaluate(learner.net), task.evaluate(learner.coefficients())
-    return {"held_out_rel_mse": trained["mse"],
-            "held_out_rel_mse_median": trained["rel_mse_median"],
-            "deployed_held_out_rel_mse": deployed["mse"],
-            "deployed_held_out_rel_mse_median": deployed["rel_mse_median"]}
+        for prefix, net in nets.items():
+            metrics = task.evaluate(net)
+            out |= {f"{prefix}held_out_rel_mse": metrics["mse"],
+                    f"{prefix}held_out_rel_mse_median": metrics["rel_mse_median"]}
+    return out
 
 
 def pretrain(options: FitOptions, *, config: AxialConfig | None = None,
