@@ -90,6 +90,10 @@ class AxialCoefficients:
         r = self._rows(A, b, x, stats)
         return r, self._cols(A, r, x, stats)
 
+    def detached(self) -> AxialCoefficients:
+        """The same coefficients, detached from any autograd graph."""
+        return AxialCoefficients(self.rows.detach(), self.cols.detach())
+
     def snapped(self, rtol: float) -> AxialCoefficients:
         """A copy with every coefficient below ``rtol``·(its stage's largest) set to 0."""
         return AxialCoefficients(*(torch.where(c.abs() > rtol * c.abs().max(), c, 0)

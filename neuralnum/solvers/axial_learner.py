@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,8 +32,10 @@ from neuralnum.solvers.learned_solver import LearnedSolver
 from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import PRODUCT_METHODS, solve
 from neuralnum.solvers.operators import AxialLearnedOperator
+from neuralnum.training.canonical_refit import refit_coefficients
 from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.levenberg_marquardt import LMSettings
+from neuralnum.training.loop import FINISHER_STREAM
 from neuralnum.training.mixed_shapes import MixedShapeTask, ShapeMixture
 from neuralnum.training.recipe import Recipe
 
@@ -106,15 +109,32 @@ class AxialLearner(LearnedSolver):
         :class:`~neuralnum.training.mixed_shapes.ShapeMixture`; ``None``: the default)."""
         return MixedShapeTask(self, data or ShapeMixture(), seed=seed, eval_batch=eval_batch)
 
+    def _weights(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+
     def coefficients(self) -> AxialCoefficients:
-        """The deployed canonical coefficients (float64; those below ``snap_rtol`` of their
-        stage's largest set to 0), remade only when the weights change."""
-        weights = torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
+        """The deployed canonical coefficients (float64): the network's, those below
+        ``snap_rtol`` of their stage's largest set to 0, and refitted by :meth:`refit`
+        when it ran on these weights (remade whenever the weights change)."""
+        weights = self._weights()
         if self._deployed is None or not torch.equal(self._deployed[0], weights):
             with torch.no_grad():
-                deployed = self.net.coefficients().snapped(self.snap_rtol)
+                deployed = self.net.coefficients().snapped(self.snap_rtol).detached()
             self._deployed = (weights, deployed)
         return self._deployed[1]
+
+    def refit(self, data: ShapeMixture | None = None, *, seed: int = 0, problems: int = 336,
+              iterations: int = 10) -> list[dict[str, Any]]:
+        """Refit the deployed coefficients' values on their support
+        (:func:`neuralnum.training.canonical_refit.refit_coefficients`) on ``problems``
+        problems of ``data`` drawn as the LM finisher draws its training set (the run's
+        finisher stream); returns the engine's records."""
+        task = self.make_task(data, seed=seed, eval_batch=1)
+        groups = task.draw(problems, make_generator(seed + FINISHER_STREAM))
+        deployed, records = refit_coefficients(self.coefficients(), groups,
+                                               iterations=iterations)
+        self._deployed = (self._weights(), deployed)
+        return records
 
     def operator(self, A: torch.Tensor, b: torch.Tensor) -> AxialLearnedOperator:
         """The learned operator of the problems ``A: (B, n, d)``, ``b: (B, n)`` as the
@@ -145,6 +165,12 @@ class AxialLearner(LearnedSolver):
             raise CheckpointError(f"{path} is incompatible: axial config {saved.get('axial')}"
                                   f", this learner has {dataclasses.asdict(self.axial)}")
 
+    def save(self, path: str | os.PathLike[str], **extra: Any) -> Path:
+        """:meth:`LearnedSolver.save` with the deployed coefficients (``"deployed"``)."""
+        deployed = self.coefficients()
+        return super().save(path, deployed={"rows": deployed.rows, "cols": deployed.cols},
+                            **extra)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str], device: str | torch.device = "cpu",
              dtype: str | None = None) -> AxialLearner:
@@ -161,5 +187,8 @@ class AxialLearner(LearnedSolver):
                       seed=cfg["seed"], device=device, snap_rtol=cfg["snap_rtol"])
         learner.load_weights(path)
         learner.provenance = dict(state.get("provenance", {}))
+        if "deployed" in state:
+            deployed = AxialCoefficients(state["deployed"]["rows"], state["deployed"]["cols"])
+            learner._deployed = (learner._weights(), deployed)
         return learner
 

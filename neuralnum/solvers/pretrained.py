@@ -1,11 +1,13 @@
 """The shape-general learned solver the package ships: how it is made, and how it is found.
 
 * :func:`pretrain` trains an :class:`~neuralnum.solvers.axial_learner.AxialLearner` on
-  mixed shapes (the recipe and the Levenberg–Marquardt finisher) and measures it on
-  held-out problems: the relative error of both heads of the trained and of the deployed
-  (snapped) network. ``python -m neuralnum pretrain --out neuralnum/pretrained/axial.pt``
-  is the one command that re-creates the shipped weights; the checkpoint carries its
-  provenance (that command, the seed, the commit, the metrics, the versions).
+  mixed shapes (the recipe and the Levenberg–Marquardt finisher), refits its deployed
+  coefficients (:meth:`~neuralnum.solvers.axial_learner.AxialLearner.refit`) and measures
+  it on held-out problems: the relative error of both heads of the trained network, of
+  its deployed form and of the exact construction (the arithmetic's own floor).
+  ``python -m neuralnum pretrain --out neuralnum/pretrained/axial.pt`` is the one command
+  that re-creates the shipped weights; the checkpoint carries its provenance (that
+  command, the seed, the commit, the metrics, the versions).
 * :func:`pretrained` loads the shipped weights (package data, ``weights_only`` — nothing
   is downloaded), once per dtype and device: what ``neuralnum.lstsq(A, b,
   solver="learned")`` solves with.
@@ -75,14 +77,17 @@ def pretrain(options: FitOptions, *, config: AxialConfig | None = None,
     start = time.monotonic()
     records = learner.fit(mixture, **_fields(options))
     lm = [r["lm"] for r in records if "lm" in r]
+    refit = learner.refit(mixture, seed=options.seed,
+                          problems=learner.recipe.lm.problems or 336)
     learner.provenance = {
         "command": command, "seed": options.seed, "commit": _commit(),
         "train_seconds": round(time.monotonic() - start, 1), "adam_steps": learner.step_count,
         "lm_iterations": len(lm) - 1 if lm else 0,
         "lm_train_rel_mse": lm[-1]["train_mse"] if lm else None,
+        "refit_iterations": len(refit), "refit_train_rel_mse": refit[-1]["loss"] if refit else None,
         "parameters": sum(p.numel() for p in learner.parameters()),
         **held_out_metrics(learner, mixture, options.seed, options.eval_batch),
-        "torch": torch.__version__, "python": platform.python_version()}
+        "torch": str(torch.__version__), "python": platform.python_version()}
     return learner
 
 

@@ -43,7 +43,7 @@ from neuralnum.training.loop import EVAL_STREAM
 from neuralnum.training.plugins import Task
 from neuralnum.training.token_residuals import FlatParameters
 
-__all__ = ["Group", "MixedShapeTask", "ShapeMixture", "relative_errors"]
+__all__ = ["Group", "MixedShapeTask", "ShapeMixture", "relative_errors", "relative_residuals"]
 
 Group = tuple[torch.Tensor, ...]
 
@@ -110,10 +110,10 @@ def _group(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, dtype: torch.dtype
 def relative_errors(model: Callable[..., tuple[torch.Tensor, torch.Tensor]],
                     group: Group) -> torch.Tensor:
     """Per problem ``‖r̂ − r‖²/‖r‖² + ‖ĝ − g‖²/‖g‖²``: ``(B,)`` float64."""
-    return _relative_residuals(model, group).pow(2).sum(1)
+    return relative_residuals(model, group).pow(2).sum(1)
 
 
-def _relative_residuals(model: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+def relative_residuals(model: Callable[..., tuple[torch.Tensor, torch.Tensor]],
                         group: Group, dtype: torch.dtype | None = None) -> torch.Tensor:
     """``[(r̂ − r)/‖r‖, (ĝ − g)/‖g‖]`` per problem: ``(B, n + d)`` float64 (the model run
     in ``dtype``, default the group's)."""
@@ -201,7 +201,7 @@ class MixedShapeTask(Task):
             def model(*args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 return functional_call(net, params, args)
 
-            return torch.cat([_relative_residuals(model, group, dtype).reshape(-1)
+            return torch.cat([relative_residuals(model, group, dtype).reshape(-1)
                               for group in data])
 
         problem = FunctionalProblem(residuals, chunk=chunk, forward=True)
