@@ -51,7 +51,7 @@ from neuralnum.core.validation import (
 from neuralnum.models import count_parameters
 from neuralnum.training.loop import Loop, LoopConfig
 from neuralnum.training.loop import train as run_loop
-from neuralnum.training.plugins import Hook, Schedule, make_scheduler
+from neuralnum.training.plugins import GradClip, Hook, Schedule, make_scheduler
 from neuralnum.training.plugins import Task as LoopTask
 from structured.data import IGNORE_INDEX, digits, lm_batch, mask_tokens, mqar_batch, text_splits
 from structured.models import ModelConfig, build_model
@@ -226,17 +226,6 @@ def evaluate(model: nn.Module, task: Task, cfg: TrainConfig, device: torch.devic
 
 
 # ----------------------------------------------------------------------------- hooks
-class GradClip(Hook):
-    """Clip the global gradient norm to ``max_norm``; logs the norm before clipping."""
-
-    def __init__(self, max_norm: float):
-        self.max_norm = max_norm
-
-    def on_gradients(self, model: nn.Module) -> dict[str, float]:
-        return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                                  self.max_norm))}
-
-
 class Throughput(Hook):
     """Logs ``<unit>_per_s``: samples × ``per_sample`` units per wall second of a step."""
 

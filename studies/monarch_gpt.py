@@ -16,16 +16,23 @@ at that rate where all chose the same).
 The models are trained **in lockstep**: each step is taken by every model in turn (order
 rotated every step), so that load from other processes on this shared machine hits all of
 them alike; training wall-clock is the sum of each model's own step times (evaluation
-excluded), process CPU time is kept beside it. Reported: validation loss against steps
-and against training seconds; the wall-clock (and step) ratio at which each Monarch
-variant reaches the dense model's final validation loss — :func:`time_to_quality`, linear
-interpolation between evaluations — or, when it never does, how far it stays above;
-parameter counts and training FLOPs per token with the MLPs' share. To show why a
-speed-up is or is not met, a profile times one training step of each model and the MLPs
-inside it (median of alternated repeats), and the Amdahl bound the non-MLP time sets.
+excluded), process CPU time is kept beside it. Every model trains on the one training loop
+(:func:`neuralnum.training.loop.train`): its :class:`Lane` keeps its loop — model, AdamW,
+schedule, gradient clipping and a batch generator seeded as every other lane's, so all
+draw the same batches — and each of its steps is one call of the loop continued in memory
+(``LoopConfig.start`` / ``stop_at``), timed whole; at the switch the model is densified in
+place and gets a fresh optimizer whose schedule starts at that step.
 
-Target (issue 16): Monarch-GPT reaches the dense GPT's final validation loss ≥ 1.5×
-sooner in wall-clock at a size where the MLPs carry most of the FLOPs.
+Reported: validation loss against steps and against training seconds; the wall-clock (and
+step) ratio at which each Monarch variant reaches the dense model's final validation loss
+— :func:`time_to_quality`, linear interpolation between evaluations — or, when it never
+does, how far it stays above; parameter counts and training FLOPs per token with the MLPs'
+share. To show why a speed-up is or is not met, a profile times one training step of each
+model and the MLPs inside it (median of alternated repeats), and the Amdahl bound the
+non-MLP time sets.
+
+Target: Monarch-GPT reaches the dense GPT's final validation loss ≥ 1.5× sooner in
+wall-clock at a size where the MLPs carry most of the FLOPs.
 """
 
 from __future__ import annotations
@@ -34,15 +41,17 @@ import itertools
 import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 
-from neuralnum.core.runtime import make_generator, progress
+from neuralnum.core.runtime import Distributed, make_generator, progress
 from neuralnum.models import drawing_from
-from neuralnum.training.plugins import Schedule
+from neuralnum.training.loop import Loop, LoopConfig
+from neuralnum.training.loop import train as run_loop
+from neuralnum.training.plugins import GradClip, Schedule, make_scheduler
 from structured.conversion import densify, sparsify
 from structured.layers import MonarchLinear
 from structured.models import ModelConfig, build_model, count_parameters
@@ -183,17 +192,66 @@ def time_to_quality(reference: Sequence[tuple[float, float]],
 
 
 # ----------------------------------------------------------------------------- training
-def _step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-          y: torch.Tensor, lr: float, cfg: TrainConfig) -> float:
+class LockstepTask(Task):
+    """:mod:`structured.train`'s task with no held-out metrics inside the loop: the
+    lockstep evaluates every model itself, outside the timed steps."""
+
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        return {}
+
+
+@dataclass
+class Lane:
+    """One model of the lockstep: its loop (model, optimizer, schedule, clipping and its
+    own batch generator, seeded as every other lane's: all draw the same batches), the
+    step it densifies at (and its size after), its clocks and its training losses."""
+
+    loop: Loop
+    densify_at: int | None
+    params_final: int | None = None
+    wall: float = 0.0
+    cpu: float = 0.0
+    losses: list[float] = field(default_factory=list)
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, lr: float) -> torch.optim.Optimizer:
+    """:func:`structured.train.adamw_optimizer` at peak learning rate ``lr``."""
+    optimizer = adamw_optimizer(model, cfg)
     for group in optimizer.param_groups:
         group["lr"] = lr
-    loss_sum, _ = loss_and_correct(model(x), y)
-    loss = loss_sum / y.numel()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    optimizer.step()
-    return float(loss.detach())
+    return optimizer
+
+
+def _lane(cfg: TrainConfig, spec: dict[str, Any], task: Task, schedule: Schedule) -> Lane:
+    model = build(cfg, spec["nblocks"])
+    optimizer = _optimizer(model, cfg, spec.get("lr", cfg.lr))
+    loop = Loop(model, task, optimizer, make_scheduler(optimizer, schedule),
+                hooks=[GradClip(cfg.grad_clip)], generator=make_generator(cfg.seed))
+    return Lane(loop, spec["densify_at"])
+
+
+def _densify(lane: Lane, cfg: TrainConfig, schedule: Schedule, step: int) -> None:
+    """Densify the lane's model (exact, in place) and give it a fresh optimizer at the
+    same peak learning rate, its schedule continuing at ``step``."""
+    loop = lane.loop
+    densify(loop.model)
+    assert loop.scheduler is not None
+    loop.optimizer = _optimizer(loop.model, cfg, loop.scheduler.base_lrs[0])
+    loop.scheduler = make_scheduler(loop.optimizer, schedule, start=step)
+    lane.params_final = count_parameters(loop.model)
+
+
+def _take_step(lane: Lane, options: LoopConfig, step: int, cfg: TrainConfig,
+               schedule: Schedule) -> None:
+    """Step ``step`` of one lane on the one loop (a run continued in memory for one
+    step), timed in wall-clock and process CPU time (a densification included)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    if lane.densify_at == step:
+        _densify(lane, cfg, schedule, step)
+    run = run_loop(lane.loop, replace(options, start=step, stop_at=step + 1), Distributed())
+    lane.wall += time.perf_counter() - wall
+    lane.cpu += time.process_time() - cpu
+    lane.losses.append(run.records[-1]["loss"])
 
 
 def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
@@ -204,45 +262,37 @@ def train_lockstep(cfg: TrainConfig, specs: dict[str, dict[str, Any]]
     Returns label → ``{"params", "records": [{step, train_s, cpu_s, val_loss}], ...}``
     (``params`` at the start; after densifying, ``params_final``).
     """
-    models = {label: build(cfg, spec["nblocks"]) for label, spec in specs.items()}
-    optimizers = {label: adamw_optimizer(m, cfg) for label, m in models.items()}
-    out = {label: {"params": count_parameters(m), **flops_per_token(m, cfg), "records": []}
-           for label, m in models.items()}
-    clock = {label: [0.0, 0.0] for label in models}
-    task, gen = Task(cfg), make_generator(cfg.seed)
+    task = LockstepTask(cfg)
     schedule = Schedule(warmup=cfg.warmup, decay="cosine", horizon=cfg.steps,
                         min_factor=cfg.min_lr_factor)          # structured.train's schedule
-    labels = list(models)
+    lanes = {label: _lane(cfg, spec, task, schedule) for label, spec in specs.items()}
+    out = {label: {"params": count_parameters(lane.loop.model),
+                   **flops_per_token(lane.loop.model, cfg), "records": []}
+           for label, lane in lanes.items()}
+    options = LoopConfig(steps=cfg.steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                         log_every=1, show_progress=False)
 
     def log(step: int) -> None:
-        for label, model in models.items():
-            val = evaluate(model, task, cfg, torch.device("cpu"))["val_loss"]
-            out[label]["records"].append({"step": step, "train_s": clock[label][0],
-                                          "cpu_s": clock[label][1], "val_loss": val})
+        for label, lane in lanes.items():
+            val = evaluate(lane.loop.model, task, cfg, torch.device("cpu"))["val_loss"]
+            out[label]["records"].append({"step": step, "train_s": lane.wall,
+                                          "cpu_s": lane.cpu, "val_loss": val})
 
+    labels = list(lanes)
     log(0)
     for step in progress(range(cfg.steps), desc="lockstep"):
-        x, y = task.sample(cfg.batch_size, gen)
-        factor = schedule(step)
         shift = step % len(labels)
         for label in labels[shift:] + labels[:shift]:
-            wall, cpu = time.perf_counter(), time.process_time()
-            if specs[label]["densify_at"] == step:
-                models[label] = densify(models[label])
-                optimizers[label] = adamw_optimizer(models[label], cfg)
-                out[label]["params_final"] = count_parameters(models[label])
-            lr = specs[label].get("lr", cfg.lr) * factor
-            out[label].setdefault("train_loss", []).append(
-                _step(models[label], optimizers[label], x, y, lr, cfg))
-            clock[label][0] += time.perf_counter() - wall
-            clock[label][1] += time.process_time() - cpu
+            _take_step(lanes[label], options, step, cfg, schedule)
         if (step + 1) % cfg.eval_every == 0 or step + 1 == cfg.steps:
             log(step + 1)
     for label, run in out.items():
-        losses = run.pop("train_loss")
+        losses = lanes[label].losses
         run["final_train_loss"] = statistics.fmean(losses[-max(1, len(losses) // 10):])
         run["final_val_loss"] = run["records"][-1]["val_loss"]
-        run["train_s"], run["cpu_s"] = clock[label]
+        run["train_s"], run["cpu_s"] = lanes[label].wall, lanes[label].cpu
+        if lanes[label].params_final is not None:
+            run["params_final"] = lanes[label].params_final
     return out
 
 

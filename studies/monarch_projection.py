@@ -27,7 +27,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from neuralnum.core.runtime import make_generator, progress
+from neuralnum.core.runtime import Distributed, make_generator, progress
+from neuralnum.training.loop import Loop, LoopConfig
+from neuralnum.training.loop import train as run_loop
+from neuralnum.training.plugins import Task
 from structured import MonarchLinear, densify, project, sparsify
 from studies import markdown as md
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
@@ -91,17 +94,29 @@ def mlp(dtype: torch.dtype, hidden: type[nn.Module] = nn.Linear, **kw) -> nn.Mod
                          nn.Linear(N, 10, dtype=dtype))
 
 
+class DigitsTask(Task):
+    """Minibatches of the training digits, drawn uniformly with replacement; the loss is
+    their mean cross-entropy."""
+
+    def __init__(self, data: tuple[torch.Tensor, ...]):
+        self.X, self.y = data[0], data[1]
+
+    def sample(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(len(self.y), (size,), generator=gen)
+        return self.X[idx], self.y[idx]
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.cross_entropy(model(x), y)
+
+
 def train(model: nn.Module, data: tuple[torch.Tensor, ...], steps: int, lr: float,
           gen: torch.Generator, desc: str) -> nn.Module:
-    """Adam on minibatches of 128, seeded sampling; returns ``model``."""
-    X, y = data[0], data[1]
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in progress(range(steps), desc=desc):
-        idx = torch.randint(len(y), (128,), generator=gen)
-        loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+    """``steps`` Adam steps on minibatches of 128 on the one training loop; returns
+    ``model``. The batches come from ``gen``, whose stream the phases of a run continue."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    loop = Loop(model, DigitsTask(data), optimizer, generator=gen)
+    run_loop(loop, LoopConfig(steps=steps, batch_size=128, desc=desc), Distributed())
     return model
 
 

@@ -33,8 +33,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from neuralnum.core.runtime import make_generator, progress
+from neuralnum.core.runtime import Distributed, make_generator
 from neuralnum.models import TokenConfig, TokenModel, arch_config, build_model, count_parameters
 from neuralnum.models.construct import (
     SoftmaxProduct,
@@ -45,6 +46,10 @@ from neuralnum.models.construct import (
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.problems.families import GaussianFamily
 from neuralnum.problems.targets import GDStep, OptimalStep
+from neuralnum.training.loop import Loop, LoopConfig
+from neuralnum.training.loop import train as run_loop
+from neuralnum.training.plugins import GradClip, Schedule, make_scheduler
+from neuralnum.training.plugins import Task as LoopTask
 from studies import markdown as md
 from studies.study_io import figure, figure_row, run_cli, save_figure, study_parser, write_report
 
@@ -139,31 +144,45 @@ def mse(pred: torch.Tensor, target: torch.Tensor) -> float:
     return float((pred.double() - target.double()).square().mean())
 
 
+class Regression(LoopTask):
+    """``task`` as the loop's task: fresh ``dtype`` batches, the readout's mean squared
+    error as loss, and the held-out MSE (``mse``) on ``eval_batch`` problems drawn from a
+    generator seeded ``seed + 1``."""
+
+    def __init__(self, task: Task, dtype: torch.dtype, eval_batch: int, seed: int):
+        self.task, self.dtype = task, dtype
+        self.held_out = task.sample(eval_batch, make_generator(seed + 1), dtype)
+
+    def sample(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.task.sample(size, gen, self.dtype)
+
+    def loss(self, model: nn.Module, batch: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        tokens, target = batch
+        return (self.task.readout(model(tokens)) - target).square().mean()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        tokens, target = self.held_out
+        return {"mse": mse(self.task.readout(model(tokens)), target)}
+
+
 def train(arch: str, task: Task, cfg: Config, dtype: torch.dtype) -> dict:
-    """Train one model; returns its curve, floor and size."""
+    """Train one model on the one training loop (Adam, cosine decay to 1e-3 of the LR,
+    gradient norm clipped at 1); returns its held-out MSE curve, floor and size."""
     model = make_model(arch, task, dtype, cfg.seed)
-    gen = make_generator(cfg.seed)
-    eval_tokens, eval_target = task.sample(cfg.eval_batch, make_generator(cfg.seed + 1), dtype)
-    steps, batch = cfg.steps[task.name], cfg.batch[task.name]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-16)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * s / steps)))
-    curve: list[tuple[int, float]] = []
+    steps = cfg.steps[task.name]
+    regression = Regression(task, dtype, cfg.eval_batch, cfg.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=1e-16)
+    schedule = Schedule(decay="cosine", horizon=steps, min_factor=1e-3)
+    loop = Loop(model, regression, optimizer, make_scheduler(optimizer, schedule),
+                hooks=[GradClip(1.0)])
     eval_every = max(1, steps // cfg.evals)
+    options = LoopConfig(steps=steps, batch_size=cfg.batch[task.name], seed=cfg.seed,
+                         log_every=eval_every, eval_every=eval_every,
+                         desc=f"{task.name}/{arch}")
     start = time.perf_counter()
-    for step in progress(range(steps + 1), desc=f"{task.name}/{arch}"):
-        if step % eval_every == 0 or step == steps:
-            with torch.no_grad():
-                curve.append((step, mse(task.readout(model(eval_tokens)), eval_target)))
-        if step == steps:
-            break
-        tokens, target = task.sample(batch, gen, dtype)
-        loss = (task.readout(model(tokens)) - target).square().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
+    curve = [(0, regression.evaluate(model)["mse"])]
+    curve += [(r["step"], r["mse"]) for r in run_loop(loop, options, Distributed()).records]
     tail = [m for s, m in curve if s >= 0.75 * steps]
     finite = [m for m in tail if math.isfinite(m)]
     return {"arch": arch, "task": task.name, "dtype": str(dtype).removeprefix("torch."),

@@ -58,7 +58,11 @@ class Loop:
     """The objects one run trains with (the caller builds them; :func:`train` runs them).
 
     ``model`` is the unwrapped module (parameters in their training dtype, on the
-    device); ``average`` an :func:`ema_average` of it or ``None``.
+    device); ``average`` an :func:`ema_average` of it or ``None``; ``generator`` the one
+    the batches are drawn from (``None``: a fresh one seeded with the run's seed). A
+    caller that keeps its own generator continues its stream across runs: phases trained
+    one after another on one stream, or a run continued in memory
+    (:attr:`LoopConfig.start`).
     """
 
     model: nn.Module
@@ -68,6 +72,7 @@ class Loop:
     hooks: Sequence[Hook] = ()
     finishers: Sequence[Finisher] = ()
     average: AveragedModel | None = None
+    generator: torch.Generator | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,12 +111,16 @@ class RunOptions:
 class LoopConfig(RunOptions):
     """:class:`RunOptions` plus what the program running the loop adds: the global
     ``batch_size`` (hooks may change it), ``stop_at`` (end the run earlier, as an
-    interruption would; the schedule still spans ``steps``), held-out metrics every
+    interruption would; the schedule still spans ``steps``), ``start`` (continue in
+    memory from that step: the caller's :class:`Loop` — its generator included — is as
+    that step left it, e.g. from a run with ``stop_at=start``; a checkpoint resumed
+    from takes precedence), held-out metrics every
     ``eval_every`` steps (and at ``steps``) in the logged records, the checkpoint's
     ``format`` and JSON-able ``config``, and the progress bar's ``desc``."""
 
     batch_size: int
     stop_at: int | None = None
+    start: int = 0
     eval_every: int = 1
     format: str = "neuralnum.train/1"
     config: dict[str, Any] = field(default_factory=dict)
@@ -121,8 +130,9 @@ class LoopConfig(RunOptions):
         super().__post_init__()
         for name in ("batch_size", "eval_every"):
             check_positive_int(getattr(self, name), name)
-        if self.stop_at is not None:
-            check_nonnegative_int(self.stop_at, "stop_at")
+        for name in ("stop_at", "start"):
+            if getattr(self, name) is not None:
+                check_nonnegative_int(getattr(self, name), name)
 
     @classmethod
     def of(cls, options: RunOptions, **extra: Any) -> LoopConfig:
@@ -158,12 +168,15 @@ def train(loop: Loop, cfg: LoopConfig, dist: Distributed, *, stop: Sequence[Stop
     ``check(state)`` raises :class:`~neuralnum.core.runtime.CheckpointError` when a checkpoint
     to resume from does not belong to this run (format and weights are always checked).
     """
+    if cfg.start and loop.generator is None:
+        raise ValueError(f"start={cfg.start} continues a run in memory: give the loop the "
+                         "generator its batches were drawn from (Loop.generator)")
     raw = loop.model
     model = DistributedDataParallel(raw) if dist.enabled else raw
-    gen = make_generator(cfg.seed)
+    gen = loop.generator if loop.generator is not None else make_generator(cfg.seed)
     step = _resume(loop, cfg, gen, dist, check)
     log = MetricsLog(cfg.metrics if dist.is_main else None,
-                     resume_step=step if cfg.resume else None)
+                     resume_step=step if cfg.resume or cfg.start else None)
     bar = progress(total=cfg.last, initial=step, desc=cfg.desc,
                    enabled=cfg.show_progress and dist.is_main)
     stopped = False
@@ -286,9 +299,10 @@ def _save(loop: Loop, cfg: LoopConfig, gen: torch.Generator, step: int,
 
 def _resume(loop: Loop, cfg: LoopConfig, gen: torch.Generator, dist: Distributed,
             check: Check | None) -> int:
-    """Load the checkpoint into ``loop`` when resuming from an existing one; the step."""
+    """Load the checkpoint into ``loop`` when resuming from an existing one; the step
+    (``cfg.start`` when there is none)."""
     if not (cfg.resume and cfg.checkpoint is not None and Path(cfg.checkpoint).is_file()):
-        return 0
+        return cfg.start
     state = load_checkpoint(cfg.checkpoint, map_location=dist.device, format=cfg.format)
     if check is not None:
         check(state)

@@ -10,6 +10,7 @@
   weights from their initial values.
 * :class:`Hook` — a plug-in with no-op defaults: choose the batch size, take over the
   gradient computation, edit gradients, observe each step; ``state_dict`` for resume.
+  :class:`GradClip` — clip the gradient norm (the one hook most runs take).
 * :class:`Finisher` — an optimizer phase after the loop (:class:`FinisherProblem` is what
   it gets): :class:`LBFGSFinisher` here, the Levenberg–Marquardt one in
   :mod:`neuralnum.training.finisher`. First-order optimizers are any
@@ -30,10 +31,15 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from neuralnum.core.runtime import Distributed
-from neuralnum.core.validation import check_choice, check_positive_int, check_range
+from neuralnum.core.validation import (
+    check_choice,
+    check_nonnegative_int,
+    check_positive_int,
+    check_range,
+)
 
-__all__ = ["DECAYS", "Batch", "Finisher", "FinisherProblem", "Hook", "LBFGSFinisher",
-           "Schedule", "Task", "ema_average", "make_scheduler", "shard_batch"]
+__all__ = ["DECAYS", "Batch", "Finisher", "FinisherProblem", "GradClip", "Hook",
+           "LBFGSFinisher", "Schedule", "Task", "ema_average", "make_scheduler", "shard_batch"]
 
 Decay = Literal["none", "cosine", "step"]
 DECAYS: tuple[str, ...] = Decay.__args__
@@ -80,9 +86,19 @@ class Schedule:
         return max(factor, self.min_factor)
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule) -> LambdaLR:
-    """``LambdaLR(optimizer, schedule)``: every group's LR is its initial LR × schedule."""
-    return LambdaLR(optimizer, schedule)
+def make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, *,
+                   start: int = 0) -> LambdaLR:
+    """``LambdaLR(optimizer, schedule)``: every group's LR is its initial LR × schedule.
+
+    ``start``: the step the schedule begins at, for an optimizer created in the middle of
+    a run (e.g. after its model changed shape): its groups' current LRs are the initial
+    ones and the first LR set is ``initial × schedule(start)``.
+    """
+    check_nonnegative_int(start, "start")
+    if start:
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+    return LambdaLR(optimizer, schedule, last_epoch=start - 1)
 
 
 def ema_average(model: nn.Module, decay: float) -> AveragedModel | None:
@@ -158,6 +174,17 @@ class Hook:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class GradClip(Hook):
+    """Clip the global gradient norm to ``max_norm``; logs the norm before clipping."""
+
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm
+
+    def on_gradients(self, model: nn.Module) -> dict[str, float]:
+        return {"grad_norm": float(torch.nn.utils.clip_grad_norm_(model.parameters(),
+                                                                  self.max_norm))}
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from neuralnum.training.plugins import Schedule
 from structured.layers import MonarchLinear
 from studies import monarch_gpt
 from studies.monarch_gpt import time_to_quality
@@ -161,3 +162,19 @@ def test_the_comparison_reuses_the_grid_run_where_every_model_chose_its_rate(
     assert {label: run["lr"] for label, run in result["runs"].items()} == best
     assert {label: run["final_val_loss"] for label, run in result["runs"].items()} == {
         label: table[best[label]][i] for i, label in enumerate(best)}
+
+
+def test_the_densified_lane_gets_a_fresh_optimizer_that_continues_the_schedule():
+    cfg = monarch_gpt.base_config("quick")
+    schedule = Schedule(warmup=cfg.warmup, decay="cosine", horizon=cfg.steps,
+                        min_factor=cfg.min_lr_factor)
+    lane = monarch_gpt._lane(cfg, {"nblocks": 4, "densify_at": 4, "lr": 2e-3},
+                             monarch_gpt.LockstepTask(cfg), schedule)
+    monarch_gpt._densify(lane, cfg, schedule, 4)
+    model, optimizer = lane.loop.model, lane.loop.optimizer
+    assert not any(isinstance(m, MonarchLinear) for m in model.modules())
+    assert lane.params_final == sum(p.numel() for p in model.parameters())
+    groups = optimizer.param_groups
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in model.parameters()}
+    assert [g["lr"] for g in groups] == [2e-3 * schedule(4)] * len(groups)
+    assert not optimizer.state                                  # fresh: no moments yet

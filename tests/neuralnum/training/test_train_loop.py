@@ -1,5 +1,6 @@
 """neuralnum.training.loop (the one loop) and neuralnum.core.flags (config → flags): seams."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -9,7 +10,15 @@ from neuralnum.core.runtime import CheckpointError, Distributed, save_checkpoint
 from neuralnum.core.validation import Precision, parse_precision
 from neuralnum.problems.families import GaussianFamily
 from neuralnum.training.loop import FINISHER_STREAM, Loop, LoopConfig, RunOptions, train
-from neuralnum.training.plugins import Finisher, FinisherProblem, Hook, Schedule, Task
+from neuralnum.training.plugins import (
+    Finisher,
+    FinisherProblem,
+    GradClip,
+    Hook,
+    Schedule,
+    Task,
+    make_scheduler,
+)
 
 N, D = 8, 2
 FAMILY = GaussianFamily(n=N, d=D)
@@ -69,6 +78,49 @@ def test_finisher_gets_a_closure_of_one_fixed_batch_from_its_own_stream(steps):
                         dtype=torch.float64)
     assert float(loop.model.w.detach()) == pytest.approx(float(batch.mean()), rel=1e-12)
     assert final["finisher_loss"] == pytest.approx(float(batch.var(unbiased=False)), rel=1e-12)
+
+
+def _scheduled_loop(generator=None):
+    loop = _loop()
+    loop.scheduler = make_scheduler(loop.optimizer, Schedule(warmup=2, horizon=6))
+    loop.generator = generator
+    return loop
+
+
+def test_a_run_continued_in_memory_is_the_run_in_one_go():
+    """``stop_at`` then ``start`` on the same loop (its generator kept) trains and logs
+    exactly what one run does: same batches, same learning rates, same step numbers."""
+    whole = _scheduled_loop()
+    cfg = LoopConfig(steps=6, batch_size=4, log_every=1, show_progress=False)
+    expected = train(whole, cfg, Distributed()).records
+    parts = _scheduled_loop(torch.Generator().manual_seed(cfg.seed))
+    first = train(parts, dataclasses.replace(cfg, stop_at=2), Distributed()).records
+    rest = [train(parts, dataclasses.replace(cfg, start=k, stop_at=k + 1),
+                  Distributed()).records for k in range(2, 6)]
+    assert first + [r for records in rest for r in records] == expected
+    assert float(parts.model.w.detach()) == float(whole.model.w.detach())
+    with pytest.raises(ValueError, match=r"Loop\.generator"):
+        train(_scheduled_loop(), dataclasses.replace(cfg, start=2), Distributed())
+
+
+def test_a_scheduler_made_mid_run_starts_where_the_schedule_is():
+    schedule = Schedule(warmup=2, horizon=10, min_factor=0.1)
+    running = make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.5), schedule)
+    for _ in range(4):
+        running.optimizer.step()
+        running.step()
+    fresh = make_scheduler(torch.optim.SGD([torch.zeros(1)], lr=0.5), schedule, start=4)
+    assert fresh.get_last_lr() == running.get_last_lr() == [0.5 * schedule(4)]
+    fresh.optimizer.step()
+    fresh.step()
+    assert fresh.get_last_lr() == [0.5 * schedule(5)]
+
+
+def test_grad_clip_caps_the_norm_and_logs_it_before():
+    model = Scalar()
+    model.w.grad = torch.tensor(-8.0, dtype=torch.float64)
+    assert GradClip(2.0).on_gradients(model) == {"grad_norm": 8.0}
+    assert float(model.w.grad) == pytest.approx(-2.0)
 
 
 def test_loop_config_extends_the_run_options():
