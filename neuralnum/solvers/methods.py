@@ -4,7 +4,8 @@
   (:mod:`neuralnum.solvers.lsqr`, :mod:`neuralnum.solvers.cgls`): error ``∝ κ(A)·u``;
   options ``atol``, ``btol``, ``conlim``, ``iter_lim`` with scipy's meanings
   (``scipy.sparse.linalg.lsqr``), defaults ``atol = btol = eps`` of the dtype (machine
-  precision), ``conlim = 1e8``, ``iter_lim = 2·d``;
+  precision), ``conlim = 1e8``, ``iter_lim = 2·d``; LSQR also ``reorthogonalize``
+  (default off: scipy's iteration);
 * ``"cg"``, ``"chebyshev"``, ``"gd"`` — on the fused ``g(x) ∝ Aᵀ(Ax − b)``
   (:mod:`neuralnum.solvers.krylov`): error ``∝ κ(A)²·u``; options ``iters``, ``tol``,
   ``max_iters``, ``patience``, ``accept``.
@@ -58,9 +59,13 @@ def solve(op: Operator, method: str = "lsqr", x0: torch.Tensor | None = None,
 def _solve_with_products(op: Operator, method: str, x0: torch.Tensor | None, *,
                          atol: float | None = None, btol: float | None = None,
                          conlim: float = 1e8, iter_lim: int | None = None,
-                         record: bool = False, warn: bool = True,
-                         balance: bool = False) -> tuple[torch.Tensor, LsqrInfo]:
+                         record: bool = False, warn: bool = True, balance: bool = False,
+                         reorthogonalize: bool = False) -> tuple[torch.Tensor, LsqrInfo]:
     eps = torch.finfo(op.dtype).eps
+    extra = {"reorthogonalize": True} if reorthogonalize else {}
+    if reorthogonalize and method != "lsqr":
+        raise ValueError("reorthogonalize applies to method='lsqr' (the Golub–Kahan "
+                         "vectors); CGLS keeps no basis to orthogonalise against")
     if x0 is not None:
         check_problem(op.A, op.b, x0, x_name="x0")
     if balance:
@@ -68,7 +73,7 @@ def _solve_with_products(op: Operator, method: str, x0: torch.Tensor | None, *,
     start = None if x0 is None else op.to_equilibrated(x0)
     x, info = _PRODUCT_SOLVERS[method](
         op, op.b, atol=eps if atol is None else atol, btol=eps if btol is None else btol,
-        conlim=conlim, iter_lim=iter_lim, x0=start, record=record)
+        conlim=conlim, iter_lim=iter_lim, x0=start, record=record, **extra)
     info.method, info.model_calls = method, op.calls.clone()
     if info.history is not None:
         info.history = torch.stack([op.from_equilibrated(h) for h in info.history])
