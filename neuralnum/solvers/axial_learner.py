@@ -61,8 +61,9 @@ def _product_options(iters: int | None = None, tol: float | None = None,
                      **options: Any) -> dict[str, Any]:
     """LSQR / CGLS options from the names every method understands: ``iters`` runs that
     many iterations (``iter_lim``, tolerances 0), ``tol`` is ``atol = btol``."""
-    if iters is not None:
-        options = {"atol": 0.0, "btol": 0.0, "conlim": 0.0, **options, "iter_lim": iters}
+    if iters is not None:  # as the fused methods: no warning for stopping where asked
+        options = {"atol": 0.0, "btol": 0.0, "conlim": 0.0, "warn": False, **options,
+                   "iter_lim": iters}
     if tol is not None:
         options = {**options, "atol": tol, "btol": tol}
     return options
