@@ -7,7 +7,9 @@ import torch
 from learner_standins import one_thread  # noqa: F401 (autouse fixture)
 
 from neuralnum.cli import main, parse_command
+from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.learner import Learner
+from neuralnum.solvers.pretrained import pretrained
 from neuralnum.training.recipe import Recipe
 
 TINY = ["--n", "6", "--d", "2", "--log-every", "2", "--eval-batch", "8", "--batch-size", "8",
@@ -72,3 +74,29 @@ def test_flags_build_the_recipe_and_bad_values_are_refused():
         main(["train", "--lr", "0", "--steps", "1"])
     with pytest.raises(ValueError, match="give --steps"):
         main(["train", "--n", "6", "--d", "2"])
+
+
+def test_solve_without_a_checkpoint_uses_the_shipped_shape_general_solver(capsys):
+    report = main(["solve", "--n", "60", "--d", "12", "--problems", "4", "--judge",
+                   "scipy", "--method", "lsqr"])
+    assert report["learned"]["digits"] > 13 and report["learned"]["diverged"] == 0
+    assert "learned" in capsys.readouterr().out
+
+
+def test_a_short_pretrain_moves_toward_the_shipped_weights(tmp_path):
+    """The documented command, run briefly: its deployed coefficients end closer to the
+    shipped ones than they started, and it writes a loadable checkpoint with provenance."""
+    start = AxialLearner().coefficients()
+    shipped = pretrained().coefficients()
+    out = tmp_path / "axial.pt"
+    provenance = main(["pretrain", "--steps", "150", "--finisher-steps", "4",
+                       "--lm-problems", "48", "--eval-batch", "24", "--n-max", "8",
+                       "--d-max", "4", "--group", "8", "--no-show-progress",
+                       "--out", str(out)])
+    learned = AxialLearner.load(out)
+    assert learned.provenance == provenance and provenance["adam_steps"] == 150
+
+    def distance(c):
+        return float((c.rows - shipped.rows).norm() + (c.cols - shipped.cols).norm())
+
+    assert distance(learned.coefficients()) < 1e-3 * distance(start)
