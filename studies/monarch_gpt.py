@@ -62,6 +62,7 @@ from structured.train import (
     evaluate,
     loss_and_correct,
 )
+from studies import markdown as md
 from studies.m2_common import load_note, study_args
 from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
@@ -353,6 +354,16 @@ def verdicts(result: dict) -> dict[str, bool]:
 
 def _fmt(value: float | None, spec: str = ".2f", suffix: str = "") -> str:
     return "never" if value is None else format(value, spec) + suffix
+
+
+def headline(result: dict) -> str:
+    """The results-index line: each Monarch variant's final validation loss above the
+    dense model's, and the MLP speed-up of the fastest."""
+    dense = result["runs"]["dense"]["final_val_loss"]
+    gaps = [f"{label} +{run['final_val_loss'] - dense:.3f}" for label, run in
+            result["runs"].items() if label != "dense"]
+    return (f"final val loss above dense (nats): {', '.join(gaps)}; "
+            f"{md.targets_met(result['verdicts'])}")
 
 
 def tables(result: dict) -> str:

@@ -234,8 +234,18 @@ def verdicts(report: dict) -> dict[str, bool]:
     }
 
 
+def headline(report: dict) -> str:
+    """The results-index line: fine-tuned accuracy of the sparsified MLP per ``nblocks``
+    beside the dense model's (mean over seeds)."""
+    means = _mean_by_nblocks(report)
+    dense = next(iter(means.values()))["dense"]
+    parts = [f"{nb} blocks {md.percent(m['finetuned'])}" for nb, m in means.items()]
+    return (f"dense → Monarch, fine-tuned: {', '.join(parts)} vs dense {md.percent(dense)} "
+            f"(digits MLP); {md.targets_met(report['verdicts'])}")
+
+
 def tables(report: dict) -> str:
-    """README block: digits-MLP accuracy per stage, and the projection errors."""
+    """Results block: digits-MLP accuracy per stage, and the projection errors."""
     seeds = len(report["seeds"])
     acc = [[str(nb), *(md.fixed(m[s], 3) for s in STAGES)]
            for nb, m in _mean_by_nblocks(report).items()]

@@ -55,7 +55,7 @@ from studies.study_io import figure, figure_row, run_cli, save_figure, study_par
 
 ARCHS = ("baseconv", "linear_attention", "transformer")
 POLYNOMIAL = ("baseconv", "linear_attention")
-PAPER = {  # REFERENCES.md §1 (float32, their scale), for comparison only
+PAPER = {  # Liu et al. 2025's reported levels (float32, their scale), for comparison only
     "product": "softmax fails to multiply precisely (no MSE reported)",
     "gd_term": "learned BaseConv/LA single GD iterate ≈ 1e-13; softmax iterates ≈ 1e-2; "
                "exact GD ≈ 5e-15; in-context Transformers plateau ≈ 1e-5",
@@ -269,7 +269,7 @@ LABELS = {"product": "product", "gd_term": "GD term"}
 
 
 def result_name(dtype: str) -> str:
-    """JSON / README block name of a run in ``dtype`` (float64 is the default run)."""
+    """JSON / results block name of a run in ``dtype`` (float64 is the default run)."""
     return NAME if dtype == "float64" else f"{NAME}_{dtype}"
 
 
@@ -285,8 +285,17 @@ def verdicts(result: dict) -> dict[str, bool]:
     return out
 
 
+def headline(result: dict) -> str:
+    """The results-index line: how much higher softmax attention's MSE floor is than the
+    best polynomial model's, per task, in this result's dtype."""
+    ratios = result["ratio_softmax_over_polynomial"]
+    parts = [f"{task.replace('_', ' ')} {md.num(ratio, 2)}×" for task, ratio in ratios.items()]
+    return (f"softmax MSE floor over the best polynomial model's ({result['dtype']}): "
+            f"{', '.join(parts)}; {md.targets_met(result['verdicts'])}")
+
+
 def tables(result: dict) -> str:
-    """README block: MSE floors per task and architecture, the softmax / polynomial
+    """Results block: MSE floors per task and architecture, the softmax / polynomial
     ratio, and the exact constructions' errors."""
     floors = {(r["task"], r["arch"]): r["floor"] for r in result["runs"]}
     tasks = list(dict.fromkeys(r["task"] for r in result["runs"]))
