@@ -27,6 +27,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from neuralnum.core.entry import add_debug_flag
+from neuralnum.core.runtime import atomic_write_text
+from studies.study_io import run_cli
+
 __all__ = ["MODULES", "RESULTS", "render", "render_block"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,13 +74,22 @@ def render(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
     return rendered, skipped
 
 
+_EXAMPLES = """examples:
+  python -m studies.report --check
+  python -m studies.report
+  python -m studies.report --check --results docs/results --readme README.md
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m studies.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m studies.report", description=__doc__,
+                                     epilog=_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 (printing a diff) if README.md differs")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     text = args.readme.read_text()
     rendered, skipped = render(text, args.results)
@@ -93,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"`python3 -m studies.report`")
         return 1
     if rendered != text:
-        args.readme.write_text(rendered)
+        atomic_write_text(args.readme, rendered)
         print(f"rewrote {args.readme}")
     else:
         print(f"{args.readme.name} already up to date")
@@ -101,4 +114,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)
