@@ -177,8 +177,9 @@ def _reference_path(A: Any, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.
     if not isinstance(A, torch.Tensor):
         return LstsqResult(*result)
     x, residues, rank, s = result
-    return LstsqResult(*(None if v is None else torch.as_tensor(v, device=A.device)
-                         for v in (x, residues)), rank if a.ndim == 2 else torch.as_tensor(rank),
+    return LstsqResult(torch.as_tensor(x, device=A.device),
+                       torch.as_tensor(residues, device=A.device),
+                       rank if a.ndim == 2 else torch.as_tensor(rank),
                        None if s is None else torch.as_tensor(s, device=A.device))
 
 
@@ -242,7 +243,6 @@ def _learned(A: torch.Tensor, B: torch.Tensor, solver: Any, options: dict[str, A
     vector = B3.ndim == 2
     cols = B3.unsqueeze(2) if vector else B3  # (P, n, k)
     P, n, d = A3.shape
-    _check_solver(solver, n, d, A.dtype)
     x, info, stats = _solve_columns(A3, cols, solver, options)
     residual = (torch.einsum("pnd,pdk->pnk", A3, x) - cols).pow(2).sum(dim=1)  # (P, k)
     _check_finite_result(x, residual)
@@ -263,10 +263,11 @@ def _learned_path(A: Any, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Te
                   solver: Any, options: dict[str, Any]) -> LstsqResult:
     """``solver`` on finite inputs cast by scipy's rule; NumPy out unless ``A`` is a
     tensor."""
+    dtype = _TORCH[lapack_dtype(a, b)]
+    _check_solver(solver, *a.shape[-2:], dtype)
     for name, arr in (("A", a), ("b", b)):
         validation.check_finite(arr, name, "a learned solver cannot solve with them, "
                                            "whatever check_finite says")
-    dtype = _TORCH[lapack_dtype(a, b)]
     device = A.device if isinstance(A, torch.Tensor) else getattr(solver, "device", "cpu")
     A_t, B_t = (v.to(device=device, dtype=dtype).contiguous() if isinstance(v, torch.Tensor)
                 else torch.from_numpy(np.ascontiguousarray(v)).to(device=device, dtype=dtype)
