@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -38,8 +39,13 @@ from typing import Any, Literal
 import torch
 
 from neuralnum.core.entry import add_debug_flag, run_main
-from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args, without_option
-from neuralnum.core.runtime import atomic_write_text, load_checkpoint
+from neuralnum.core.flags import (
+    add_dataclass_arguments,
+    checked,
+    dataclass_from_args,
+    without_option,
+)
+from neuralnum.core.runtime import atomic_write_text, check_output_path, load_checkpoint
 from neuralnum.core.validation import check_positive_int
 from neuralnum.models.axial import AxialConfig
 from neuralnum.models.registry import ARCHS
@@ -57,8 +63,8 @@ from neuralnum.training.mixed_shapes import ShapeMixture
 from neuralnum.training.recipe import Recipe
 
 __all__ = ["DemoCommand", "ModelOptions", "PretrainCommand", "ProblemOptions", "SolveCommand",
-           "SolveOptions", "TrainCommand", "demo_defaults", "load_solver", "main", "print_report",
-           "run"]
+           "SolveOptions", "TrainCommand", "check_serves", "demo_defaults", "load_solver",
+           "main", "print_report", "run"]
 
 FamilyName = Literal[tuple(FAMILIES)]
 ArchName = Literal[ARCHS]
@@ -122,7 +128,8 @@ class TrainCommand:
                                                                 checkpoint_every=500))
     recipe: Recipe = field(default_factory=Recipe)
     baseline: bool = False
-    out: Path = Path("runs/train/learner.pt")
+    out: Path = field(default=Path("runs/train/learner.pt"),
+                      metadata=checked(functools.partial(check_output_path, directory=False)))
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
 
@@ -269,6 +276,19 @@ def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:
               f"{row.get('model_calls', ''):>6}")
 
 
+def check_serves(learner: Learner, problem: ProblemOptions, checkpoint: Path) -> None:
+    """``ValueError`` saying what to do unless ``learner`` (loaded from ``checkpoint``)
+    was trained at ``problem``'s ``(n, d)``: a learner serves one shape."""
+    if (learner.n, learner.d) != (problem.n, problem.d):
+        raise ValueError(
+            f"the learner in {checkpoint} was trained at n={learner.n}, d={learner.d} and "
+            f"cannot solve n={problem.n}, d={problem.d} problems: pass --n {learner.n} "
+            f"--d {learner.d}, leave out --checkpoint to solve with the shipped shape-general "
+            f"solver, or train a learner at this shape (python -m neuralnum train "
+            f"--n {problem.n} --d {problem.d} --steps 2000 --out runs/n{problem.n}d"
+            f"{problem.d}/learner.pt)")
+
+
 def _solve(problem: ProblemOptions, solve: SolveOptions,
            learner: LearnedSolver) -> dict[str, dict[str, Any]]:
     family = family_from_name(problem.family, n=problem.n, d=problem.d)
@@ -327,7 +347,10 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     if isinstance(cmd, SolveCommand):
-        return _solve(cmd.problem, cmd.solve, load_solver(cmd.checkpoint, cmd.dtype))
+        solver = load_solver(cmd.checkpoint, cmd.dtype)
+        if isinstance(solver, Learner):
+            check_serves(solver, cmd.problem, cmd.checkpoint)
+        return _solve(cmd.problem, cmd.solve, solver)
     if isinstance(cmd, PretrainCommand):
         return _pretrain(cmd, argv)
     if isinstance(cmd, DemoCommand):

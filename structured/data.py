@@ -119,7 +119,11 @@ class ImageSplit:
 
 @functools.cache
 def _digits_arrays() -> tuple[torch.Tensor, torch.Tensor]:
-    from sklearn.datasets import load_digits  # optional: the [data] extra
+    try:
+        from sklearn.datasets import load_digits  # optional: the [data] extra
+    except ImportError as err:
+        raise ImportError('the digits data needs scikit-learn: pip install -e ".[data]"',
+                          name=err.name) from err
 
     bunch = load_digits()
     images = torch.tensor(bunch.images, dtype=torch.float64).unsqueeze(1) / 16.0

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.validation import (
     check_config_choices,
     check_positive_int,
@@ -62,6 +63,7 @@ Kind = Literal["gpt", "bert", "vit"]
 Arch = Literal["m2", "transformer"]
 KINDS: tuple[str, ...] = Kind.__args__
 ARCHS: tuple[str, ...] = Arch.__args__
+PROG = "python -m structured.models"
 _NAMES = {("gpt", "m2"): "M2-GPT", ("gpt", "transformer"): "GPT",
           ("bert", "m2"): "M2-BERT", ("bert", "transformer"): "BERT",
           ("vit", "m2"): "M2-ViT", ("vit", "transformer"): "ViT"}
@@ -244,12 +246,20 @@ def build_model(cfg: ModelConfig, *, dtype: torch.dtype | None = None,
     return model_class(cfg, dtype=dtype, device=device, generator=generator)
 
 
+_EXAMPLES = """examples:
+  python -m structured.models
+  python -m structured.models --d-model 256 --n-layers 8 --seq-len 1024
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Print the parameter counts of every model kind at one width and depth."""
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=main.__doc__, epilog=_EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--n-layers", type=int, default=4)
     parser.add_argument("--seq-len", type=int, default=256)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     print(f"{'model':<8} {'params':>12}")
     for kind in KINDS:
@@ -260,4 +270,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main, PROG)

@@ -34,10 +34,11 @@ from torch import nn
 
 from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.figures import figure_grid, save_figure
-from neuralnum.core.flags import add_dataclass_arguments, dataclass_from_args
+from neuralnum.core.flags import add_dataclass_arguments, checked, dataclass_from_args
 from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
+    check_output_path,
     init_distributed,
     make_generator,
 )
@@ -102,7 +103,7 @@ class TrainConfig:
     eval_every: int = 50
     eval_batches: int = 4
     checkpoint_every: int = 100
-    out_dir: str = "runs/train"
+    out_dir: str = field(default="runs/train", metadata=checked(check_output_path))
     resume: bool = False
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"

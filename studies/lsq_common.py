@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from neuralnum.core.flags import nonnegative_int
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.recipe import Recipe
 from studies.study_io import study_parser
@@ -41,7 +42,7 @@ def parse(name: str, doc: str, argv: Sequence[str] | None = None,
     scale, GPU, all threads), or one of ``modes``; ``--out`` (default ``runs/<name>``);
     ``--seed``; ``configure`` adds a study's own options to the parser."""
     parser = study_parser(name, doc, modes=modes)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonnegative_int, default=0)
     if configure is not None:
         configure(parser)
     args = parser.parse_args(argv)

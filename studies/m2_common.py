@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from neuralnum.core.flags import positive_int
 from neuralnum.core.runtime import MetricsLog, make_generator, progress
 from neuralnum.models import count_parameters
 from structured.mixer import GLUMixer, cached_filters
@@ -65,7 +66,7 @@ def study_args(name: str, doc: str, argv: Sequence[str] | None = None,
     """``--quick`` (default) | ``--full``, ``--out DIR`` (``runs/<name>``), ``--threads``;
     ``extra(parser)`` adds a study's own options."""
     parser = study_parser(name, doc)
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (1 is least disturbed on a shared machine)")
     if extra is not None:
         extra(parser)

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from kernels.native import native_status
+from neuralnum.core.flags import positive_int
 from neuralnum.core.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
@@ -318,9 +319,9 @@ def _plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = study_parser(NAME, __doc__, quick_help="7 repeats (default: 9)",
                           full_help="15 repeats, n up to 8192")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="torch threads (default 1: the machine is shared)")
-    parser.add_argument("--batch", type=int, default=1024)
+    parser.add_argument("--batch", type=positive_int, default=1024)
     args = parser.parse_args(argv)
     sizes = [1024, 2048, 4096] + ([8192] if args.full else [])
     repeats = 7 if args.quick else 15 if args.full else 9

@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from neuralnum.core.flags import positive_int
 from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.learner import Learner
 from neuralnum.training.finisher import FinisherSettings
@@ -407,7 +408,7 @@ def _finisher_options(parser: Any) -> None:
                         help="LM wall budget of the rows that have one (BaseConv; default 6), "
                              "with the iteration cap lifted: e.g. 29 for the 30-minute "
                              "from-scratch targets")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch threads (default: 1, or all with --full); the finisher "
                              "targets' budgets are for 2 cores")
 

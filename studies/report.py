@@ -46,7 +46,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from neuralnum.core.entry import add_debug_flag
+from neuralnum.core.runtime import atomic_write_text
 from studies.markdown import targets_met
+from studies.study_io import run_cli
 
 __all__ = ["INDEX_LINK", "MODULES", "RESULTS", "Section", "headline", "render",
            "render_block", "render_index", "render_readme", "sections"]
@@ -179,21 +182,30 @@ def _report(path: Path, text: str, rendered: str, check: bool) -> bool:
         print(f"\n{path.name} differs from the JSON results: run `python3 -m studies.report`")
         return False
     if rendered != text:
-        path.write_text(rendered)
+        atomic_write_text(path, rendered)
         print(f"rewrote {path}")
     else:
         print(f"{path.name} already up to date")
     return True
 
 
+_EXAMPLES = """examples:
+  python -m studies.report --check
+  python -m studies.report
+  python -m studies.report --check --results docs/results --readme README.md
+"""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python3 -m studies.report", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m studies.report", description=__doc__,
+                                     epilog=_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true",
                         help="do not write; exit 1 (printing a diff) if either file differs")
     parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
     parser.add_argument("--results-md", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--results", type=Path, default=RESULTS)
+    add_debug_flag(parser)
     args = parser.parse_args(argv)
     tables_text, readme_text = args.results_md.read_text(), args.readme.read_text()
     tables_rendered, skipped = render(tables_text, args.results)
@@ -206,4 +218,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_cli(main)

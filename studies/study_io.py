@@ -15,14 +15,14 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.figures import figure_grid, save_figure
-from neuralnum.core.flags import add_dataclass_arguments, add_modes
-from neuralnum.core.runtime import atomic_write_text
+from neuralnum.core.flags import add_dataclass_arguments, add_modes, checked
+from neuralnum.core.runtime import atomic_write_text, check_output_path
 
 __all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "study_parser",
            "write_report"]
@@ -32,7 +32,8 @@ __all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "st
 class StudyOptions:
     """The options every study shares besides its mode (``--quick`` / ``--full`` / …)."""
 
-    out: Path = Path("runs")  # output directory
+    out: Path = field(default=Path("runs"),  # output directory, refused up front if unwritable
+                      metadata=checked(check_output_path))
 
 
 def run_cli(main: Callable[[list[str]], object]) -> None:

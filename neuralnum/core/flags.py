@@ -10,7 +10,9 @@ flag). A field holding a dataclass contributes its own fields as flat flags
 (``TrainConfig.model.d_model`` → ``--d-model``), or prefixed ones when the field's
 metadata says so (:func:`prefixed`; ``Recipe.lm.minutes`` → ``--lm-minutes``). The
 values are validated by the dataclass itself (its ``ValueError`` names the field), so the
-command line and the Python API accept and refuse the same things.
+command line and the Python API accept and refuse the same things; a field whose
+metadata carries a check (:func:`checked`, e.g. that an output directory can be written)
+is also checked as the command line is parsed, before any work.
 
 A small helper of our own rather than ``tyro`` / ``simple-parsing``: both parse into
 their own parser object, while our commands need a plain ``ArgumentParser`` that
@@ -24,16 +26,17 @@ import argparse
 import dataclasses
 import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-__all__ = ["add_dataclass_arguments", "add_modes", "dataclass_from_args", "prefixed",
-           "without_option"]
+__all__ = ["add_dataclass_arguments", "add_modes", "checked", "dataclass_from_args",
+           "nonnegative_int", "positive_int", "prefixed", "without_option"]
 
 T = TypeVar("T")
 _SCALARS = (int, float, str, Path)
 _PREFIX = "flag_prefix"
+_CHECK = "flag_check"
 
 
 def prefixed(prefix: str) -> dict[str, str]:
@@ -41,6 +44,45 @@ def prefixed(prefix: str) -> dict[str, str]:
     (``lm: LMSettings = field(default_factory=LMSettings, metadata=prefixed("lm"))`` →
     ``--lm-damping``)."""
     return {_PREFIX: prefix}
+
+
+def checked(check: Callable[[Any], object]) -> dict[str, Any]:
+    """Field metadata giving the field's flag a check at parse time: ``check(value)``
+    raising ``OSError`` / ``ValueError`` / ``TypeError`` becomes argparse's error on that
+    flag (usage, then one line, status 2). ``field(default=Path("runs"),
+    metadata=checked(check_output_path))`` refuses an unwritable ``--out`` up front."""
+    return {_CHECK: check}
+
+
+def _checked_type(convert: Callable[[str], Any],
+                  check: Callable[[Any], object]) -> Callable[[str], Any]:
+    """``convert``, then ``check``; a refusal as ``argparse.ArgumentTypeError``."""
+    def parse(text: str) -> Any:
+        value = convert(text)
+        try:
+            check(value)
+        except (OSError, ValueError, TypeError) as err:
+            raise argparse.ArgumentTypeError(str(err)) from err
+        return value
+
+    parse.__name__ = getattr(convert, "__name__", "value")  # argparse names it on errors
+    return parse
+
+
+def positive_int(text: str) -> int:
+    """argparse ``type=`` of a hand-written flag taking an integer ≥ 1 (``--threads``)."""
+    value = int(text)  # a ValueError: argparse's "invalid positive_int value"
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse ``type=`` of a hand-written flag taking an integer ≥ 0 (``--seed``)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
 
 
 def _flag(name: str) -> str:
@@ -114,6 +156,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser | argparse._Argument
         if flag in parser._option_string_actions:
             raise ValueError(f"flag {flag} of {cls.__name__}.{f.name} is already defined")
         kwargs = _argument(cls, f, hints[f.name], default)
+        if _CHECK in f.metadata:
+            kwargs["type"] = _checked_type(kwargs.get("type", str), f.metadata[_CHECK])
         if default is not dataclasses.MISSING:
             kwargs["default"] = argparse.SUPPRESS if suppress else default
         parser.add_argument(flag, dest=prefix + f.name, **kwargs)

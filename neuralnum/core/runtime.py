@@ -10,7 +10,8 @@ twice elsewhere.
   (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``) at a command-line entry point.
 * :class:`MetricsLog` — append-only JSON-lines metrics, truncated on resume.
 * :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
-  ``os.replace``) and safe load (``torch.load(weights_only=True)``).
+  ``os.replace``) and safe load (``torch.load(weights_only=True)``);
+  :func:`check_output_path` — a command's output path, checked before any work.
 * :func:`generator_state` / :func:`restore_generator` — exact-resume RNG bookkeeping.
 * :func:`training_state` / :func:`restore_training_state` — step, model, optimizer, named
   generators and torch's global RNG in one checkpointable dict, for exact resume.
@@ -43,6 +44,7 @@ __all__ = [
     "Distributed",
     "MetricsLog",
     "atomic_write_text",
+    "check_output_path",
     "cli_defaults",
     "env_progress",
     "generator_state",
@@ -231,18 +233,36 @@ class MetricsLog:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, **metrics: Any) -> dict[str, Any]:
+        """Append ``{"step": step, **metrics}`` as one line, in one ``write`` call."""
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
         self.records.append(record)
         if self.path is not None:
-            with self.path.open("a") as fh:
-                fh.write(json.dumps(record) + "\n")
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, (json.dumps(record) + "\n").encode())
+            finally:
+                os.close(fd)
         return record
 
     @staticmethod
     def read(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-        """All records of a JSON-lines file (blank lines skipped)."""
-        lines = Path(path).read_text().splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        """All records of a JSON-lines file (blank lines skipped). A last line cut short
+        (no newline, not JSON: a write the process did not live to finish) is dropped;
+        a damaged line before it raises ``ValueError`` naming the file and line."""
+        text = Path(path).read_text()
+        lines = text.split("\n")
+        records = []
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                if number == len(lines):  # torn: the file does not end in a newline
+                    break
+                raise ValueError(f"metrics log {path} line {number} is not JSON ({err}): "
+                                 f"delete the line, or the log") from err
+        return records
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -252,16 +272,18 @@ def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> No
     An interruption leaves either the old file or the new one, never a torn file.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp: str | None = None
     try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, mode) as fh:
             write(fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp's 0600 → what open() would have made
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException:  # Ctrl-C included: no temporary file is left behind
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
         raise
 
 
@@ -306,13 +328,41 @@ def load_checkpoint(
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, or a pickle that weights_only refuses
-        raise CheckpointError(f"cannot load checkpoint {path}: {exc}") from exc
+        reason = str(exc).strip().split("\n")[0].split(". ")[0][:120]
+        raise CheckpointError(f"cannot load checkpoint {path}: it is damaged or not a "
+                              f"checkpoint ({type(exc).__name__}: {reason}); write it again "
+                              f"(re-run the command that made it) or pass another "
+                              f"file") from exc
     if not isinstance(state, dict):
         raise CheckpointError(f"checkpoint {path} does not hold a dict (got {type(state)})")
     if format is not None and state.get("format") != format:
         raise CheckpointError(f"{path} is not a {format} checkpoint (format "
                               f"{state.get('format')!r})")
     return state
+
+
+def check_output_path(path: str | os.PathLike[str], flag: str = "", *,
+                      directory: bool = True) -> Path:
+    """``path`` if a run can write there: a directory (``directory``) or a file, existing
+    or creatable (its nearest existing ancestor is a writable directory). Otherwise an
+    ``OSError`` naming ``flag`` (when given) and what to do; for checking a command's
+    output before any work starts."""
+    path = Path(path)
+    where = f"{flag} {path}" if flag else str(path)
+    if path.exists() and path.is_dir() != directory:
+        error = NotADirectoryError if directory else IsADirectoryError
+        kind = "a directory" if path.is_dir() else "a file"
+        raise error(f"{where} is {kind}: pass a {'directory' if directory else 'file'} path")
+    ancestor = path if path.is_dir() else path.parent
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise NotADirectoryError(f"{where}: {ancestor} is a file, not a directory; pass a "
+                                 f"path under a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise PermissionError(f"{where}: cannot write in {ancestor}; pass a path you can "
+                              f"write to")
+    return path
 
 
 # --------------------------------------------------------------------------- distributed

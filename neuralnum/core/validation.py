@@ -2,7 +2,9 @@
 
 Each check raises ``TypeError`` (wrong type / dtype) or ``ValueError`` (a value out of
 range, a shape, an empty batch, non-finite values) with a message naming the offending
-argument. Nothing is silently broadcast or cast.
+argument. Nothing is silently broadcast or cast, except where a public function's contract
+says so: the scipy-shaped front door casts as scipy does (:func:`as_real_array` accepts,
+:func:`lapack_dtype` says into what).
 
 The precision vocabulary is defined here too, once: a model's dtype is named as torch
 names it (``"float32"``, ``"float64"``, ``"bfloat16"``), plus ``"mixed"`` for float64
@@ -16,12 +18,16 @@ import math
 import typing
 from dataclasses import dataclass
 
+import numpy as np
+import scipy.linalg
+import scipy.sparse
 import torch
 
 __all__ = [
     "PRECISIONS",
     "SUPPORTED_DTYPES",
     "Precision",
+    "as_real_array",
     "check_choice",
     "check_config_choices",
     "check_dtype",
@@ -32,7 +38,9 @@ __all__ = [
     "check_problem",
     "check_range",
     "check_tensor",
+    "lapack_dtype",
     "parse_precision",
+    "to_numpy",
 ]
 
 SUPPORTED_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
@@ -157,11 +165,77 @@ def check_tensor(x: object, name: str, ndim: int) -> torch.Tensor:
     return x
 
 
-def check_finite(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Raise ``ValueError`` if ``x`` holds NaN or ±Inf."""
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf")
+def check_finite(x: torch.Tensor | np.ndarray, name: str, fix: str = ""
+                 ) -> torch.Tensor | np.ndarray:
+    """Raise ``ValueError`` if ``x`` (a tensor or a NumPy array) holds NaN or ±Inf; the
+    message names ``name`` and ends with ``fix`` (what to do) when given."""
+    finite = torch.isfinite(x).all() if isinstance(x, torch.Tensor) else np.isfinite(x).all()
+    if not finite:
+        raise ValueError(f"{name} contains NaN or Inf" + (f": {fix}" if fix else ""))
     return x
+
+
+# --------------------------------------------------------------------------- arrays
+def as_real_array(value: object, name: str) -> np.ndarray | torch.Tensor:
+    """``value`` as an array of real numbers, for a scipy-shaped entry point.
+
+    A ``torch.Tensor`` is returned as it is (detached); anything else goes through
+    ``np.asarray`` (an ``ndarray`` comes back as the same object, any layout). Accepted:
+    booleans, integers and floats up to float64 (cast later by :func:`lapack_dtype`).
+    Raises ``TypeError`` for complex dtypes (the fix: the real embedding, or scipy), long
+    double (LAPACK would round it to float64: convert explicitly) and non-numeric dtypes;
+    ``ValueError`` for masked, sparse and ragged inputs (scipy refuses them too).
+    """
+    if isinstance(value, torch.Tensor):
+        value = value.detach()
+        kind = "c" if value.is_complex() else "f" if value.is_floating_point() else "i"
+        kind, size = ("b" if value.dtype == torch.bool else kind), value.dtype.itemsize
+    else:
+        if np.ma.isMaskedArray(value) or scipy.sparse.issparse(value):
+            what = "masked" if np.ma.isMaskedArray(value) else "sparse"
+            fix = (f"{name}.filled(...) or drop the masked rows" if what == "masked" else
+                   f"{name}.toarray(), or scipy.sparse.linalg.lsqr for a large sparse {name}")
+            raise ValueError(f"{name} is a {what} array, which is not supported: pass {fix}")
+        try:
+            value = np.asarray(value)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{name} is not a rectangular array of numbers: {err}") from err
+        kind, size = value.dtype.kind, value.dtype.itemsize
+    _check_real_kind(kind, size, name, value.dtype)
+    return value
+
+
+def _check_real_kind(kind: str, itemsize: int, name: str, dtype: object) -> None:
+    if kind == "c":
+        raise TypeError(f"{name} has complex dtype {dtype}; only real problems are solved "
+                        f"here: solve the real embedding [[Re A, -Im A], [Im A, Re A]] "
+                        f"[Re x; Im x] = [Re b; Im b], or call scipy.linalg.lstsq")
+    if kind == "f" and itemsize > 8:
+        raise TypeError(f"{name} has dtype {dtype}; LAPACK has no extended precision and "
+                        f"would round it to float64 silently: convert it explicitly "
+                        f"({name}.astype(np.float64)), or use mpmath for more digits")
+    if kind not in "biuf":
+        raise TypeError(f"{name} has dtype {dtype}, not numbers: pass an array of floats, "
+                        f"e.g. np.asarray({name}, dtype=np.float64)")
+
+
+def to_numpy(x: np.ndarray | torch.Tensor) -> np.ndarray:
+    """``x`` as a NumPy array on the CPU (a tensor's memory is shared where it can be;
+    bfloat16, which NumPy lacks, becomes float32 exactly)."""
+    if not isinstance(x, torch.Tensor):
+        return x
+    x = x.detach().cpu()
+    return (x.float() if x.dtype == torch.bfloat16 else x).numpy()
+
+
+def lapack_dtype(*arrays: np.ndarray | torch.Tensor) -> np.dtype:
+    """The float dtype scipy's LAPACK wrappers compute ``arrays`` in (its
+    ``find_best_blas_type`` on real inputs): float32 when every array is boolean, an
+    integer of at most 16 bits, float16 or float32; float64 otherwise (wider integers,
+    float64, a mix with float64)."""
+    probes = [to_numpy(torch.empty(0, dtype=a.dtype)) if isinstance(a, torch.Tensor)
+              else np.empty(0, a.dtype) for a in arrays]
+    return np.dtype(scipy.linalg.blas.find_best_blas_type(probes)[1])
 
 
 def check_problem(

@@ -30,10 +30,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import LambdaLR
 from torch.optim.swa_utils import AveragedModel
 
+from neuralnum.core.flags import checked
 from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
     MetricsLog,
+    check_output_path,
     load_checkpoint,
     make_generator,
     progress,
@@ -75,6 +77,10 @@ class Loop:
     generator: torch.Generator | None = None
 
 
+#: A command line's output file: refused up front when it cannot be written.
+_OUTPUT_FILE = functools.partial(check_output_path, directory=False)
+
+
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
     """How long, how often and where: what the caller of a run decides.
@@ -90,8 +96,8 @@ class RunOptions:
     steps: int | None = None
     seed: int = 0
     log_every: int = 10
-    metrics: Path | None = None
-    checkpoint: Path | None = None
+    metrics: Path | None = field(default=None, metadata=checked(_OUTPUT_FILE))
+    checkpoint: Path | None = field(default=None, metadata=checked(_OUTPUT_FILE))
     checkpoint_every: int = 100
     resume: bool = False
     show_progress: bool = True

@@ -1,5 +1,7 @@
 """Offline data: corpus size and splits, batches, masking, digits, MQAR."""
 
+import sys
+
 import pytest
 import torch
 
@@ -77,6 +79,17 @@ def test_digits_split(dtype):
     assert torch.equal(digits("test", dtype).images, test.images)
     with pytest.raises(ValueError, match="split"):
         digits("val")
+
+
+def test_digits_without_scikit_learn_say_how_to_install_it(monkeypatch):
+    from structured import data
+
+    for name in ("sklearn", "sklearn.datasets"):  # as if scikit-learn were not installed
+        monkeypatch.setitem(sys.modules, name, None)
+    data._digits_arrays.cache_clear()
+    with pytest.raises(ImportError, match=r'needs scikit-learn: pip install -e "\.\[data\]"'):
+        digits("train")
+    data._digits_arrays.cache_clear()
 
 
 def test_mqar_queries_recall_their_values():

@@ -13,6 +13,7 @@ from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
     MetricsLog,
+    check_output_path,
     generator_state,
     load_checkpoint,
     make_generator,
@@ -43,6 +44,59 @@ def test_checkpoint_is_atomic_when_writing_fails(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert torch.equal(load_checkpoint(path)["v"], torch.ones(2))  # old file intact
     assert sorted(os.listdir(tmp_path)) == ["c.pt"]  # no temporary left behind
+
+
+def test_checkpoint_interrupted_by_ctrl_c_leaves_no_partial_file(tmp_path, monkeypatch):
+    path = save_checkpoint(tmp_path / "c.pt", {"v": torch.ones(2)})
+
+    def interrupted_save(obj, fh, *args, **kwargs):
+        fh.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"v": torch.zeros(2)})
+    monkeypatch.undo()
+    assert torch.equal(load_checkpoint(path)["v"], torch.ones(2))
+    assert sorted(os.listdir(tmp_path)) == ["c.pt"]
+
+
+def test_damaged_checkpoint_says_what_to_do(tmp_path):
+    path = tmp_path / "c.pt"
+    path.write_bytes(b"PK\x03\x04 cut short")
+    with pytest.raises(CheckpointError, match=r"cannot load checkpoint .*c\.pt: it is damaged "
+                                              r"or not a checkpoint .*write it again") as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+
+
+def test_metrics_log_drops_a_torn_last_line_and_names_a_damaged_one(tmp_path):
+    path = tmp_path / "m.jsonl"
+    log = MetricsLog(path)
+    for step in (1, 2):
+        log.log(step, loss=0.5)
+    with path.open("a") as fh:
+        fh.write('{"step": 3, "lo')  # the process died mid-line
+    assert [r["step"] for r in MetricsLog.read(path)] == [1, 2]
+    resumed = MetricsLog(path, resume_step=3)  # resuming rewrites the log whole
+    assert path.read_text().endswith("}\n") and len(resumed.records) == 2
+    path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
+    with pytest.raises(ValueError, match=r"m\.jsonl line 2 is not JSON"):
+        MetricsLog.read(path)
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "f"
+    a_file.write_text("")
+    assert check_output_path(tmp_path / "new" / "deeper", "--out") == tmp_path / "new" / "deeper"
+    assert check_output_path(a_file, directory=False) == a_file
+    with pytest.raises(NotADirectoryError, match=r"--out .*f/x: .*f is a file, not a dir"):
+        check_output_path(a_file / "x", "--out")
+    with pytest.raises(NotADirectoryError, match="is a file: pass a directory path"):
+        check_output_path(a_file)
+    with pytest.raises(IsADirectoryError, match="is a directory: pass a file path"):
+        check_output_path(tmp_path, directory=False)
+    assert not (tmp_path / "new").exists()  # nothing created
 
 
 class _Exploit:

@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,6 +14,7 @@ from lsq_strategies import dtypes
 
 from neuralnum.core.validation import (
     PRECISIONS,
+    as_real_array,
     check_choice,
     check_dtype,
     check_finite,
@@ -21,6 +23,7 @@ from neuralnum.core.validation import (
     check_positive_int,
     check_problem,
     check_tensor,
+    lapack_dtype,
     parse_precision,
 )
 
@@ -117,3 +120,26 @@ def test_precision_vocabulary_is_torch_dtype_names():
             parse_precision(old)
     with pytest.raises(ValueError, match="precision must be one of"):
         parse_precision("mixed", ("float32", "float64"))
+
+
+@pytest.mark.parametrize(("dtypes", "want"), [
+    ((torch.bfloat16, torch.int16), np.float32), ((torch.bool, torch.float16), np.float32),
+    ((torch.int32, torch.float32), np.float64), ((torch.float32, torch.float64), np.float64),
+    ((np.uint16, np.float32), np.float32), ((np.int64,), np.float64),
+])
+def test_lapack_dtype_is_scipys_choice_for_numpy_and_torch(dtypes, want):
+    arrays = [torch.zeros(2, dtype=t) if isinstance(t, torch.dtype) else np.zeros(2, t)
+              for t in dtypes]
+    assert lapack_dtype(*arrays) == want
+    if not any(t == torch.bfloat16 for t in dtypes):  # NumPy has no bfloat16
+        numpy = [a.numpy() if isinstance(a, torch.Tensor) else a for a in arrays]
+        assert want == scipy.linalg.get_lapack_funcs("gelsd", numpy).dtype
+
+
+def test_arrays_are_taken_as_given_and_checked_for_finiteness():
+    a = np.ones((3, 2))[::-1]
+    assert as_real_array(a, "A") is a
+    t = torch.ones(2, requires_grad=True)
+    assert not as_real_array(t, "b").requires_grad
+    with pytest.raises(ValueError, match="x contains NaN or Inf: drop them"):
+        check_finite(np.array([1.0, np.inf]), "x", "drop them")
