@@ -200,21 +200,22 @@ def test_report_user_errors_end_in_one_line(tmp_path, monkeypatch, capsys):
                         (["--readme", str(tmp_path)], "Is a directory")):
         status, _, err = run("studies.report", argv, monkeypatch, capsys)
         assert_one_line_error("studies.report", status, err, match)
-    readme = tmp_path / "README.md"
-    readme.write_text("<!-- study:a -->\n")  # an unclosed marker
-    status, _, err = run("studies.report", ["--check", "--readme", str(readme)], monkeypatch,
-                         capsys)
+    tables = tmp_path / "results.md"
+    tables.write_text("<!-- study:a -->\n")  # an unclosed marker
+    status, _, err = run("studies.report", ["--check", "--results-md", str(tables)],
+                         monkeypatch, capsys)
     assert_one_line_error("studies.report", status, err, "markers do not pair up")
 
 
 def test_report_check_keeps_its_exit_status(tmp_path, monkeypatch, capsys):
-    """``--check`` exits 1 when README.md differs from the results (``main``'s return
-    value), 0 once re-rendered."""
-    readme = tmp_path / "README.md"
-    text = (ROOT / "README.md").read_text()
+    """``--check`` exits 1 when docs/results.md differs from the results (``main``'s
+    return value), 0 once re-rendered."""
+    tables, readme = tmp_path / "results.md", tmp_path / "README.md"
+    readme.write_text((ROOT / "README.md").read_text())
+    text = (ROOT / "docs" / "results.md").read_text()
     marker = re.search(r"<!-- study:[\w-]+ -->\n", text)
-    readme.write_text(text[:marker.end()] + "stale\n" + text[marker.end():])
-    argv = ["--check", "--readme", str(readme)]
+    tables.write_text(text[:marker.end()] + "stale\n" + text[marker.end():])
+    argv = ["--check", "--results-md", str(tables), "--readme", str(readme)]
     assert run("studies.report", argv, monkeypatch, capsys)[0] == 1
     assert run("studies.report", argv[1:], monkeypatch, capsys)[0] == 0
     assert run("studies.report", argv, monkeypatch, capsys)[0] == 0
