@@ -10,6 +10,14 @@ returns ``s = None`` and no ``residues``; ``check_finite=False`` hands NaN / Inf
 unchecked (the result may be NaN, an error, or — ``gelsd`` / ``gelss`` with a non-finite
 ``A`` — a call that never returns).
 
+**The shipped learned path** — ``lstsq(A, b, solver="learned")`` — solves with the
+shape-general learned solver that ships with the package
+(:func:`~neuralnum.solvers.pretrained.pretrained`, loaded once per dtype and device,
+nothing downloaded): any ``(n, d)``, tall, wide or square, float32 or float64, by LSQR on
+its two learned products ``v ↦ A v`` and ``u ↦ Aᵀ u`` (``method="cgls"``, ``"cg"`` …
+and LSQR's ``atol``, ``btol``, ``iter_lim`` pass through; ``result.info.istop`` says why
+each right-hand side stopped, in scipy's codes).
+
 **A learned path** — ``lstsq(A, b, solver=learner, method="cg", tol=...)`` — solves with
 ``solver.solve(A, b, **options)`` (e.g. :meth:`~neuralnum.solvers.learner.Learner.solve`:
 touches ``A`` only through the learned operator, no SVD, QR or solve of ``A``) and reads
@@ -65,11 +73,14 @@ import torch
 
 from neuralnum.core import validation
 from neuralnum.core.validation import as_real_array, check_choice, lapack_dtype, to_numpy
+from neuralnum.solvers.pretrained import pretrained
 
-__all__ = ["DRIVERS", "LstsqResult", "lstsq"]
+__all__ = ["DRIVERS", "SOLVERS", "LstsqResult", "lstsq"]
 
 #: scipy's LAPACK drivers (``lapack_driver=``); ``None`` means ``"gelsd"``, as in scipy.
 DRIVERS = ("gelsd", "gelsy", "gelss")
+#: Names ``solver=`` takes: ``"learned"`` is the shape-general solver the package ships.
+SOLVERS = ("learned",)
 _TORCH = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
@@ -78,7 +89,11 @@ class LstsqResult:
     """``x, residues, rank, s = result`` (scipy's order); also ``result.x`` etc.
 
     Learned solvers fill ``iterations``, ``model_calls`` (per right-hand side / problem),
-    ``converged`` (bool per right-hand side / problem) and ``info`` (the solver's
+    ``converged`` (bool per right-hand side / problem), ``istop`` (LSQR / CGLS: why each
+    stopped, in ``scipy.sparse.linalg.lsqr``'s codes — 0: ``x = 0`` solves it, 1: ``A x ≈
+    b`` within ``btol``/``atol``, 2: the least-squares optimality test met (``atol``), 3:
+    ``conlim`` reached, 4–6: the same at machine precision, 7: ``iter_lim``; ``None`` for
+    other methods) and ``info`` (the solver's record, e.g.
     :class:`~neuralnum.solvers.krylov.SolveInfo`); for the reference path they are
     ``None``.
     """
@@ -90,6 +105,7 @@ class LstsqResult:
     iterations: Any = None
     model_calls: Any = None
     converged: Any = None
+    istop: Any = None
     info: Any = None
 
     def __iter__(self) -> Iterator[Any]:
@@ -198,7 +214,8 @@ def _check_solver(solver: Any, n: int, d: int, dtype: torch.dtype) -> None:
     fixed = getattr(solver, "n", None), getattr(solver, "d", None)
     if all(isinstance(v, int) for v in fixed) and fixed != (n, d) and n * d:
         raise ValueError(f"the learned solver was trained for A of shape {fixed} and cannot "
-                         f"solve A of shape {(n, d)}: pass A of shape {fixed}, train a "
+                         f"solve A of shape {(n, d)}: pass A of shape {fixed}, use "
+                         f"solver=\"learned\" (the shipped solver, any shape), train a "
                          f"learner at this shape (python -m neuralnum train --n {n} --d {d}), "
                          f"or use solver=None (scipy)")
 
@@ -217,12 +234,13 @@ def _solve_columns(A3: torch.Tensor, cols: torch.Tensor, solver: Any,
                    options: dict[str, Any]) -> tuple[torch.Tensor, Any, list[Any]]:
     """``x: (P, d, k)`` for ``A3: (P, n, d)``, ``cols: (P, n, k)`` with every column of
     every problem one problem of ``solver``; also its ``info`` and the per-column
-    ``iterations``, ``model_calls`` and ``converged`` as ``(P, k)`` (or ``None``)."""
+    ``iterations``, ``model_calls``, ``converged`` and ``istop`` as ``(P, k)`` (or
+    ``None``)."""
     P, n, d = A3.shape
     k = cols.shape[2]
     if min(P, n, d, k) == 0:  # nothing to solve: the (minimum-norm) solution is 0
         stats = [torch.zeros(P, k, dtype=torch.long), torch.zeros(P, k, dtype=torch.long),
-                 torch.ones(P, k, dtype=torch.bool)]
+                 torch.ones(P, k, dtype=torch.bool), None]
         return A3.new_zeros(P, d, k), None, stats
     As = A3.unsqueeze(1).expand(P, k, n, d).reshape(P * k, n, d).contiguous()
     bs = cols.transpose(1, 2).reshape(P * k, n).contiguous()
@@ -230,7 +248,7 @@ def _solve_columns(A3: torch.Tensor, cols: torch.Tensor, solver: Any,
     info = getattr(solver, "last_solve", None)
     stats = [None if getattr(info, f, None) is None
              else torch.as_tensor(getattr(info, f)).reshape(P, k)
-             for f in ("iterations", "model_calls", "converged")]
+             for f in ("iterations", "model_calls", "converged", "istop")]
     return xs.reshape(P, k, d).transpose(1, 2), info, stats
 
 
@@ -264,6 +282,9 @@ def _learned_path(A: Any, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Te
     """``solver`` on finite inputs cast by scipy's rule; NumPy out unless ``A`` is a
     tensor."""
     dtype = _TORCH[lapack_dtype(a, b)]
+    if isinstance(solver, str):
+        device = A.device if isinstance(A, torch.Tensor) else torch.device("cpu")
+        solver = pretrained(str(dtype).removeprefix("torch."), str(device))
     _check_solver(solver, *a.shape[-2:], dtype)
     for name, arr in (("A", a), ("b", b)):
         validation.check_finite(arr, name, "a learned solver cannot solve with them, "
@@ -274,11 +295,28 @@ def _learned_path(A: Any, a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Te
                 for v in (a, b))
     result = _learned(A_t, B_t, solver, options)
     if not isinstance(A, torch.Tensor):
-        for name in ("x", "residues", "iterations", "model_calls", "converged"):
+        for name in ("x", "residues", "iterations", "model_calls", "converged", "istop"):
             value = getattr(result, name)
             if isinstance(value, torch.Tensor):
                 setattr(result, name, value.cpu().numpy())
     return result
+
+
+def _check_learned_options(solver: Any, cond: float | None, lapack_driver: str | None
+                           ) -> None:
+    """Refuse scipy's LAPACK options and unknown solver names on a learned path."""
+    for option, value, why in (
+            ("cond", cond, "the cutoff of LAPACK's SVD; pass tol= for the solver's "
+                           "stopping rule instead"),
+            ("lapack_driver", lapack_driver, "LAPACK's routine; pass method= for the "
+                                             "solver's iteration instead")):
+        if value is not None:
+            raise TypeError(f"{option}={value!r} does not apply to a learned solver, which "
+                            f"calls no LAPACK ({option} is {why}), or use solver=None")
+    if isinstance(solver, str) and solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r} names no solver: pass one of {SOLVERS} (the "
+                         f"shipped shape-general learned solver), None (scipy) or a "
+                         f"learned solver object")
 
 
 def lstsq(A: Any, b: Any, cond: float | None = None, overwrite_a: bool = False,
@@ -296,12 +334,14 @@ def lstsq(A: Any, b: Any, cond: float | None = None, overwrite_a: bool = False,
         ``scipy.linalg.lstsq``'s options, passed to it unchanged (``lapack_driver`` one of
         :data:`DRIVERS`, default ``"gelsd"``). With a learned ``solver``: ``overwrite_*``
         accepted, non-finite inputs always refused, ``cond`` / ``lapack_driver`` refused.
-    solver : None or learned solver, keyword-only
-        ``None``: scipy. Otherwise an object with ``solve(A, b, **options)`` and
+    solver : None, ``"learned"`` or a learned solver, keyword-only
+        ``None``: scipy. ``"learned"``: the shipped shape-general learned solver (any
+        shape; :data:`SOLVERS`). Otherwise an object with ``solve(A, b, **options)`` and
         ``last_solve`` (e.g. a :class:`~neuralnum.solvers.learner.Learner`).
     method : str, optional, keyword-only
-        The learned solver's iteration (``"cg"``, ``"chebyshev"``, ``"gd"``); with
-        ``solve_kwargs`` (``tol``, ``iters``, ``max_iters`` …) passed to ``solver.solve``.
+        The learned solver's iteration (``"lsqr"``, the shipped solver's default,
+        ``"cgls"``, ``"cg"``, ``"chebyshev"``, ``"gd"``); with ``solve_kwargs`` (``tol``,
+        ``iters``, ``atol``, ``btol``, ``iter_lim`` …) passed to ``solver.solve``.
 
     Returns
     -------
@@ -329,13 +369,6 @@ def lstsq(A: Any, b: Any, cond: float | None = None, overwrite_a: bool = False,
                               "lapack_driver", DRIVERS)
         return _reference_path(A, a, bb, _Lapack(cond, overwrite_a, overwrite_b,
                                                  check_finite, driver))
-    for option, value, why in (
-            ("cond", cond, "the cutoff of LAPACK's SVD; pass tol= for the solver's "
-                           "stopping rule instead"),
-            ("lapack_driver", lapack_driver, "LAPACK's routine; pass method= for the "
-                                             "solver's iteration instead")):
-        if value is not None:
-            raise TypeError(f"{option}={value!r} does not apply to a learned solver, which "
-                            f"calls no LAPACK ({option} is {why}), or use solver=None")
+    _check_learned_options(solver, cond, lapack_driver)
     options = dict(solve_kwargs) if method is None else {**solve_kwargs, "method": method}
     return _learned_path(A, a, bb, solver, options)

@@ -202,6 +202,12 @@ class Learner(LearnedSolver):
         (equilibrated, so scale-invariant; no SVD of ``A``), with ``x0`` and ``options``
         (``iters``, ``tol``, ``max_iters``, ``patience``, ``accept``, ``record``,
         ``warn``). An end-to-end learner predicts once from ``x = 0``."""
+        if tuple(A.shape[1:]) != (self.n, self.d):
+            raise ValueError(f"this learner was trained for A of shape {(self.n, self.d)} and "
+                             f"cannot solve A of shape {tuple(A.shape[1:])}: for any shape use "
+                             f"the shipped shape-general solver (neuralnum.lstsq(A, b, "
+                             f"solver=\"learned\"), or neuralnum.solvers.pretrained."
+                             f"pretrained())")
         if self.objective.iterative:
             x, self.last_solve = krylov.solve(LearnedOperator(self, A, b), method or "cg", x0,
                                               **options)

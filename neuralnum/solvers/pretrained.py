@@ -95,10 +95,15 @@ def _fields(options: FitOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in options.__dataclass_fields__}
 
 
-@functools.cache
-def pretrained(dtype: str = "float64", device: str = "cpu") -> AxialLearner:
+def pretrained(dtype: str = "float64", device: str | torch.device = "cpu") -> AxialLearner:
     """The shipped shape-general learner, solving in ``dtype`` (``"float32"`` or
     ``"float64"``: the float64-trained weights, their canonical form rounded once to the
-    problems' dtype) on ``device``; loaded once per (dtype, device)."""
+    problems' dtype) on ``device``; loaded once per (dtype, device): every caller gets
+    the same object."""
+    return _load(dtype, str(torch.device(device)))
+
+
+@functools.cache
+def _load(dtype: str, device: str) -> AxialLearner:
     with resources.as_file(PRETRAINED) as path:
         return AxialLearner.load(path, device=device, dtype=dtype)

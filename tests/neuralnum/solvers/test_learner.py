@@ -225,7 +225,9 @@ def test_bad_input_raises(dtype):
         learner.solve(bad, P.b)
     with pytest.raises(ValueError, match="b must have shape"):
         learner.step(P.A, P.b[:, :-1], P.x_star)
-    with pytest.raises(ValueError, match="layout expects"):
+    with pytest.raises(ValueError, match=r"cannot solve A of shape .* use the shipped "
+                                         r"shape-general solver \(neuralnum.lstsq\(A, b, "
+                                         r"solver=\"learned\"\)"):
         learner.solve(problems(2, 0, dtype, GaussianFamily(n=N, d=D + 1)).A,
                       problems(2, 0, dtype, GaussianFamily(n=N, d=D + 1)).b)
     other = torch.float64 if dtype == torch.float32 else torch.float32
