@@ -22,10 +22,19 @@ iterate's scale: the construction forms each residual ``a_sᵀx − b_s`` as one
 ``Aᵀ(Ax − b)``), and one between exact CG and scipy is the algorithm's. Writes
 ``vs_scipy.json`` and ``vs_scipy_digits_vs_calls.png`` (digits vs model calls per family,
 float64, n = 20).
+
+The second part (``result["shapes"]``, :mod:`studies.lsq_shapes`) takes the shipped
+shape-general solver (:func:`neuralnum.solvers.pretrained.pretrained`) across shapes: every
+family at its small shape and at (1000, 100), (5000, 500), (100, 1000), (300, 300), its
+LSQR (reorthogonalised, and plain), CGLS and CG against ``scipy.sparse.linalg.lsqr`` with
+the same tolerances and ``scipy.linalg.lstsq``: digits (mpmath judges at n·d ≤ 400,
+gelsd refined on double-double residuals above), iterations, model calls, wall-clock. In
+``--quick`` numpy's BLAS runs one thread, as torch does.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -42,7 +51,9 @@ from neuralnum.problems.families import FAMILIES, family_from_name
 from neuralnum.solvers.krylov import solve
 from neuralnum.solvers.learner import Learner
 from neuralnum.solvers.operators import ExactOperator, LearnedOperator
+from neuralnum.solvers.pretrained import pretrained
 from neuralnum.training.recipe import Recipe
+from studies import lsq_shapes
 from studies.lsq_common import construction_twin, parse, train
 from studies.markdown import targets_met
 from studies.study_io import format_table, run_cli, write_report
@@ -188,9 +199,15 @@ def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
 
 
 def verdicts(result: dict[str, Any]) -> dict[str, bool]:
-    """The targets (learned CG as precise as exact CG everywhere and as scipy where
-    κ ≤ 10, fast where κ ≤ 100, monotone in iterations, float32 too), from the rows of
-    :func:`run`."""
+    """Every target: the token learner's (:func:`token_verdicts`) and the shape-general
+    solver's (:func:`studies.lsq_shapes.verdicts`)."""
+    return {**token_verdicts(result), **lsq_shapes.verdicts(result["shapes"]["rows"])}
+
+
+def token_verdicts(result: dict[str, Any]) -> dict[str, bool]:
+    """The token learner's targets (learned CG as precise as exact CG everywhere and as
+    scipy where κ ≤ 10, fast where κ ≤ 100, monotone in iterations, float32 too), from
+    the rows of :func:`run`."""
     rows = result["rows"]
     f64 = [r for r in rows if r["dtype"] == "float64"]
     f32 = [r for r in rows if r["dtype"] == "float32"]
@@ -217,18 +234,23 @@ def _cell(row: dict[str, Any], solver: str) -> str:
     return f"{row[f'{solver}_digits']:.1f} ({row[f'{solver}_worst']:.1f})"
 
 
+def _span(rows: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in rows]
+    return f"{min(values):.1f}–{max(values):.1f}"
+
+
 def headline(result: dict[str, Any]) -> str:
     """The results-index line: float64 median digits of learned CG and of scipy over the
-    rows with κ ≤ 10, and the targets met."""
+    rows with κ ≤ 10; of the shape-general learned LSQR, scipy lsqr and scipy lstsq at
+    the big shapes; and the targets met."""
     rows = [r for r in result["rows"] if r["dtype"] == "float64" and r["kappa"] <= KAPPA_SMALL]
-
-    def span(key: str) -> str:
-        values = [r[key] for r in rows]
-        return f"{min(values):.1f}–{max(values):.1f}"
-
-    return (f"learned CG {span('learned_cg_digits')} median digits vs scipy "
-            f"{span('scipy_digits')} where κ ≤ {KAPPA_SMALL:g} (float64); "
-            f"{targets_met(verdicts(result))}")
+    big = [r for r in result["shapes"]["rows"]
+           if r["dtype"] == "float64" and lsq_shapes.is_big(r)]
+    return (f"learned CG {_span(rows, 'learned_cg_digits')} median digits vs scipy "
+            f"{_span(rows, 'scipy_digits')} where κ ≤ {KAPPA_SMALL:g}; shape-general "
+            f"learned LSQR {_span(big, 'learned_lsqr_digits')} vs scipy lsqr "
+            f"{_span(big, 'scipy_lsqr_digits')} and lstsq {_span(big, 'scipy_lstsq_digits')}"
+            f" at 1000 × 100 … 5000 × 500 (float64); {targets_met(verdicts(result))}")
 
 
 def tables(result: dict[str, Any]) -> str:
@@ -254,8 +276,8 @@ def tables(result: dict[str, Any]) -> str:
         lines.append(f"| {r['family']} | {r['n']} | {calls} | {r['scipy_seconds']:.3f} | "
                      f"{r['learned_cg_seconds']:.3f} |")
     lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in result["verdicts"].items()]
-    return "\n".join(lines)
+    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in token_verdicts(result).items()]
+    return "\n".join([*lines, "", lsq_shapes.tables(result["shapes"])])
 
 
 def _figure(result: dict[str, Any], path: Any) -> None:
@@ -277,15 +299,36 @@ def _figure(result: dict[str, Any], path: Any) -> None:
     save_figure(fig, path)
 
 
+def run_shapes(mode: str, seed: int) -> dict[str, Any]:
+    """The shape-general part (:func:`studies.lsq_shapes.run_grid`) with the shipped
+    solver in both dtypes; numpy's BLAS on one thread unless ``mode`` is ``full``."""
+    learners = {dtype: pretrained(dtype) for dtype in DTYPES}
+    columns = ["family", "n", "d", "dtype", "kappa", "learned_lsqr_digits",
+               "scipy_lsqr_digits", "scipy_lstsq_digits", "learned_lsqr_iterations",
+               "scipy_lsqr_iterations"]
+
+    def log(row: dict[str, Any]) -> None:
+        print(format_table([row], columns).splitlines()[-1], flush=True)
+
+    with contextlib.nullcontext() if mode == "full" else lsq_shapes.one_blas_thread():
+        threads = lsq_shapes.blas_threads()
+        rows = lsq_shapes.run_grid(learners, mode, seed, log)
+    counts = {k if k == lsq_shapes.SMALL else f"{k[0]} × {k[1]}": v
+              for k, v in lsq_shapes.PROBLEMS[mode].items()}
+    return {"weights": "neuralnum/pretrained/axial.pt", "problems": counts,
+            "blas_threads": threads, "rows": rows}
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(NAME, __doc__, argv)
     batch = 256 if args.full else 64
+    mode = "full" if args.full else "quick"
     learners, training = _learners(args.seed, args.full)
     grid = run(learners, batch, args.seed)
-    result = {"mode": "full" if args.full else "quick", "problems": batch,
+    result = {"mode": mode, "problems": batch,
               "learner": f"linear attention, demo recipe, {training['seconds']:.0f} s "
                          f"training, one-step MSE {training['last']['mse']:.2e}",
-              "training": training, **grid}
+              "training": training, **grid, "shapes": run_shapes(mode, args.seed)}
     result["verdicts"] = verdicts(result)
     print(tables(result))
     _figure(result, args.out / f"{NAME}_digits_vs_calls.png")

@@ -24,7 +24,7 @@ exact zero extrapolates to every shape. :func:`construct_axial_gd` gives exact w
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -34,11 +34,15 @@ from neuralnum.models.axial_stage import (
     OTHERS,
     AxialStage,
     MatrixStats,
+    Terms,
     check_inputs,
     matrix_stats,
+    needs_matrix_moments,
     stage_coefficients,
     stage_fast,
     stage_reference,
+    stage_terms,
+    vanishes_at_zero,
 )
 from neuralnum.models.base import Config
 
@@ -64,10 +68,61 @@ class AxialConfig(Config):
 class AxialCoefficients:
     """The canonical form of an :class:`AxialOperator`: ``rows: (7, 4)``, ``cols: (7, 4)``
     float64 (see :func:`stage_coefficients`). Calling it evaluates the fast path in the
-    inputs' dtype (each coefficient rounded once to it)."""
+    inputs' dtype (each coefficient rounded once to it); :meth:`row_product`,
+    :meth:`column_product` and :meth:`step` are the solvers' unchecked evaluations."""
 
     rows: torch.Tensor
     cols: torch.Tensor
+    _terms: dict[tuple[str, torch.dtype, bool], Terms] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def terms(self, stage: str, dtype: torch.dtype, zero_own: bool = False) -> Terms:
+        """:func:`~neuralnum.models.axial_stage.stage_terms` of stage ``"rows"`` or
+        ``"cols"`` in ``dtype``, read once and kept (the coefficients never change)."""
+        key = (stage, dtype, zero_own)
+        if key not in self._terms:
+            self._terms[key] = stage_terms(getattr(self, stage), dtype, zero_own)
+        return self._terms[key]
+
+    def centred(self, stage: str, dtype: torch.dtype) -> bool:
+        """Whether stage ``"rows"`` (``"cols"``) is exactly zero at ``b = 0, x = 0``
+        (``r = 0, x = 0``) in ``dtype`` by the form of its nonzero coefficients, so that
+        its product needs no centring (the exact construction's stages are)."""
+        return vanishes_at_zero(self.terms(stage, dtype, zero_own=True))
+
+    def needs_stats(self, dtype: torch.dtype) -> bool:
+        """Whether :meth:`row_product`, :meth:`column_product` or :meth:`step` in ``dtype``
+        read the :func:`matrix_stats` of ``A`` (else they take ``stats=None``)."""
+        return any(needs_matrix_moments(self.terms(stage, dtype)) for stage in ("rows", "cols"))
+
+    def row_product(self, A: torch.Tensor, x: torch.Tensor, stats: MatrixStats | None
+                    ) -> torch.Tensor:
+        """The row stage at ``b = 0``: ``r(x; b = 0) ≈ A x: (B, n)`` for ``A: (B, n, d)``,
+        ``x: (B, d)`` and ``stats`` = :func:`matrix_stats` of ``A`` (``None`` unless
+        :meth:`needs_stats`); only the nonzero terms are evaluated (:func:`stage_fast`; no
+        gradient reaches the coefficients). Unchecked (no sync): the caller has validated
+        ``A`` and passes finite ``x``, and flags a non-finite result itself."""
+        row_sq, row_sum = (None, None) if stats is None else stats[:2]
+        return stage_fast(self.rows, A, None, x.unsqueeze(2), row_sq, row_sum,
+                          self.terms("rows", A.dtype, zero_own=True))
+
+    def column_product(self, A: torch.Tensor, r: torch.Tensor, stats: MatrixStats | None
+                       ) -> torch.Tensor:
+        """The column stage at ``x = 0`` read with ``r: (B, n)``: ``g ≈ Aᵀ r: (B, d)``;
+        as :meth:`row_product`."""
+        col_sq, col_sum = (None, None) if stats is None else stats[2:]
+        return stage_fast(self.cols, A.mT, None, r.unsqueeze(2), col_sq, col_sum,
+                          self.terms("cols", A.dtype, zero_own=True))
+
+    def step(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
+             stats: MatrixStats | None) -> torch.Tensor:
+        """The fused ``g ≈ Aᵀ(A x − b): (B, d)`` as :meth:`__call__` computes it, unchecked
+        and from the nonzero terms as :meth:`row_product`."""
+        row_sq, row_sum, col_sq, col_sum = (None,) * 4 if stats is None else stats
+        r = stage_fast(self.rows, A, b, x.unsqueeze(2), row_sq, row_sum,
+                       self.terms("rows", A.dtype))
+        return stage_fast(self.cols, A.mT, x, r.unsqueeze(2), col_sq, col_sum,
+                          self.terms("cols", A.dtype))
 
     def residual(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                  stats: MatrixStats | None = None) -> torch.Tensor:

@@ -33,8 +33,10 @@ from torch import nn
 
 from neuralnum.core.validation import SUPPORTED_DTYPES
 
-__all__ = ["OTHERS", "POWERS", "AxialStage", "MatrixStats", "StageWeights", "check_inputs",
-           "matrix_stats", "stage_coefficients", "stage_fast", "stage_reference"]
+__all__ = ["OTHERS", "POWERS", "SPARSE_TERMS", "AxialStage", "MatrixStats", "StageWeights",
+           "Terms", "check_inputs", "matrix_stats", "needs_matrix_moments",
+           "stage_coefficients", "stage_fast",
+           "stage_reference", "stage_terms", "vanishes_at_zero"]
 
 POWERS = 4  # a stage's canonical polynomial has powers z⁰…z³ of its own feature
 OTHERS = 1  # other-axis features per stage: x_j (row stage), r_i (column stage)
@@ -151,29 +153,136 @@ def stage_coefficients(weights: StageWeights) -> torch.Tensor:
     return (torch.cat([product.reshape(-1), skip]) @ collapse).reshape(-1, POWERS)
 
 
-def stage_fast(coefficients: torch.Tensor, mat: torch.Tensor, own: torch.Tensor,
-               others: torch.Tensor, square: torch.Tensor, total: torch.Tensor,
-               ) -> torch.Tensor:
+#: The nonzero terms of a stage's canonical polynomial (:func:`stage_terms`): per moment
+#: with a nonzero coefficient, its index in :func:`stage_fast`'s order and the
+#: coefficients of ``z⁰…z^p`` (``p`` its highest nonzero power), as Python floats.
+Terms = tuple[tuple[int, tuple[float, ...]], ...]
+
+#: :func:`stage_fast` evaluates only the nonzero terms when there are at most this many:
+#: a sum of two numbers and exact zeros rounds once in any order, so the result is the
+#: dense evaluation's bit for bit (torch's reduction over more terms has its own order).
+SPARSE_TERMS = 2
+
+
+def stage_terms(coefficients: torch.Tensor, dtype: torch.dtype, zero_own: bool = False,
+                ) -> Terms:
+    """The nonzero terms of a stage's canonical ``coefficients: (M, 4)`` rounded to
+    ``dtype`` (:data:`Terms`); ``zero_own``: for a call whose own feature is 0, where only
+    the ``z⁰`` coefficients count. Reads the coefficients' values (a device sync): compute
+    once per coefficients and dtype."""
+    table = coefficients.detach().to(dtype)
+    rows = (table[:, :1] if zero_own else table).tolist()
+    terms = []
+    for moment, row in enumerate(rows):
+        powers = [k for k, c in enumerate(row) if c != 0]
+        if powers:
+            terms.append((moment, tuple(row[: powers[-1] + 1])))
+    return tuple(terms)
+
+
+def needs_matrix_moments(terms: Terms, others: int = OTHERS) -> bool:
+    """Whether :func:`stage_fast` with these :func:`stage_terms` reads ``square`` or
+    ``total`` (``Σ_s a²``, ``Σ_s a``): a term on either, or too many terms for the sparse
+    evaluation. Where it does not, they may be passed as ``None``."""
+    return len(terms) > SPARSE_TERMS or any(m in (0, others + 1) for m, _ in terms)
+
+
+def vanishes_at_zero(terms: Terms, others: int = OTHERS) -> bool:
+    """Whether a stage with these :func:`stage_terms` (``zero_own``) is exactly zero when
+    its other-axis features are zero too, by its form: every term's moment then has an
+    other-axis factor (``Σ_s a o_s`` or a Gram entry with an ``o``), so it is ±0."""
+    gram = (others + 1) * (others + 2) // 2
+    free = {0, others + 1, others + 1 + gram, others + 2 + gram}  # Σa², Σa, Σ1·1, 1
+    return not any(moment in free for moment, _ in terms)
+
+
+def stage_fast(coefficients: torch.Tensor, mat: torch.Tensor, own: torch.Tensor | None,
+               others: torch.Tensor, square: torch.Tensor | None, total: torch.Tensor | None,
+               terms: Terms | None = None) -> torch.Tensor:
     """A stage from its canonical ``coefficients: (M, 4)`` (rounded to ``mat``'s dtype).
 
-    ``mat: (B, No, Ns)`` (``A`` or ``A.mT``), ``own: (B, No)``, ``others: (B, Ns, q)``,
-    ``square = Σ_s mat²``, ``total = Σ_s mat``: ``(B, No)``; returns ``(B, No)``. Moments,
-    in order: ``Σ_s a²``, ``Σ_s a o_s`` (one skinny product, computed as ``(othersᵀ
-    matᵀ)ᵀ`` so that the short dimension streams over ``A``'s rows either way), ``Σ_s a``,
-    the upper triangle of ``Σ_s φ_s φ_sᵀ`` (``φ = [o_1…o_q, 1]``) row by row, the constant
-    1; each times a cubic in ``own`` (Horner)."""
-    batch, rows, length = mat.shape
-    phi = torch.cat([others, others.new_ones(batch, length, 1)], 2)
-    upper = torch.triu_indices(phi.shape[2], phi.shape[2], device=mat.device)
-    gram = (phi.mT @ phi)[:, upper[0], upper[1]]
-    moments = torch.cat([square.unsqueeze(2), (others.mT @ mat.mT).mT, total.unsqueeze(2),
-                         gram.unsqueeze(1).expand(batch, rows, -1),
+    ``mat: (B, No, Ns)`` (``A`` or ``A.mT``), ``own: (B, No)`` (``None``: all zero),
+    ``others: (B, Ns, q)``, ``square = Σ_s mat²``, ``total = Σ_s mat``: ``(B, No)`` (``None``
+    where :func:`needs_matrix_moments` of ``terms`` is false); returns
+    ``(B, No)``. Moments, in order: ``Σ_s a²``, ``Σ_s a o_s`` (one skinny product, computed
+    as ``(othersᵀ matᵀ)ᵀ`` so that the short dimension streams over ``A``'s rows either
+    way), ``Σ_s a``, the upper triangle of ``Σ_s φ_s φ_sᵀ`` (``φ = [o_1…o_q, 1]``) row by
+    row, the constant 1; each times a cubic in ``own`` (Horner). ``terms``: the
+    coefficients' :func:`stage_terms` (for this dtype, ``zero_own`` when ``own`` is
+    ``None``); with at most :data:`SPARSE_TERMS` of them only those moments are formed,
+    with the same result (no gradient reaches ``coefficients`` then)."""
+    if terms is not None and len(terms) <= SPARSE_TERMS:
+        return _stage_sparse(terms, mat, own, others, square, total)
+    batch, rows, _ = mat.shape
+    if own is None:
+        own = mat.new_zeros(batch, rows)
+    moments = torch.cat([square.unsqueeze(2), _skinny(mat, others), total.unsqueeze(2),
+                         _gram(others).unsqueeze(1).expand(batch, rows, -1),
                          mat.new_ones(batch, rows, 1)], 2)
     coef = coefficients.to(mat.dtype)
     poly = coef[:, POWERS - 1].expand(batch, rows, -1)
     for k in range(POWERS - 2, -1, -1):
         poly = poly * own.unsqueeze(2) + coef[:, k]
     return (poly * moments).sum(2)
+
+
+def _skinny(mat: torch.Tensor, others: torch.Tensor) -> torch.Tensor:
+    """``Σ_s a_os o_s``: ``(B, No, q)``, the one product with ``mat``."""
+    return (others.mT @ mat.mT).mT
+
+
+def _gram(others: torch.Tensor) -> torch.Tensor:
+    """The upper triangle of ``Σ_s φ_s φ_sᵀ``, ``φ = [others, 1]``, row by row: ``(B, G)``."""
+    batch, length, _ = others.shape
+    phi = torch.cat([others, others.new_ones(batch, length, 1)], 2)
+    upper = torch.triu_indices(phi.shape[2], phi.shape[2], device=others.device)
+    return (phi.mT @ phi)[:, upper[0], upper[1]]
+
+
+def _stage_sparse(terms: Terms, mat: torch.Tensor, own: torch.Tensor | None,
+                  others: torch.Tensor, square: torch.Tensor | None,
+                  total: torch.Tensor | None) -> torch.Tensor:
+    """:func:`stage_fast` from at most two nonzero ``terms``: each moment formed only when
+    its coefficient is nonzero, each polynomial from its highest nonzero power (the dense
+    Horner's leading zeros are exact), a factor 1 not multiplied."""
+    batch, rows, _ = mat.shape
+    q = others.shape[2]
+    formed: dict[str, torch.Tensor] = {}
+
+    def moment(m: int) -> torch.Tensor:
+        if m in (0, q + 1):
+            value = square if m == 0 else total
+            assert value is not None, "square / total needed (needs_matrix_moments)"
+            return value
+        if m <= q:
+            if "skinny" not in formed:
+                formed["skinny"] = _skinny(mat, others)
+            return formed["skinny"][:, :, m - 1]
+        if "gram" not in formed:
+            formed["gram"] = torch.cat([_gram(others), others.new_ones(batch, 1)], 1)
+        return formed["gram"][:, m - q - 2:m - q - 1]  # the last: the constant 1
+
+    values = [_poly(coefs, own, moment(m)) for m, coefs in terms]
+    if not values:
+        return mat.new_zeros(batch, rows)
+    out = values[0] + values[1] if len(values) == 2 else values[0]
+    if out is square or out is total or out.shape != (batch, rows):
+        out = out.expand(batch, rows).clone()
+    return out
+
+
+def _poly(coefs: tuple[float, ...], own: torch.Tensor | None, value: torch.Tensor
+          ) -> torch.Tensor:
+    """``(Σ_k c_k own^k)·value`` rounded as the dense Horner rounds it (``value``: a moment,
+    ``(B, No)`` or ``(B, 1)``; ``coefs``: ``c_0…c_p``, ``c_p ≠ 0``); ``own = None`` (zero)
+    reads only ``c_0``."""
+    if own is None or len(coefs) == 1:
+        return value if coefs[0] == 1 else value * coefs[0]
+    poly = own * coefs[-1]
+    for k in range(len(coefs) - 2, -1, -1):
+        poly = poly + coefs[k] if coefs[k] != 0 else poly
+        poly = poly * own if k > 0 else poly
+    return poly * value
 
 
 def stage_reference(weights: StageWeights, mat: torch.Tensor, own: torch.Tensor,

@@ -236,7 +236,7 @@ def row_norm(x: Tensor) -> Tensor:
     ``sqrt(sum(x**2))`` without its overflow/underflow.
     """
     scale = row_pow2(x)
-    scaled = x / scale.unsqueeze(-1)
+    scaled = x * (1 / scale).unsqueeze(-1)  # 1/scale: a normal power of two, exact
     return torch.sqrt((scaled * scaled).sum(dim=-1)) * scale
 
 def _check_tensor(name: str, t: object, op: Products, shape: tuple[int, int]) -> None:
@@ -302,12 +302,15 @@ def _stopping_tests(s: State, o: Options) -> Tensor:
     return istop
 
 def _finite_rows(s: State, keys: tuple[str, ...]) -> Tensor:
-    """``(k,)`` bool: rows whose tensors ``s[key]`` are all finite."""
-    ok = torch.ones(s[keys[0]].shape[0], dtype=torch.bool, device=s[keys[0]].device)
+    """``(k,)`` bool: rows whose tensors ``s[key]`` are all finite. ``t·0`` is 0 for a
+    finite ``t`` and NaN for ±Inf or NaN, and a sum with a NaN is NaN: one product and
+    one sum per tensor (``isfinite`` takes four passes)."""
+    total = None
     for key in keys:
         t = s[key]
-        ok &= torch.isfinite(t).reshape(t.shape[0], -1).all(dim=1)
-    return ok
+        rows = (t.reshape(t.shape[0], -1) * 0).sum(dim=1)
+        total = rows if total is None else total + rows
+    return total == 0
 
 def _rows(mask: Tensor, t: Tensor) -> Tensor:
     """Broadcast a ``(k,)`` mask against ``t`` of shape ``(k, ...)``."""
@@ -322,21 +325,31 @@ def _iterate(
     finite_keys: tuple[str, ...],
     record: bool,
 ) -> list[Tensor]:
-    """Run ``step`` on the active problems until each has stopped; updates ``state`` in place.
+    """Run ``step`` on the active problems until each has stopped; updates ``state`` (the
+    dict; its tensors are replaced or written in place, never read again by the caller
+    but through it).
 
     A problem whose new state is not finite is rolled back to its previous state and stopped
-    with ``istop = 8``.  Returns the list of full ``(B, d)`` iterates when ``record``.
+    with ``istop = 8``.  While every problem is active the step runs on ``state`` itself
+    (no gathering or scattering; steps never modify their input tensors in place).
+    Returns the list of full ``(B, d)`` iterates when ``record``.
     """
     history = [state["x"].clone()] if record else []
     while bool(active.any()):
         idx = active.nonzero().squeeze(1)
-        old = {key: t.index_select(0, idx) for key, t in state.items()}
+        whole = len(idx) == len(active)
+        old = dict(state) if whole else {key: t.index_select(0, idx)
+                                         for key, t in state.items()}
         new = step(ctr, dict(old), idx)
         bad = ~_finite_rows(new, finite_keys)
-        new = {key: torch.where(_rows(bad, t), old[key], t) for key, t in new.items()}
+        if bool(bad.any()):
+            new = {key: torch.where(_rows(bad, t), old[key], t) for key, t in new.items()}
         new["istop"] = torch.where(bad, NONFINITE, _stopping_tests(new, o))
         for key, t in new.items():
-            state[key].index_copy_(0, idx, t)
+            if whole:
+                state[key] = t
+            elif t is not old[key]:
+                state[key].index_copy_(0, idx, t)
         active[idx] = new["istop"] == 0
         if record:
             history.append(state["x"].clone())

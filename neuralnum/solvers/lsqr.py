@@ -56,29 +56,55 @@ def _sym_ortho(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 class Bases:
     """The Golub–Kahan vectors of every problem so far, for full reorthogonalisation:
     ``u`` rows ``(B, n)`` and ``v`` rows ``(B, d)``, one of each per iteration (rows of
-    problems that have stopped stay as they were: never read again). With
-    ``enabled=False`` nothing is kept and :meth:`orthogonalize` is the identity."""
+    problems that have stopped are not written: never read again), kept in a
+    ``(capacity, B, m)`` buffer per name that doubles when full, so storing a row and
+    reading the basis of every problem copy nothing. With ``enabled=False`` nothing is
+    kept and :meth:`orthogonalize` is the identity."""
 
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
-        self.rows: dict[str, list[Tensor]] = {"u": [], "v": []}
+        self.store: dict[str, Tensor] = {}
+        self.count: dict[str, int] = {"u": 0, "v": 0}
 
     def keep(self, name: str, vectors: Tensor, idx: Tensor, batch: int) -> None:
-        """Store ``vectors: (k, m)`` of problems ``idx`` as the next row of ``name``."""
-        if self.enabled:
-            row = vectors.new_zeros(batch, vectors.shape[1])
-            self.rows[name].append(row.index_copy(0, idx, vectors))
+        """Store ``vectors: (k, m)`` of problems ``idx`` (sorted, as the driver's) as the
+        next row of ``name``."""
+        if not self.enabled:
+            return
+        count, store = self.count[name], self.store.get(name)
+        if store is None or count == store.shape[0]:
+            # uninitialised: a problem's entry of a row is read only while the problem is
+            # active, and an active problem has been written into every row so far
+            grown = vectors.new_empty(max(8, 2 * count), batch, vectors.shape[1])
+            if store is not None:
+                grown[:count] = store
+            self.store[name] = store = grown
+        if len(idx) == batch:
+            store[count] = vectors
+        else:
+            store[count, idx] = vectors
+        self.count[name] = count + 1
 
     def orthogonalize(self, name: str, w: Tensor, idx: Tensor) -> Tensor:
         """``w: (k, m)`` with its components along the stored rows of problems ``idx``
-        removed, twice (classical Gram–Schmidt, repeated: orthogonal to working
+        (sorted) removed, twice (classical Gram–Schmidt, repeated: orthogonal to working
         precision)."""
-        if not self.enabled or not self.rows[name]:
+        count = self.count[name]
+        if not self.enabled or not count:
             return w
-        basis = torch.stack([row[idx] for row in self.rows[name]], 1)  # (k, rows, m)
-        for _ in range(2):
-            w = w - (basis.mT @ (basis @ w.unsqueeze(2))).squeeze(2)
+        rows = self.store[name][:count]
+        basis = (rows if len(idx) == rows.shape[1] else rows[:, idx]).transpose(0, 1)
+        for _ in range(2):  # (k, rows, m): coefficients, then Σ_rows coefficient·row
+            w = w - ((basis @ w.unsqueeze(2)).mT @ basis).squeeze(1)
         return w
+
+
+def _unit(w: Tensor, norm: Tensor) -> Tensor:
+    """``w: (k, m)`` divided by ``norm: (k,)`` (as ``w·(1/norm)``) in the rows where
+    ``norm > 0``, ``w`` itself in the others."""
+    scaled = w * (1 / norm)[:, None]
+    pos = norm > 0
+    return scaled if bool(pos.all()) else torch.where(pos[:, None], scaled, w)
 
 
 def _lsqr_init(ctr: Counter, b: Tensor, x0: Tensor | None, bases: Bases) -> State:
@@ -87,11 +113,11 @@ def _lsqr_init(ctr: Counter, b: Tensor, x0: Tensor | None, bases: Bases) -> Stat
     bnorm = row_norm(b)
     beta = row_norm(u)
     pos = beta > 0
-    u = torch.where(pos[:, None], u * (1 / beta)[:, None], u)
+    u = _unit(u, beta)
     v = x.new_zeros(x.shape)
     v[pos] = ctr.rmatvec(u[pos], idx[pos])
     alfa = row_norm(v)
-    v = torch.where((alfa > 0)[:, None], v * (1 / alfa)[:, None], v)
+    v = _unit(v, alfa)
     bases.keep("u", u, idx, len(idx))
     bases.keep("v", v, idx, len(idx))
     zero = torch.zeros_like(bnorm)
@@ -129,18 +155,24 @@ def _lsqr_bidiag(ctr: Counter, s: State, idx: Tensor, dampsq: float, bases: Base
     u = bases.orthogonalize("u", ctr.matvec(s["v"], idx) - s["alfa"][:, None] * s["u"], idx)
     beta = row_norm(u)
     pos = beta > 0
-    s["u"] = torch.where(pos[:, None], u * (1 / beta)[:, None], u)
+    s["u"] = _unit(u, beta)
     grown = torch.sqrt(s["anorm"] ** 2 + s["alfa"] ** 2 + beta**2 + dampsq)
     s["anorm"] = torch.where(pos, grown, s["anorm"])
     s["beta"] = beta
     bases.keep("u", s["u"], idx, batch)
-    k = (pos & torch.isfinite(beta)).nonzero().squeeze(1)
-    v = ctr.rmatvec(s["u"][k], idx[k]) - beta[k, None] * s["v"][k]
-    v = bases.orthogonalize("v", v, idx[k])
+    go = pos & torch.isfinite(beta)
+    every = bool(go.all())  # then no gathering or scattering
+    k = None if every else go.nonzero().squeeze(1)
+
+    def rows(t: Tensor) -> Tensor:
+        return t if k is None else t[k]
+
+    v = ctr.rmatvec(rows(s["u"]), rows(idx)) - rows(beta)[:, None] * rows(s["v"])
+    v = bases.orthogonalize("v", v, rows(idx))
     alfa = row_norm(v)
-    v = torch.where((alfa > 0)[:, None], v * (1 / alfa)[:, None], v)
-    s["v"] = s["v"].index_copy(0, k, v)
-    s["alfa"] = s["alfa"].index_copy(0, k, alfa)
+    v = _unit(v, alfa)
+    s["v"] = v if k is None else s["v"].index_copy(0, k, v)
+    s["alfa"] = alfa if k is None else s["alfa"].index_copy(0, k, alfa)
     bases.keep("v", s["v"], idx, batch)
 
 def _lsqr_rotate(s: State, damp: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

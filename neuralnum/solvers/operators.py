@@ -55,7 +55,7 @@ def rms_exponent(t: torch.Tensor) -> torch.Tensor:
     flat = t.reshape(t.shape[0], -1)
     _, e1 = torch.frexp(flat.abs().amax(dim=1))  # max |t·2^-e1| in [0.5, 1)
     scaled = pow2_scale(flat, -e1.unsqueeze(1))
-    rms = scaled.pow(2).mean(dim=1).sqrt()
+    rms = (scaled * scaled).mean(dim=1).sqrt()
     safe = torch.where(rms > 0, rms, torch.ones_like(rms))
     e2 = torch.floor(torch.log2(safe) + 0.5).to(e1.dtype)
     return torch.where(rms > 0, e1 + e2, torch.zeros_like(e1))
@@ -125,6 +125,10 @@ class Operator:
         self.version += 1
         return keep
 
+    def _count(self, idx: torch.Tensor) -> None:
+        """One more operator call for each of the (distinct) problems ``idx``."""
+        self.calls.index_add_(0, idx, torch.ones_like(idx))
+
     @property
     def dtype(self) -> torch.dtype:
         return self.A.dtype
@@ -160,21 +164,21 @@ class Operator:
         """``A v`` of problems ``idx`` (equilibrated coordinates): ``v: (k, d)`` →
         ``(k, n)``; one operator call each. ``v`` is scaled by a power of two to RMS ≈ 1
         before the call (exactly undone), so a learned operator sees familiar sizes."""
-        self.calls[idx] += 1
+        self._count(idx)
         e = rms_exponent(v).unsqueeze(1)
         return pow2_scale(self._matvec(idx, pow2_scale(v, -e)), e)
 
     def rmatvec(self, u: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``Aᵀ u`` of problems ``idx`` (equilibrated coordinates): ``u: (k, n)`` →
         ``(k, d)``; one operator call each, ``u`` scaled as in :meth:`matvec`."""
-        self.calls[idx] += 1
+        self._count(idx)
         e = rms_exponent(u).unsqueeze(1)
         return pow2_scale(self._rmatvec(idx, pow2_scale(u, -e)), e)
 
     def gradient(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """``g(x)`` of problems ``idx`` (equilibrated coordinates), ``x: (k, d)``; rows
         with a non-finite ``x`` get NaN without a call."""
-        self.calls[idx] += 1
+        self._count(idx)
         finite = torch.isfinite(x).all(dim=1)
         if finite.all():
             out = self._apply(idx, self.b[idx], x)
@@ -192,7 +196,7 @@ class Operator:
         per problem."""
         missing = idx[~self._have_g0[idx]]
         if len(missing):
-            self.calls[missing] += 1
+            self._count(missing)
             self._g0[missing] = self._apply(missing, torch.zeros_like(self.b[missing]),
                                             self.A.new_zeros(len(missing), self.d))
             self._have_g0[missing] = True
@@ -204,7 +208,7 @@ class Operator:
         g0 = self._zero(idx)
         p = torch.where(torch.isfinite(p), p, math.nan)
         e = rms_exponent(torch.nan_to_num(p, nan=0.0)).unsqueeze(1)
-        self.calls[idx] += 1
+        self._count(idx)
         zeros = self.b.new_zeros(len(idx), self.n)
         out = self._apply(idx, zeros, pow2_scale(p, -e)) - g0
         return pow2_scale(out, e)
@@ -264,8 +268,9 @@ class AxialLearnedOperator(Operator):
     col(r = u, x = 0) − col(0, 0)`` (the column stage read with ``u`` for its residual
     channel): centred, so a learned constant offset cancels.
 
-    ``coefficients``: the operator's canonical (deployed) form, evaluated in ``A``'s dtype;
-    the per-matrix moments (``Σ a²``, ``Σ a`` along both axes) are computed once per
+    ``coefficients``: the operator's canonical (deployed) form, evaluated in ``A``'s dtype
+    from its nonzero terms; the per-matrix moments (``Σ a²``, ``Σ a`` along both axes),
+    where those terms read them, and the centring offsets are computed once per
     equilibrated ``A`` and again only if column balancing changes it.
     """
 
@@ -275,37 +280,47 @@ class AxialLearnedOperator(Operator):
         self.coefficients = coefficients
         self.center = True
         self._stats: tuple[int, MatrixStats] | None = None
-        self._offsets: dict[str, torch.Tensor] = {}
+        self._offsets: tuple[int, dict[str, torch.Tensor | None]] = (self.version, {})
 
-    def _moments(self, idx: torch.Tensor) -> MatrixStats:
+    def _moments(self, idx: torch.Tensor, mats: torch.Tensor) -> MatrixStats | None:
+        """The moments of ``mats`` = :meth:`matrices` ``(idx)``; ``None`` where the
+        coefficients do not read them."""
+        if not self.coefficients.needs_stats(self.dtype):
+            return None
         if self._stats is None or self._stats[0] != self.version:
             self._stats = (self.version, matrix_stats(self.A))
-            self._offsets = {}
         stats = self._stats[1]
-        return stats if self.matrices(idx) is self.A else MatrixStats(*(t[idx] for t in stats))
+        return stats if mats is self.A else MatrixStats(*(t[idx] for t in stats))
 
-    def _offset(self, name: str, idx: torch.Tensor) -> torch.Tensor:
-        """``r(0, 0)`` (``"rows"``) or ``col(0, 0)`` (``"cols"``) of problems ``idx``, for
-        every problem at once on first use."""
-        if name not in self._offsets:
-            every = self._every
-            zero_rows, zero_cols = self.b.new_zeros(self.b.shape), self.A.new_zeros(
-                self.batch, self.d)
-            self._offsets[name] = (
-                self.coefficients.residual(self.A, zero_rows, zero_cols, self._moments(every))
-                if name == "rows" else
-                self.coefficients.column(self.A, zero_rows, zero_cols, self._moments(every)))
-        return self._offsets[name][idx]
+    def _centred(self, name: str, out: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``out`` minus the offset ``r(0, 0)`` (``"rows"``) or ``col(0, 0)`` (``"cols"``)
+        of problems ``idx``, computed for every problem at once on first use; an offset
+        that is exactly zero everywhere (by the coefficients' form, as the exact
+        construction's, or as computed) is not subtracted."""
+        if self._offsets[0] != self.version:
+            self._offsets = (self.version, {})
+        offsets = self._offsets[1]
+        if name not in offsets and self.coefficients.centred(name, self.dtype):
+            offsets[name] = None
+        if name not in offsets:
+            stats = self._moments(self._every, self.A)
+            offset = (self.coefficients.row_product(self.A, self.A.new_zeros(
+                self.batch, self.d), stats) if name == "rows" else
+                self.coefficients.column_product(self.A, self.b.new_zeros(self.b.shape), stats))
+            offsets[name] = None if bool((offset == 0).all()) else offset
+        offset = offsets[name]
+        return out if offset is None else out - offset[idx]
 
     def _apply(self, idx: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return self.coefficients(self.matrices(idx), b, x, self._moments(idx))[1]
+        mats = self.matrices(idx)
+        return self.coefficients.step(mats, b, x, self._moments(idx, mats))
 
     def _matvec(self, idx: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        zeros = v.new_zeros(len(idx), self.n)
-        r = self.coefficients.residual(self.matrices(idx), zeros, v, self._moments(idx))
-        return r - self._offset("rows", idx)
+        mats = self.matrices(idx)
+        r = self.coefficients.row_product(mats, v, self._moments(idx, mats))
+        return self._centred("rows", r, idx)
 
     def _rmatvec(self, idx: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        zeros = u.new_zeros(len(idx), self.d)
-        g = self.coefficients.column(self.matrices(idx), u, zeros, self._moments(idx))
-        return g - self._offset("cols", idx)
+        mats = self.matrices(idx)
+        g = self.coefficients.column_product(mats, u, self._moments(idx, mats))
+        return self._centred("cols", g, idx)

@@ -5,13 +5,14 @@ import copy
 
 import pytest
 import torch
+from shape_rows import shapes_part
 
 from neuralnum.problems import reference
 from neuralnum.problems.families import SpectrumFamily
 from neuralnum.solvers.learner import Learner
 from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 from neuralnum.training.recipe import Recipe
-from studies import iterative, ood, vs_scipy
+from studies import iterative, lsq_shapes, ood, vs_scipy
 
 # ---------------------------------------------------------------- vs_scipy
 
@@ -34,7 +35,8 @@ def _vs_result():
             _vs_row("ill_conditioned", "float64", 1e4), _vs_row("gaussian", "float32", 2.0),
             _vs_row("ill_conditioned", "float32", 1e4)]
     return {"mode": "quick", "problems": 16, "learner": "synthetic", "rows": rows,
-            "longer": {"gaussian": {"2": 3.0, "4": 9.0, "200": 15.0}}, "curves": {}}
+            "longer": {"gaussian": {"2": 3.0, "4": 9.0, "200": 15.0}}, "curves": {},
+            "shapes": shapes_part()}
 
 
 VS_KEYS = list(vs_scipy.verdicts(_vs_result()))
@@ -83,6 +85,21 @@ def test_vs_scipy_monotone_verdict_and_tables():
     assert text.startswith("`python3 -m studies.vs_scipy --quick`")
     assert "median (worst) of 16" in text and "| ill_conditioned | 20 | 1e+04 |" in text
     assert "| learned CG never loses digits when iterated longer | no |" in text
+
+
+def test_vs_scipy_tables_and_headline_show_both_parts():
+    result = _vs_result()
+    text = vs_scipy.tables(result)
+    assert "**The shape-general learned solver**" in text
+    assert "| ill_conditioned | 20 × 5 | 1e+04 | mpmath | 13.0 (14.0) |" in text
+    assert "| gaussian | 5000 × 500 | 2 | gelsd + 2 dd refinements |" in text
+    assert "| gaussian | 1000 × 100 | 10 (21) |" in text
+    for key, met in lsq_shapes.verdicts(result["shapes"]["rows"]).items():
+        assert f"| {key} | {'yes' if met else 'no'} |" in text
+    line = vs_scipy.headline(result)
+    assert "shape-general learned LSQR 15.0–15.0 vs scipy lsqr 15.0–15.0" in line
+    assert line.endswith("9 of 9 targets met")
+
 
 
 # ---------------------------------------------------------------- iterative

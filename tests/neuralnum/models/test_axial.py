@@ -24,7 +24,16 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from neuralnum.models.axial import AxialConfig, AxialOperator, construct_axial_gd
-from neuralnum.models.axial_stage import MatrixStats, StageWeights, matrix_stats, stage_reference
+from neuralnum.models.axial_stage import (
+    MatrixStats,
+    StageWeights,
+    matrix_stats,
+    needs_matrix_moments,
+    stage_fast,
+    stage_reference,
+    stage_terms,
+    vanishes_at_zero,
+)
 from neuralnum.problems.double_double import dd_step
 
 DTYPES = (torch.float32, torch.float64)
@@ -272,3 +281,83 @@ def test_bad_config_raises(fields: dict[str, float]) -> None:
 def test_bad_parameter_dtype_raises() -> None:
     with pytest.raises(TypeError, match=r"float32 or torch\.float64"):
         AxialOperator(AxialConfig(), dtype=torch.float16)
+
+
+# --------------------------------------------------------------------------- nonzero terms
+def _table(entries: list[tuple[int, int, float]]) -> torch.Tensor:
+    """A ``(7, 4)`` canonical table with ``value`` at ``(moment, power)`` of each entry."""
+    table = torch.zeros(7, 4, dtype=torch.float64)
+    for moment, power, value in entries:
+        table[moment, power] = value
+    return table
+
+
+entries = st.lists(st.tuples(st.integers(0, 6), st.integers(0, 3),
+                             st.sampled_from([1.0, -1.0, 0.75, -2.5, 1e-3])),
+                   min_size=0, max_size=3)
+
+
+@settings(max_examples=100, deadline=None)
+@given(seed=seeds, n=st.integers(1, 30), d=st.integers(1, 30), dtype=dtypes, table=entries,
+       zero_own=st.booleans(), columns=st.booleans())
+def test_nonzero_terms_evaluate_bit_for_bit_as_every_term(seed: int, n: int, d: int,
+                                                          dtype: torch.dtype, table: list,
+                                                          zero_own: bool, columns: bool) -> None:
+    """``stage_fast`` from its nonzero terms (at most two: moments formed only where
+    needed, leading zero powers skipped) equals the dense evaluation exactly; with more
+    terms it is the dense evaluation."""
+    A, b, x = random_problem(seed, 2, n, d, dtype, decades=2.0)
+    coefficients = _table(table)
+    stats = matrix_stats(A)
+    mat, own, other, square, total = ((A.mT, x, b, stats.col_sq, stats.col_sum) if columns
+                                      else (A, b, x, stats.row_sq, stats.row_sum))
+    own_arg = None if zero_own else own
+    terms = stage_terms(coefficients, dtype, zero_own)
+    dense = stage_fast(coefficients, mat, torch.zeros_like(own) if zero_own else own,
+                       other.unsqueeze(2), square, total)
+    sparse = stage_fast(coefficients, mat, own_arg, other.unsqueeze(2), square, total, terms)
+    assert torch.equal(sparse, dense)
+    if not needs_matrix_moments(terms):  # then it runs without Σ a², Σ a
+        assert torch.equal(stage_fast(coefficients, mat, own_arg, other.unsqueeze(2), None,
+                                      None, terms), dense)
+
+
+def test_stage_terms_list_the_nonzero_coefficients_up_to_the_highest_power() -> None:
+    table = _table([(1, 0, 1.0), (6, 1, -1.0), (6, 3, 0.5), (3, 2, 1e-60)])
+    assert stage_terms(table, torch.float64) == ((1, (1.0,)), (3, (0.0, 0.0, 1e-60)),
+                                                 (6, (0.0, -1.0, 0.0, 0.5)))
+    assert stage_terms(table, torch.float32) == ((1, (1.0,)), (6, (0.0, -1.0, 0.0, 0.5)))
+    assert stage_terms(table, torch.float64, zero_own=True) == ((1, (1.0,)),)
+
+
+def test_what_the_terms_read_and_whether_they_vanish_at_zero() -> None:
+    exact = construct_axial_gd().coefficients().detached()
+    assert exact.centred("rows", torch.float64) and exact.centred("cols", torch.float32)
+    assert not exact.needs_stats(torch.float64)
+    for moment, vanishes in ((0, False), (1, True), (2, False), (3, True), (4, True),
+                             (5, False), (6, False)):
+        terms = stage_terms(_table([(moment, 0, 1.0)]), torch.float64, zero_own=True)
+        assert vanishes_at_zero(terms) is vanishes
+        assert needs_matrix_moments(terms) is (moment in (0, 2))
+    three = stage_terms(_table([(1, 0, 1.0), (3, 0, 1.0), (4, 1, 1.0)]), torch.float64)
+    assert needs_matrix_moments(three)  # evaluated densely, which reads them
+
+
+@pytest.mark.parametrize("model", ["exact", "offset", "random"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unchecked_products_are_the_checked_calls(model: str, dtype: torch.dtype) -> None:
+    net = random_model(5) if model == "random" else construct_axial_gd()
+    if model == "offset":
+        with torch.no_grad():
+            net.rows.skip[1] = 0.75
+    coefficients = net.coefficients().detached()
+    A, b, x = random_problem(4, 3, 7, 5, dtype, decades=2.0)
+    stats = matrix_stats(A)
+    stats_arg = stats if coefficients.needs_stats(dtype) else None
+    _, g = coefficients(A, b, x, stats)
+    assert torch.equal(coefficients.step(A, b, x, stats_arg), g)
+    assert torch.equal(coefficients.row_product(A, x, stats_arg),
+                       coefficients.residual(A, torch.zeros_like(b), x, stats))
+    assert torch.equal(coefficients.column_product(A, b, stats_arg),
+                       coefficients.column(A, b, torch.zeros_like(x), stats))
+    assert coefficients.centred("rows", dtype) is (model == "exact")

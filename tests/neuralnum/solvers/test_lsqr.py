@@ -7,6 +7,7 @@ numpy.linalg (pinv, qr) and mpmath appear only here, as judges and to build test
 from __future__ import annotations
 
 import inspect
+import math
 import warnings
 
 import numpy as np
@@ -17,8 +18,16 @@ from dense_products import DenseProducts, cg_normal, digits, family, reference
 from hypothesis import given
 from hypothesis import strategies as st
 
+from neuralnum.solvers import lsqr as lsqr_module
 from neuralnum.solvers.cgls import cgls
-from neuralnum.solvers.ls_driver import ISTOP_NAMES, LsqrInfo, Options, _stopping_tests, options
+from neuralnum.solvers.ls_driver import (
+    ISTOP_NAMES,
+    LsqrInfo,
+    Options,
+    _finite_rows,
+    _stopping_tests,
+    options,
+)
 from neuralnum.solvers.lsqr import _lsqr_norms, _sym_ortho, lsqr
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -610,3 +619,45 @@ def test_dense_products_validate_matrix():
         DenseProducts(torch.ones(4, 3))
     with pytest.raises(TypeError, match="float32 or float64"):
         DenseProducts(torch.ones(1, 4, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_bases_grow_and_orthogonalize_every_or_some_problems(dtype):
+    """The stored rows survive the buffer's growth; orthogonalising against them is CGS
+    twice over the rows of the problems asked for, whether all of them or a few."""
+    gen = torch.Generator().manual_seed(0)
+    batch, m, rows = 4, 6, 11  # more rows than the first buffer holds
+    bases = lsqr_module.Bases(True)
+    stored = [torch.randn(batch, m, dtype=dtype, generator=gen) for _ in range(rows)]
+    for row in stored:
+        bases.keep("u", row, torch.arange(batch), batch)
+    w = torch.randn(batch, m, dtype=dtype, generator=gen)
+    basis = torch.stack(stored, 1)  # (batch, rows, m)
+    expected = w
+    for _ in range(2):
+        expected = expected - (basis.mT @ (basis @ expected.unsqueeze(2))).squeeze(2)
+    assert torch.equal(bases.orthogonalize("u", w, torch.arange(batch)), expected)
+    some = torch.tensor([1, 3])
+    assert torch.equal(bases.orthogonalize("u", w[some], some), expected[some])
+    assert torch.equal(lsqr_module.Bases(False).orthogonalize("u", w, some), w)
+
+
+def test_reorthogonalized_batch_equals_problems_solved_alone():
+    """Problems stop at different iterations (the stored rows are then read for a subset):
+    each problem's result is the one it gets alone, bit for bit."""
+    a, b = mixed_batch()
+    kw = {"atol": 1e-12, "btol": 1e-12, "iter_lim": 30, "reorthogonalize": True}
+    x, info, _ = solve(lsqr, a, b, **kw)
+    assert len(set(info.itn.tolist())) >= 4
+    for p in range(5):
+        xp, ip, _ = solve(lsqr, a[p : p + 1], b[p : p + 1], **kw)
+        np.testing.assert_array_equal(x[p], xp[0])
+        assert (int(info.istop[p]), int(info.itn[p])) == (int(ip.istop[0]), int(ip.itn[0]))
+
+
+def test_finite_rows_flags_every_nonfinite_row():
+    state = {"x": torch.zeros(4, 3), "s": torch.ones(4)}
+    state["x"][1, 2] = math.inf
+    state["x"][2, 0] = -math.inf
+    state["s"][3] = math.nan
+    assert _finite_rows(state, ("x", "s")).tolist() == [True, False, False, False]
