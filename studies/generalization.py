@@ -52,11 +52,12 @@ import scipy.linalg
 import torch
 
 from neuralnum.core.runtime import make_generator
-from neuralnum.models.axial import AxialCoefficients
+from neuralnum.models.axial import AxialCoefficients, construct_axial_gd
 from neuralnum.problems import FAMILIES, ProblemFamily, family_from_name
 from neuralnum.problems.double_double import DD, dd_matvec, dd_step, error
 from neuralnum.problems.reference import default_rcond, digits, lstsq
 from neuralnum.solvers.axial_learner import AxialLearner
+from neuralnum.solvers.krylov import STATUS_NAMES, SolveInfo
 from neuralnum.solvers.methods import solve
 from neuralnum.solvers.operators import AxialLearnedOperator, ExactOperator, pow2_scale
 from neuralnum.solvers.pretrained import pretrained
@@ -76,6 +77,7 @@ SWEEP: tuple[tuple[int, int], ...] = (
     *TARGET_SHAPES,
     (6400, 16), (64, 1600), (1600, 1600), (6400, 1600))
 PRODUCTS = ("Av", "ATu", "g")
+LABELS = {"Av": "A v", "ATu": "Aᵀu", "g": "g = Aᵀ(A x − b)"}
 FORMS = ("trained", "snapped", "deployed")
 SOLVERS = ("learned", "exact", "scipy")
 DTYPES = ("float64", "float32")
@@ -130,6 +132,27 @@ def forms(learner: AxialLearner) -> dict[str, AxialCoefficients]:
         trained = learner.net.coefficients().detached()
     return {"trained": trained, "snapped": trained.snapped(learner.snap_rtol),
             "deployed": learner.coefficients()}
+
+
+def coefficient_tables(coefficients: dict[str, AxialCoefficients],
+                       ) -> dict[str, dict[str, list]]:
+    """The canonical coefficient tables (``rows``, ``cols``: ``(7, 4)`` each) of every
+    form and of the exact construction, as lists."""
+    tables = {"construction": construct_axial_gd().coefficients().detached(), **coefficients}
+    return {name: {"rows": c.rows.tolist(), "cols": c.cols.tolist()}
+            for name, c in tables.items()}
+
+
+def coefficient_summary(tables: dict[str, dict[str, list]], form: str,
+                        ) -> tuple[float, float, int]:
+    """For ``form``: the largest distance of its coefficients from the construction's
+    where the construction's are nonzero (the ±1 of the two products and of ``−b``), the
+    largest other coefficient, and how many of its coefficients are nonzero."""
+    exact, mine = (np.concatenate([np.array(tables[k]["rows"]), np.array(tables[k]["cols"])])
+                   for k in ("construction", form))
+    main = exact != 0
+    return (float(np.abs(mine - exact)[main].max()), float(np.abs(mine)[~main].max()),
+            int((mine != 0).sum()))
 
 
 def torch_products(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor, u: torch.Tensor,
@@ -256,6 +279,11 @@ def solution_digits(x: torch.Tensor, judge: torch.Tensor) -> list[float]:
     return torch.where(finite, digits(safe, judge), 0.0).tolist()
 
 
+def _status(info: SolveInfo) -> list[str]:
+    """How each problem's CG run ended: converged, stagnated or diverged."""
+    return [STATUS_NAMES[int(s)] for s in info.status]
+
+
 def _solutions(A: torch.Tensor, b: torch.Tensor, dtype: str,
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every solver's ``x`` and its record (iterations, seconds)."""
@@ -270,6 +298,7 @@ def _solutions(A: torch.Tensor, b: torch.Tensor, dtype: str,
     x_scipy = lstsq(A, b, method="scipy")
     record = {"iterations": {"learned": learner.last_solve.iterations.tolist(),
                              "exact": info.iterations.tolist()},
+              "status": {"learned": _status(learner.last_solve), "exact": _status(info)},
               "seconds": {"learned": learned_s, "exact": exact_s,
                           "scipy": time.perf_counter() - start}}
     return {"learned": x_learned, "exact": x_exact, "scipy": x_scipy}, record
@@ -398,8 +427,8 @@ def beyond(shape: tuple[int, int]) -> str:
 
 def _products_table(rows: list[dict[str, Any]], dtype: str) -> list[str]:
     header = ["shape (n, d)", "beyond training"]
-    for product in ("A v", "Aᵀu", "g"):
-        header += [f"torch {product}", "learned / torch"]
+    for product in PRODUCTS:
+        header += [f"torch {LABELS[product]}", "learned / torch"]
     body = []
     for shape in _shapes(rows):
         cells = [f"({shape[0]}, {shape[1]})", beyond(shape)]
@@ -427,6 +456,39 @@ def _solving_table(rows: list[dict[str, Any]], dtype: str) -> list[str]:
                              for s in shapes)])
     return [f"**{dtype}: correct digits, median over problems: learned CG / exact CG / "
             f"scipy (column: shape and judge)**", "", md.table(header, body)]
+
+
+def _coefficients_table(tables: dict[str, dict[str, list]]) -> list[str]:
+    body = []
+    for form in FORMS:
+        main, other, nonzero = coefficient_summary(tables, form)
+        body.append([form, md.sci(main, 1), md.sci(other, 1), str(nonzero)])
+    exact = coefficient_summary(tables, "construction")[2]
+    return ["**The three forms' canonical coefficients (both stages) against the exact "
+            f"construction's ({exact} nonzero, each ±1)**", "",
+            md.table(["form", "largest distance of the construction's terms from ±1",
+                      "largest other coefficient", "nonzero coefficients"], body)]
+
+
+def _stops_table(rows: list[dict[str, Any]], dtype: str) -> list[str]:
+    mine = [r for r in rows if r["dtype"] == dtype]
+    shapes = _shapes(mine)
+    body = []
+    for name in FAMILIES:
+        found = {(r["n"], r["d"]): r for r in mine if r["family"] == name}
+        cells = [name]
+        for shape in shapes:
+            row = found.get(shape)
+            if row is None:
+                cells.append("—")
+                continue
+            runs = [f"{row['status'][s].count('converged')}/{len(row['status'][s])}"
+                    for s in ("learned", "exact")]
+            cells.append(f"{statistics.median(row['kappa']):.3g} · " + " · ".join(runs))
+        body.append(cells)
+    return [f"**{dtype}: κ(A) (median) · learned CG runs converged · exact CG runs "
+            f"converged (the others stopped on stagnation or divergence)**", "",
+            md.table(["family", *(f"({n}, {d})" for n, d in shapes)], body)]
 
 
 def _judge_line(rows: list[dict[str, Any]]) -> str:
@@ -458,8 +520,10 @@ def tables(result: dict[str, Any]) -> str:
              ""]
     for dtype in DTYPES:
         lines += [*_products_table(result["products"], dtype), ""]
+    lines += [*_coefficients_table(result["coefficients"]), ""]
     for dtype in DTYPES:
         lines += [*_solving_table(result["solving"], dtype), ""]
+    lines += [*_stops_table(result["solving"], "float64"), ""]
     lines += [_judge_line(result["solving"]), ""]
     stretch = any((r["n"], r["d"]) == STRETCH for r in result["products"])
     lines += [f"Stretch {_named([STRETCH])}: "
@@ -487,7 +551,7 @@ def plot_ratios(rows: list[dict[str, Any]], path: Path) -> None:
                            label=f"{form} {dtype}")
         ax.axhline(RATIO_LIMIT, color="k", linestyle=":", label="target 4×")
         ax.axvspan(min(sizes), TRAINING[0] * TRAINING[1], color="0.9", zorder=0)
-        ax.set(xscale="log", yscale="log", xlabel="n·d", title=product,
+        ax.set(xscale="log", yscale="log", xlabel="n·d", title=LABELS[product],
                ylabel="learned / torch error (worst family)")
     axes[0].legend(fontsize=7)
     save_figure(fig, path)
@@ -519,7 +583,8 @@ def run(settings: Settings, seed: int) -> dict[str, Any]:
                       + " / ".join(f"{median_digits(row, s):.2f}" for s in SOLVERS),
                       flush=True)
     return {"snap_rtol": learner.snap_rtol, "provenance": learner.provenance,
-            "products": products, "solving": solving}
+            "coefficients": coefficient_tables(coefficients), "products": products,
+            "solving": solving}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

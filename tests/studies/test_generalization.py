@@ -53,6 +53,18 @@ def test_learned_products_of_the_construction_are_the_products(dtype):
         assert max(gen.relative_errors(learned[product], exact[product])) < 20 * u_dtype
 
 
+def test_coefficient_summary_against_the_construction():
+    tables = gen.coefficient_tables(gen.forms(pretrained("float64")))
+    assert gen.coefficient_summary(tables, "construction") == (0.0, 0.0, 3)
+    assert gen.coefficient_summary(tables, "deployed") == (0.0, 0.0, 3)
+    main, other, nonzero = gen.coefficient_summary(tables, "trained")
+    assert 0 < main < 1e-13 and 0 < other < 1e-13 and nonzero > 3
+    snapped = gen.coefficient_summary(tables, "snapped")
+    assert snapped[0] == main and snapped[1] == 0.0 and snapped[2] == 3
+    tables["deployed"]["rows"][6][1] = 1.0  # −b read as +b
+    assert gen.coefficient_summary(tables, "deployed")[0] == 2.0
+
+
 def test_torch_products_and_relative_errors():
     A, b, x, u, v = _problem()
     out = gen.torch_products(A, b, x, u, v)
@@ -158,7 +170,8 @@ def _solving_row(shape, family, dtype, learned=15.0, exact=15.2, scipy=15.5):
     return {"n": shape[0], "d": shape[1], "family": family, "dtype": dtype,
             "judge": "svd+dd", "judge_correction": [1e-17], "kappa": [2.0],
             "digits": {"learned": [learned] * 3, "exact": [exact] * 3, "scipy": [scipy] * 3},
-            "iterations": {"learned": [20], "exact": [20]}}
+            "iterations": {"learned": [20], "exact": [20]},
+            "status": {"learned": ["converged"] * 3, "exact": ["converged", "stagnated"] * 2}}
 
 
 def _result(shapes=TARGETS, stretch=False):
@@ -169,7 +182,8 @@ def _result(shapes=TARGETS, stretch=False):
     settings = {"product_problems": 2, "product_families": ["gaussian", "scaled"],
                 "cg_problems": 3, "stretch_problems": 2 if stretch else 0}
     return {"command": "python3 -m studies.generalization --quick", "mode": "quick",
-            "settings": settings, "products": products, "solving": solving}
+            "settings": settings, "products": products, "solving": solving,
+            "coefficients": gen.coefficient_tables(gen.forms(pretrained("float64")))}
 
 
 def _keys(result):
@@ -243,6 +257,8 @@ def test_tables_and_headline_render_the_result():
     assert "5.00" in text and "not run (`--full` only)" in text
     assert text.count("| no |") == 1 and text.count("| yes |") == 3
     assert "15.0 / 15.2 / 15.5" in text
+    assert "| ill_conditioned | 2 · 3/3 · 2/4 |" in text
+    assert "| deployed | 0 | 0 | 3 |" in text
     judged = copy.deepcopy(result)
     judged["solving"][0] |= {"judge": "mpmath", "judge_agreement": [15.9]}
     judged["solving"][1] |= {"family": "rank_deficient", "judge_agreement": [14.2, 15.0]}
