@@ -278,8 +278,8 @@ def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:
 
 def check_serves(learner: Learner, problem: ProblemOptions, checkpoint: Path) -> None:
     """``ValueError`` saying what to do unless ``learner`` (loaded from ``checkpoint``)
-    was trained at ``problem``'s ``(n, d)``: a learner serves one shape."""
-    if (learner.n, learner.d) != (problem.n, problem.d):
+    serves ``problem``'s ``(n, d)`` (:meth:`~neuralnum.solvers.learner.Learner.serves`)."""
+    if not learner.serves(problem.n, problem.d):
         raise ValueError(
             f"the learner in {checkpoint} was trained at n={learner.n}, d={learner.d} and "
             f"cannot solve n={problem.n}, d={problem.d} problems: pass --n {learner.n} "

@@ -36,10 +36,10 @@ there:
 
 A learned solver returns ``rank = None`` and ``s = None`` (both would need an SVD of
 ``A``), and ``residues`` ``‖b − A x‖²`` per column whenever ``n > d`` (scipy additionally
-requires full column rank, which cannot be known without the SVD). A solver with integer
-attributes ``n``, ``d`` (a :class:`~neuralnum.solvers.learner.Learner`) serves only that
-shape, one with a torch ``dtype`` attribute only that dtype; others get a ``ValueError`` /
-``TypeError`` saying what to do.
+requires full column rank, which cannot be known without the SVD). A solver with a
+``serves(n, d)`` method (a :class:`~neuralnum.solvers.learner.Learner`: its ``d`` and up to
+its ``n`` rows) serves only the shapes it accepts, one with a torch ``dtype`` attribute
+only that dtype; others get a ``ValueError`` / ``TypeError`` saying what to do.
 
 **dtypes** (both paths, scipy's rule, :func:`~neuralnum.core.validation.lapack_dtype`):
 the result is float32 when ``A`` and ``b`` are each boolean, an integer of at most 16 bits,
@@ -211,8 +211,9 @@ def _check_solver(solver: Any, n: int, d: int, dtype: torch.dtype) -> None:
         raise TypeError(f"the learned solver computes in {name} but A and b give {have} "
                         f"(scipy's dtype rule): pass {name} arrays (e.g. "
                         f"A.astype(np.{name})), or use a solver of {have}")
+    serves = getattr(solver, "serves", None)
     fixed = getattr(solver, "n", None), getattr(solver, "d", None)
-    if all(isinstance(v, int) for v in fixed) and fixed != (n, d) and n * d:
+    if callable(serves) and n * d and not serves(n, d):
         raise ValueError(f"the learned solver was trained for A of shape {fixed} and cannot "
                          f"solve A of shape {(n, d)}: pass A of shape {fixed}, use "
                          f"solver=\"learned\" (the shipped solver, any shape), train a "

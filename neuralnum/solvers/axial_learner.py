@@ -147,14 +147,16 @@ class AxialLearner(LearnedSolver):
         """``method`` (``"lsqr"`` default, ``"cgls"``, ``"cg"``, ``"chebyshev"``, ``"gd"``)
         of :func:`neuralnum.solvers.methods.solve` on :meth:`operator`, with ``x0`` and
         ``options`` (LSQR / CGLS: ``atol``, ``btol``, ``conlim``, ``iter_lim``, scipy's
-        meanings; LSQR: ``reorthogonalize``, default on here — about ``d`` iterations on
-        an ill-conditioned problem where plain LSQR takes thousands; all: ``record``,
+        meanings; ``refine``, default 1 here — one step of iterative refinement where
+        LSQR's condition estimate is ≥ 1e3; LSQR: ``reorthogonalize``, default on here —
+        about ``d`` iterations on an ill-conditioned problem where plain LSQR takes
+        thousands; all: ``record``,
         ``warn``; ``iters`` / ``tol``, the fused methods' names,
         mean ``iter_lim`` with no tolerance / ``atol = btol``). :attr:`last_solve`: its
         record."""
         method = method or "lsqr"
         if method in PRODUCT_METHODS:
-            options = _product_options(**options)
+            options = {"refine": 1, **_product_options(**options)}
         if method == "lsqr":
             options = {"reorthogonalize": True, **options}
         x, self.last_solve = solve(self.operator(A, b), method, x0, **options)

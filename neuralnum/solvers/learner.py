@@ -195,6 +195,13 @@ class Learner(LearnedSolver):
         self._check_dtype(A)
         return self.objective.next_iterate(A, x, self.forward(A, b, x), self.n)
 
+    def serves(self, n: int, d: int) -> bool:
+        """Whether :meth:`solve` takes problems with ``n`` rows and ``d`` columns: the
+        ``d`` it was trained for and at most its ``n`` rows (the model reads a shorter
+        sequence; :class:`~neuralnum.solvers.operators.LearnedOperator` repeats rows where
+        ``n`` divides the training length)."""
+        return d == self.d and 1 <= n <= self.n
+
     def _solve(self, A: torch.Tensor, b: torch.Tensor, method: str | None,
                x0: torch.Tensor | None, options: dict[str, Any]) -> torch.Tensor:
         """An update learner runs ``method`` (``"cg"`` default, ``"chebyshev"``, ``"gd"``)
@@ -202,8 +209,9 @@ class Learner(LearnedSolver):
         (equilibrated, so scale-invariant; no SVD of ``A``), with ``x0`` and ``options``
         (``iters``, ``tol``, ``max_iters``, ``patience``, ``accept``, ``record``,
         ``warn``). An end-to-end learner predicts once from ``x = 0``."""
-        if tuple(A.shape[1:]) != (self.n, self.d):
-            raise ValueError(f"this learner was trained for A of shape {(self.n, self.d)} and "
+        if not self.serves(*A.shape[1:]):
+            raise ValueError(f"this learner was trained for A of shape {(self.n, self.d)} "
+                             f"(it serves {self.d} columns and up to {self.n} rows) and "
                              f"cannot solve A of shape {tuple(A.shape[1:])}: for any shape use "
                              f"the shipped shape-general solver (neuralnum.lstsq(A, b, "
                              f"solver=\"learned\"), or neuralnum.solvers.pretrained."

@@ -127,6 +127,10 @@ class LsqrInfo:
     model_calls : Tensor or None
         long, every call of the operator per problem (the products and, for a learned
         operator, its one-off centring calls), set by :func:`neuralnum.solvers.methods.solve`.
+    refined : Tensor or None
+        bool, problems that :func:`neuralnum.solvers.methods.solve`'s ``refine`` refined
+        (``None``: no refinement asked); their ``itn``, ``matvecs``, ``rmatvecs`` include
+        the correction solves, ``istop`` and the residual estimates are the last one's.
     """
 
     istop: Tensor
@@ -142,6 +146,7 @@ class LsqrInfo:
     history: Tensor | None = None
     method: str = "lsqr"
     model_calls: Tensor | None = None
+    refined: Tensor | None = None
     names: ClassVar[tuple[str, ...]] = ISTOP_NAMES
 
     @property

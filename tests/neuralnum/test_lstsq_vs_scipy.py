@@ -235,7 +235,8 @@ def _learned_check(case: Case, learner: Learner) -> None:
     want = _scipy_dtype(case)
     n, d = case.A.shape[-2:]
     serves = (np.isfinite(case.A).all() and np.isfinite(case.b).all()
-              and want == _DT[learner.dtype] and ((n, d) == SHAPE or n * d == 0))
+              and want == _DT[learner.dtype]
+              and ((d == SHAPE[1] and 1 <= n <= SHAPE[0]) or n * d == 0))
     try:
         result = neuralnum.lstsq(*case.inputs(), solver=learner, **case.options)
     except (TypeError, ValueError, FloatingPointError) as error:

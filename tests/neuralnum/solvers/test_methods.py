@@ -14,7 +14,7 @@ from neuralnum.problems import reference
 from neuralnum.problems.families import GaussianFamily, SpectrumFamily, family_from_name
 from neuralnum.solvers.krylov import SolveWarning
 from neuralnum.solvers.learner import Learner
-from neuralnum.solvers.methods import METHODS, PRODUCT_METHODS, solve
+from neuralnum.solvers.methods import METHODS, PRODUCT_METHODS, REFINE_ACOND, solve
 from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -108,3 +108,41 @@ def test_no_product_path_factorises_A(monkeypatch, method, dtype):
     with no_factorisations(monkeypatch):
         x, info = solve(ExactOperator(P.A, P.b), method, record=True)
     assert info.converged.all() and torch.isfinite(x).all()
+
+
+def _ill(n: int, d: int, batch: int, dtype=torch.float64):
+    """``ill_conditioned`` problems (κ = 1e4) and ``spectrum`` ones (κ ≈ 5) in one batch."""
+    P = problems(family_from_name("ill_conditioned", n=n, d=d), batch, 7, dtype)
+    Q = problems(SpectrumFamily(n=n, d=d, cond=5.0), batch, 8, dtype)
+    A, b = torch.cat([P.A, Q.A]), torch.cat([P.b, Q.b])
+    return A, b, reference.lstsq(A.double(), b.double(), method="mpmath")
+
+
+@pytest.mark.parametrize(("method", "gain"), [("lsqr", 0.3), ("cgls", 2.0)])
+def test_refinement_gains_digits_where_the_condition_estimate_is_large(method, gain):
+    """One refinement step: the ill-conditioned problems (``acond ≥ REFINE_ACOND``) gain
+    digits against mpmath, the well-conditioned ones are left exactly as they were; the
+    record adds the correction solve's iterations and products to the first solve's."""
+    A, b, x_true = _ill(24, 6, 6)
+    extra = {"reorthogonalize": True} if method == "lsqr" else {}
+    x0, first = solve(ExactOperator(A, b), method, warn=False, **extra)
+    x1, info = solve(ExactOperator(A, b), method, refine=1, record=True, warn=False, **extra)
+    assert first.refined is None
+    torch.testing.assert_close(info.refined, first.acond >= REFINE_ACOND, rtol=0, atol=0)
+    assert info.refined[:6].all() and not info.refined[6:].any()
+    assert torch.equal(x1[6:], x0[6:])
+    before = reference.digits(x0[:6], x_true[:6]).median()
+    after = reference.digits(x1[:6], x_true[:6]).median()
+    assert after >= before + gain, (before, after)
+    assert (info.itn[:6] > first.itn[:6]).all() and torch.equal(info.itn[6:], first.itn[6:])
+    assert torch.equal(info.model_calls, info.matvecs + info.rmatvecs)
+    assert (info.matvecs[:6] > first.matvecs[:6] + 1).all()
+    assert info.history.shape[0] == int(first.itn.max()) + 1 + int(
+        (info.itn - first.itn).max()) and torch.equal(info.history[-1], x1)
+
+
+def test_refine_takes_a_count():
+    P = problems(GaussianFamily(n=6, d=2), 1, 0)
+    for bad in (-1, 1.0, True):
+        with pytest.raises(ValueError, match="refine must be an int >= 0"):
+            solve(ExactOperator(P.A, P.b), "lsqr", refine=bad)
