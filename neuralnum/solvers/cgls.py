@@ -69,6 +69,7 @@ def _cgls_init(ctr: Counter, b: Tensor, x0: Tensor | None) -> State:
         "istop": torch.zeros_like(idx),
     }
 
+
 def _finite_rmatvec(ctr: Counter, y: Tensor, idx: Tensor) -> Tensor:
     """``A^T y`` (``(k, n) -> (k, d)``) on the finite rows of ``y``, NaN on the others.
 
@@ -79,6 +80,7 @@ def _finite_rmatvec(ctr: Counter, y: Tensor, idx: Tensor) -> Tensor:
     out = y.new_full((y.shape[0], ctr.op.d), math.nan)
     out[ok] = ctr.rmatvec(y[ok], idx[ok])
     return out
+
 
 def _cgls_estimates(s: State, inv_alpha: Tensor, beta: Tensor, pq: Tensor) -> None:
     """Update LSQR's ``anorm`` and ``acond`` from the CG coefficients.
@@ -94,6 +96,7 @@ def _cgls_estimates(s: State, inv_alpha: Tensor, beta: Tensor, pq: Tensor) -> No
     s["ddnorm"] = s["ddnorm"] + pq**2
     s["anorm"] = torch.sqrt(s["anormsq"])
     s["acond"] = s["anorm"] * torch.sqrt(s["ddnorm"])
+
 
 def _cgls_step(ctr: Counter, s: State, idx: Tensor, o: Options) -> State:
     """One CGLS1 iteration (recurred residual r) on the state of the active problems ``idx``.
@@ -124,7 +127,9 @@ def _cgls_step(ctr: Counter, s: State, idx: Tensor, o: Options) -> State:
     s["arnorm"] = snorm
     return s
 
+
 _CGLS_FINITE = ("x", "r", "s", "phat", "psig", "snorm")
+
 
 def cgls(
     op: Products,

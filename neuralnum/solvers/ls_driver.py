@@ -70,6 +70,7 @@ _FLOATS = (torch.float32, torch.float64)
 
 State = dict[str, Tensor]
 
+
 class Products(Protocol):
     """Batched products with ``B`` matrices ``A_p`` of shape ``(n, d)``.
 
@@ -99,6 +100,7 @@ class Products(Protocol):
     def rmatvec(self, u: Tensor, idx: Tensor) -> Tensor:
         """Return ``A[idx]^T u``: ``u`` is ``(k, n)``, ``idx`` ``(k,)`` long; result ``(k, d)``."""
         ...
+
 
 @dataclass
 class LsqrInfo:
@@ -180,6 +182,7 @@ class LsqrInfo:
                 **{f"istop_{code}": int((self.istop == code).sum())
                    for code in range(len(self.names)) if (self.istop == code).any()}}
 
+
 @dataclass(frozen=True)
 class Options:
     damp: float
@@ -188,6 +191,7 @@ class Options:
     ctol: float
     iter_lim: int
     eps: float
+
 
 class Counter:
     """Wraps a products object: skips empty calls, counts calls, checks output shapes."""
@@ -224,6 +228,7 @@ class Counter:
             raise RuntimeError(f"{name} returned {got}, expected {want} {x.dtype}")
         return out
 
+
 def row_pow2(x: Tensor) -> Tensor:
     """Power of two ``2**e`` near the largest ``|x|`` of each row (``(k, m) -> (k,)``).
 
@@ -234,6 +239,7 @@ def row_pow2(x: Tensor) -> Tensor:
     _, e = torch.frexp(x.abs().amax(dim=-1))
     return torch.exp2(e.clamp(-emax, emax).to(x.dtype))
 
+
 def row_norm(x: Tensor) -> Tensor:
     """Euclidean norm of each row of ``x`` (``(k, m) -> (k,)``), same dtype.
 
@@ -243,6 +249,7 @@ def row_norm(x: Tensor) -> Tensor:
     scale = row_pow2(x)
     scaled = x * (1 / scale).unsqueeze(-1)  # 1/scale: a normal power of two, exact
     return torch.sqrt((scaled * scaled).sum(dim=-1)) * scale
+
 
 def _check_tensor(name: str, t: object, op: Products, shape: tuple[int, int]) -> None:
     """Raise a clear error unless ``t`` is a finite tensor of ``shape``, ``op.dtype/device``."""
@@ -257,6 +264,7 @@ def _check_tensor(name: str, t: object, op: Products, shape: tuple[int, int]) ->
         raise ValueError(f"{name} is on {t.device} but the products are on {op.device}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError(f"{name} contains NaN or Inf")
+
 
 def options(
     op: Products,
@@ -285,6 +293,7 @@ def options(
     eps = torch.finfo(op.dtype).eps
     return Options(float(damp), float(atol), float(btol), float(ctol), int(iter_lim), eps)
 
+
 def _stopping_tests(s: State, o: Options) -> Tensor:
     """Apply scipy's stopping tests to the ``(k,)`` estimates in ``s``; return istop (long)."""
     test1 = s["rnorm"] / s["bnorm"]
@@ -306,6 +315,7 @@ def _stopping_tests(s: State, o: Options) -> Tensor:
         istop = torch.where(hit, code, istop)
     return istop
 
+
 def _finite_rows(s: State, keys: tuple[str, ...]) -> Tensor:
     """``(k,)`` bool: rows whose tensors ``s[key]`` are all finite. ``t·0`` is 0 for a
     finite ``t`` and NaN for ±Inf or NaN, and a sum with a NaN is NaN: one product and
@@ -317,9 +327,11 @@ def _finite_rows(s: State, keys: tuple[str, ...]) -> Tensor:
         total = rows if total is None else total + rows
     return total == 0
 
+
 def _rows(mask: Tensor, t: Tensor) -> Tensor:
     """Broadcast a ``(k,)`` mask against ``t`` of shape ``(k, ...)``."""
     return mask.reshape(-1, *([1] * (t.dim() - 1)))
+
 
 def _iterate(
     ctr: Counter,
@@ -360,6 +372,7 @@ def _iterate(
             history.append(state["x"].clone())
     return history
 
+
 def start(ctr: Counter, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
     """Return ``x``, ``r = b - A x`` and ``(B,)`` all-problem indices at the start."""
     idx = torch.arange(b.shape[0], device=b.device)
@@ -367,11 +380,13 @@ def start(ctr: Counter, b: Tensor, x0: Tensor | None) -> tuple[Tensor, Tensor, T
         return b.new_zeros(b.shape[0], ctr.op.d), b.clone(), idx
     return x0.clone(), b - ctr.matvec(x0, idx), idx
 
+
 def _first_active(state: State, o: Options, keys: tuple[str, ...]) -> Tensor:
     """Mark problems that must not iterate: ``arnorm == 0`` (istop 0) or non-finite (istop 8)."""
     bad = ~_finite_rows(state, keys)
     state["istop"] = torch.where(bad, NONFINITE, 0)
     return (state["arnorm"] != 0) & ~bad & (o.iter_lim > 0)
+
 
 def run_solver(
     op: Products,

@@ -53,6 +53,7 @@ def _sym_ortho(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     r = torch.where(b0, a.abs(), torch.where(a0, b.abs(), r))
     return c, s, r
 
+
 class Bases:
     """The Golub–Kahan vectors of every problem so far, for full reorthogonalisation:
     ``u`` rows ``(B, n)`` and ``v`` rows ``(B, d)``, one of each per iteration (rows of
@@ -148,6 +149,7 @@ def _lsqr_init(ctr: Counter, b: Tensor, x0: Tensor | None, bases: Bases) -> Stat
         "istop": torch.zeros_like(idx),
     }
 
+
 def _lsqr_bidiag(ctr: Counter, s: State, idx: Tensor, dampsq: float, bases: Bases) -> None:
     """One Golub-Kahan step on the ``(k, ...)`` state ``s`` (u, beta, anorm, v, alfa),
     each new vector orthogonalised against the stored ones when ``bases`` keeps them."""
@@ -175,6 +177,7 @@ def _lsqr_bidiag(ctr: Counter, s: State, idx: Tensor, dampsq: float, bases: Base
     s["alfa"] = alfa if k is None else s["alfa"].index_copy(0, k, alfa)
     bases.keep("v", s["v"], idx, batch)
 
+
 def _lsqr_rotate(s: State, damp: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Eliminate damp and beta, update x, w and ddnorm; return theta, phi, rho, tau, psi."""
     if damp > 0:
@@ -195,6 +198,7 @@ def _lsqr_rotate(s: State, damp: float) -> tuple[Tensor, Tensor, Tensor, Tensor,
     s["ddnorm"] = s["ddnorm"] + row_norm(dk) ** 2
     return theta, phi, rho, tau, psi
 
+
 def _lsqr_xnorm(s: State, theta: Tensor, phi: Tensor, rho: Tensor) -> None:
     """Paige-Saunders estimate of ``||x - x0||`` from the second rotation (z, cs2, sn2)."""
     delta = s["sn2"] * rho
@@ -207,6 +211,7 @@ def _lsqr_xnorm(s: State, theta: Tensor, phi: Tensor, rho: Tensor) -> None:
     s["sn2"] = theta / gamma
     s["z"] = rhs / gamma
     s["xxnorm"] = s["xxnorm"] + s["z"] ** 2
+
 
 def _lsqr_norms(s: State, tau: Tensor, psi: Tensor, damp: float) -> None:
     """Acond, rnorm, arnorm, r1norm, r2norm as scipy computes them.
@@ -226,6 +231,7 @@ def _lsqr_norms(s: State, tau: Tensor, psi: Tensor, damp: float) -> None:
         s["r1norm"] = s["rnorm"]
     s["r2norm"] = s["rnorm"]
 
+
 def _lsqr_step(ctr: Counter, s: State, idx: Tensor, o: Options, bases: Bases) -> State:
     """One LSQR iteration on the ``(k, ...)`` state of the active problems ``idx``."""
     s["itn"] = s["itn"] + 1
@@ -235,7 +241,9 @@ def _lsqr_step(ctr: Counter, s: State, idx: Tensor, o: Options, bases: Bases) ->
     _lsqr_norms(s, tau, psi, o.damp)
     return s
 
+
 _LSQR_FINITE = ("x", "u", "v", "w", "alfa", "beta", "rhobar", "phibar")
+
 
 def lsqr(
     op: Products,

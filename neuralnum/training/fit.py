@@ -48,7 +48,6 @@ __all__ = ["FitOptions", "ProblemTask", "Trainable",
            "draw_problems", "fit"]
 
 
-
 class Trainable(Protocol):
     """What :func:`fit` needs of a learner (a :class:`ProblemTask` also reads its
     ``objective``, ``n`` and ``d``)."""

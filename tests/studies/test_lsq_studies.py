@@ -101,7 +101,6 @@ def test_vs_scipy_tables_and_headline_show_both_parts():
     assert line.endswith("9 of 9 targets met")
 
 
-
 # ---------------------------------------------------------------- iterative
 
 def _iter_result(**final):
