@@ -32,7 +32,8 @@ float64:
 Targets, at the held-out shapes (1000, 100), (5000, 500), (100, 1000) and (300, 300):
 the deployed learned products and GD step within 4× of torch's error (every family),
 and learned CG within 0.5 digit of exact CG (medians, every family), in float32 and
-float64. Stretch (``--full`` only): the same at (50000, 2000). Writes
+float64. Stretch (``--stretch``: the quick run plus one problem per family there, and
+``--full``): the same at (50000, 2000). Writes
 ``generalization.json`` and ``generalization_ratios.png``.
 """
 
@@ -43,7 +44,7 @@ import statistics
 import time
 import zlib
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,7 @@ MODES = {
                       ((20, 5), (64, 16), *TARGET_SHAPES), 4, 0),
     "full": Settings(SWEEP, tuple(FAMILIES), 8, ((20, 5), (64, 16), *TARGET_SHAPES), 16, 2),
 }
+MODES["stretch"] = replace(MODES["quick"], stretch_problems=1)
 
 
 def family(name: str, n: int, d: int) -> ProblemFamily:
@@ -588,8 +590,10 @@ def run(settings: Settings, seed: int) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse(NAME, __doc__, argv)
-    mode = "full" if args.full else "quick"
+    args = parse(NAME, __doc__, argv, modes={
+        "stretch": "the quick run plus the stretch shape, one problem per family (about an "
+                   "hour on 2 CPU cores, 4 GB)"})
+    mode = "full" if args.full else "stretch" if args.stretch else "quick"
     settings = MODES[mode]
     start = time.monotonic()
     result = {"command": md.study_command(NAME, argv), "mode": mode, "seed": args.seed,
