@@ -107,10 +107,12 @@ def _refine(op: Operator, run: Callable[..., tuple[torch.Tensor, LsqrInfo]],
     ``x: (B, d)``), and ``info`` carrying the step (``istop`` and the residual estimates of
     the correction solve, iterations and products added, ``refined`` set)."""
     keep = (info.acond >= REFINE_ACOND) & (info.istop != 0) & (info.istop != NONFINITE)
+    info.refined = keep if info.refined is None else info.refined | keep
     idx = keep.nonzero().squeeze(1)
+    if not len(idx):
+        return x, info
     residual = torch.zeros_like(op.b)  # a zero right-hand side: δ = 0 at no cost
-    if len(idx):
-        residual[idx] = op.b[idx] - op.matvec(x[idx], idx)
+    residual[idx] = op.b[idx] - op.matvec(x[idx], idx)
     delta, step = run(residual, x0=None)
     x = x + delta
     for name in ("istop", "r1norm", "r2norm", "arnorm"):
@@ -118,7 +120,6 @@ def _refine(op: Operator, run: Callable[..., tuple[torch.Tensor, LsqrInfo]],
     info.xnorm = torch.where(keep, x.norm(dim=1), info.xnorm)
     info.itn, info.rmatvecs = info.itn + step.itn, info.rmatvecs + step.rmatvecs
     info.matvecs = info.matvecs + step.matvecs + keep.long()
-    info.refined = keep if info.refined is None else info.refined | keep
     if info.history is not None:
         info.history = torch.cat([info.history, info.history[-1] + step.history[1:]])
     return x, info
