@@ -26,7 +26,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from axial_helpers import assert_within, gamma, random_problem
+from axial_helpers import (
+    BAD_INPUTS,
+    assert_drawn_from_generator,
+    assert_within,
+    gamma,
+    random_problem,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -94,13 +100,13 @@ def test_exact_construction_within_matmul_rounding(seed: int, n: int, d: int, ba
     g_bound = (gamma(n, dtype) * (Aa.mT @ ra[..., None])[..., 0]
                + gamma(d + 1, dtype) * (Aa.mT @ row_terms[..., None])[..., 0])
     assert_within(g_hat, g_true, g_bound)
-    # normwise against torch's own products of the same rounded inputs, plus u·scale
+    # normwise against torch's own products of the same rounded inputs, plus eps·scale
     r_torch = (A @ x[..., None])[..., 0] - b
     g_torch = (A.mT @ r_torch[..., None])[..., 0]
-    u = torch.finfo(dtype).eps
+    eps = torch.finfo(dtype).eps
     for est, own, truth, scale in ((r_hat, r_torch, r_true, row_terms),
                                    (g_hat, g_torch, g_true, Aa.mT @ row_terms[..., None])):
-        limit = 4 * (_normwise(own, truth) + u * scale.flatten(1).norm(dim=1).numpy())
+        limit = 4 * (_normwise(own, truth) + eps * scale.flatten(1).norm(dim=1).numpy())
         assert np.all(_normwise(est, truth) <= limit)
 
 
@@ -253,13 +259,7 @@ def test_gradients_flow_to_every_parameter() -> None:
 
 # --------------------------------------------------------------------------- initialisation
 def test_init_draws_only_from_the_given_generator() -> None:
-    state = torch.get_rng_state()
-    first = random_model(7)
-    assert torch.equal(state, torch.get_rng_state())
-    second = random_model(7)
-    assert all(torch.equal(p, q) for p, q in zip(first.parameters(), second.parameters(),
-                                                 strict=True))
-    assert not torch.equal(first.lift, random_model(8).lift)
+    assert_drawn_from_generator(random_model)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -281,32 +281,6 @@ def test_float64_weights_evaluate_float32_problems() -> None:
 
 
 # --------------------------------------------------------------------------- bad inputs
-def _set(t: torch.Tensor, value: float) -> torch.Tensor:
-    t = t.clone()
-    t.view(-1)[1] = value
-    return t
-
-
-A0, b0, x0 = random_problem(0, 2, 5, 3, torch.float64)
-BAD_INPUTS = {
-    "nan in A": ((_set(A0, math.nan), b0, x0), ValueError, "A contains NaN or Inf"),
-    "inf in A": ((_set(A0, -math.inf), b0, x0), ValueError, "A contains NaN or Inf"),
-    "nan in b": ((A0, _set(b0, math.nan), x0), ValueError, "b has NaN"),
-    "inf in x": ((A0, b0, _set(x0, math.inf)), ValueError, "x has NaN"),
-    "no rows": ((A0[:, :0], b0[:, :0], x0), ValueError, "at least one"),
-    "no columns": ((A0[:, :, :0], b0, x0[:, :0]), ValueError, "at least one"),
-    "no problems": ((A0[:0], b0[:0], x0[:0]), ValueError, "at least one"),
-    "complex A": ((A0.to(torch.complex128), b0, x0), TypeError, "is complex"),
-    "integer b": ((A0, b0.long(), x0), TypeError, "float32 or float64"),
-    "half x": ((A0, b0, x0.half()), TypeError, "float32 or float64"),
-    "mixed dtypes": ((A0, b0.float(), x0), TypeError, "use one dtype"),
-    "A not 3-d": ((A0[0], b0, x0), ValueError, r"shape \(B, n, d\)"),
-    "b wrong length": ((A0, b0[:, :4], x0), ValueError, "b must have shape"),
-    "x wrong length": ((A0, b0, x0[:, :2]), ValueError, "x must have shape"),
-    "list A": ((A0.tolist(), b0, x0), TypeError, "torch.Tensor"),
-}
-
-
 @pytest.mark.parametrize("case", BAD_INPUTS)
 def test_bad_inputs_raise(case: str) -> None:
     args, kind, message = BAD_INPUTS[case]
@@ -315,33 +289,37 @@ def test_bad_inputs_raise(case: str) -> None:
 
 
 def test_overflowing_activations_raise() -> None:
-    A, b, x = (t.float() for t in (A0, b0, x0))
+    A, b, x = random_problem(0, 2, 5, 3, torch.float32)
     with pytest.raises(ValueError, match="contains NaN or Inf: the entry activations overflowed"):
         construct_axial_baseconv_gd(torch.float32)(A * 1e20, b, x)
 
 
-@pytest.mark.parametrize("fields", [
-    {"width": 0}, {"width": 2.0}, {"width": True}, {"axes": ()}, {"axes": ["row"]},
-    {"axes": "row"}, {"axes": ("row", "diagonal")}, {"init_std": 0.0},
-    {"init_std": math.nan}, {"init_std": math.inf}])
-def test_bad_config_raises(fields: dict[str, object]) -> None:
-    with pytest.raises((ValueError, TypeError)):
+BAD_CONFIGS = [({"width": 0}, ValueError), ({"width": 2.0}, TypeError),
+               ({"width": True}, TypeError), ({"axes": ()}, ValueError),
+               ({"axes": ["row"]}, TypeError), ({"axes": "row"}, TypeError),
+               ({"axes": ("row", "diagonal")}, ValueError), ({"init_std": 0.0}, ValueError),
+               ({"init_std": math.nan}, ValueError), ({"init_std": math.inf}, ValueError)]
+
+
+@pytest.mark.parametrize(("fields", "kind"), BAD_CONFIGS)
+def test_bad_config_raises(fields: dict[str, object], kind: type[Exception]) -> None:
+    with pytest.raises(kind, match=next(iter(fields))):
         AxialBaseConvConfig(**fields)
+    with pytest.raises(TypeError, match="must be an AxialBaseConvConfig"):
+        AxialBaseConv(fields)  # a mapping is not a config
 
 
-def test_bad_model_arguments_raise() -> None:
+def test_bad_parameter_dtype_raises() -> None:
     with pytest.raises(TypeError, match=r"float32 or torch\.float64"):
         AxialBaseConv(AxialBaseConvConfig(), dtype=torch.float16)
-    with pytest.raises(TypeError, match="AxialBaseConvConfig"):
-        AxialBaseConv({"width": 4})
 
 
 # --------------------------------------------------------------------------- training
 def test_short_training_lowers_the_error_and_carries_to_a_larger_shape() -> None:
-    """500 Adam steps from a random init on Gaussian problems, ``n ∈ [1, 16]``, ``d ∈ [1,
-    6]``: the held-out median of ``√(‖r̂ − r‖²/‖r‖² + ‖ĝ − g‖²/‖g‖²)`` falls from about 1.5
-    to about 0.05 (asserted: 10× lower), and the same weights at ``(40, 10)`` stay within
-    the same order (about 0.15; asserted: ≤ 10× the held-out error and ≤ 0.5)."""
+    """500 Adam steps (about 5 s) from a random init on Gaussian problems, ``n ∈ [1, 16]``,
+    ``d ∈ [1, 6]``: the held-out median of ``√(‖r̂ − r‖²/‖r‖² + ‖ĝ − g‖²/‖g‖²)`` falls from
+    1.45 to 0.055 (asserted: more than 10× lower), and the same weights give 0.10 at
+    ``(40, 10)``, outside the training range (asserted: within 5× the held-out error)."""
     model = AxialBaseConv(AxialBaseConvConfig(), generator=make_generator(0))
     learner = SimpleNamespace(net=model, dtype=torch.float64, device=torch.device("cpu"),
                               precision=parse_precision("float64"))
@@ -366,4 +344,4 @@ def test_short_training_lowers_the_error_and_carries_to_a_larger_shape() -> None
         schedule.step()
     after = median_error(task.held_out)
     assert after < before / 10
-    assert median_error(far) < min(10 * after, 0.5)
+    assert median_error(far) < 5 * after
