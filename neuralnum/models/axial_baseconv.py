@@ -16,9 +16,9 @@ the diagonal). Permuting the rows (columns) of the problem must permute the outp
 ``T[π(k), π(m)] = T[k, m]`` for every permutation ``π``; the permutations reach every
 off-diagonal pair ``(k, m)``, ``k ≠ m``, from every other, so all off-diagonal entries are
 one number ``β`` and the diagonal ones another, ``α + β``: ``T = α·I + β·11ᵀ``, the filter
-``h = α·δ + β·1``. At ``L ≥ 3`` this rules out every other circular filter (``h[1] = h[2]``
-is forced) and every causal one but ``α·δ``; at ``L ≤ 2`` every circular filter has this
-form already. A filter defined for every length with weights that do not depend on the
+``h = α·δ + β·1``. At ``L ≥ 3`` this rules out every other circular filter (``h[1] = … =
+h[L − 1]`` is forced) and every causal one but ``α·δ``; at ``L ≤ 2`` every circular filter
+has this form already. A filter defined for every length with weights that do not depend on the
 shape is then one ``α`` and one ``β`` per channel, ``conv(v) = α ⊙ v + β ⊙ Σ_axis v``:
 sums, not means (a mean, ``β/L``, would tie a tap to the shape; ``A x`` and ``Aᵀ r`` are
 sums).
