@@ -15,6 +15,12 @@ project's model convention (:mod:`neuralnum.models.base`)::
 :class:`~neuralnum.models.transformer.SoftmaxBlock`) are shared with ``structured``.
 """
 
+from neuralnum.models.axial_baseconv import (
+    AxialBaseConv,
+    AxialBaseConvConfig,
+    AxialGatedConv,
+    construct_axial_baseconv_gd,
+)
 from neuralnum.models.base import (
     Config,
     TokenConfig,
@@ -36,9 +42,10 @@ from neuralnum.models.registry import ARCHS, arch_config, build_model, default_a
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.models.transformer import SoftmaxBlock, Transformer, TransformerConfig
 
-__all__ = ["ARCHS", "BaseConv", "BaseConvConfig", "Config", "LinearAttention",
-           "LinearAttentionConfig", "SoftmaxBlock", "SoftmaxProduct", "TokenConfig",
-           "TokenLayout", "TokenModel", "Transformer", "TransformerConfig", "apply_gd_model",
-           "arch_config", "build_model", "cast_module", "construct_baseconv_gd",
+__all__ = ["ARCHS", "AxialBaseConv", "AxialBaseConvConfig", "AxialGatedConv", "BaseConv",
+           "BaseConvConfig", "Config", "LinearAttention", "LinearAttentionConfig",
+           "SoftmaxBlock", "SoftmaxProduct", "TokenConfig", "TokenLayout", "TokenModel",
+           "Transformer", "TransformerConfig", "apply_gd_model", "arch_config", "build_model",
+           "cast_module", "construct_axial_baseconv_gd", "construct_baseconv_gd",
            "construct_linear_attention_gd", "count_parameters", "default_arch",
            "drawing_from", "gd_rounding_bound", "named_arch"]
