@@ -178,6 +178,7 @@ def test_read_outs_are_axis_sums_of_the_lifted_entries_plus_own_features() -> No
     torch.testing.assert_close(r, r_ref, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
 
+
 # --------------------------------------------------------------------------- equivariance
 def _permuted(model: AxialBaseConv, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
               rows: torch.Tensor, cols: torch.Tensor,
