@@ -100,6 +100,10 @@ class ModelOptions:
     init_noise: float = 0.0
 
 
+#: ``--out`` of train / demo / pretrain: a writable checkpoint file ending in ``.pt``.
+_CHECKPOINT = checked(functools.partial(check_output_path, directory=False, suffix=".pt"))
+
+
 @dataclass(frozen=True)
 class SolveOptions:
     """How held-out problems are solved and judged: ``problems`` drawn with
@@ -128,8 +132,7 @@ class TrainCommand:
                                                                 checkpoint_every=500))
     recipe: Recipe = field(default_factory=Recipe)
     baseline: bool = False
-    out: Path = field(default=Path("runs/train/learner.pt"),
-                      metadata=checked(functools.partial(check_output_path, directory=False)))
+    out: Path = field(default=Path("runs/train/learner.pt"), metadata=_CHECKPOINT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int | None = None
 
@@ -167,7 +170,7 @@ class PretrainCommand:
     mixture: ShapeMixture = field(default_factory=ShapeMixture)
     axial: AxialConfig = field(default_factory=AxialConfig)
     recipe: Recipe = field(default_factory=default_recipe)
-    out: Path = Path("runs/pretrain/axial.pt")
+    out: Path = field(default=Path("runs/pretrain/axial.pt"), metadata=_CHECKPOINT)
     threads: int | None = None
 
 

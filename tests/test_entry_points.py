@@ -112,6 +112,8 @@ def _neuralnum_cases(tmp: Path, learner: Path, damaged: Path, a_file: Path) -> d
                               "is a file, not a directory"),
         "output is a directory": (["train", "--steps", "1", "--out", str(tmp)],
                                   "pass a file path"),
+        "output is not a .pt file": (["demo", "--out", str(tmp / "runs" / "demo")],
+                                     "must end in .pt, e.g. ", "demo/learner.pt"),
         "missing checkpoint": (["solve", "--checkpoint", str(tmp / "nope.pt")],
                                "checkpoint not found"),
         "damaged checkpoint": (["solve", "--checkpoint", str(damaged)],

@@ -342,17 +342,22 @@ def load_checkpoint(
 
 
 def check_output_path(path: str | os.PathLike[str], flag: str = "", *,
-                      directory: bool = True) -> Path:
-    """``path`` if a run can write there: a directory (``directory``) or a file, existing
-    or creatable (its nearest existing ancestor is a writable directory). Otherwise an
-    ``OSError`` naming ``flag`` (when given) and what to do; for checking a command's
-    output before any work starts."""
+                      directory: bool = True, suffix: str = "") -> Path:
+    """``path`` if a run can write there: a directory (``directory``) or a file (ending in
+    ``suffix`` when given), existing or creatable (its nearest existing ancestor is a
+    writable directory). Otherwise an ``OSError`` (a ``ValueError`` for the suffix)
+    naming ``flag`` (when given) and what to do; for checking a command's output before
+    any work starts."""
     path = Path(path)
     where = f"{flag} {path}" if flag else str(path)
     if path.exists() and path.is_dir() != directory:
         error = NotADirectoryError if directory else IsADirectoryError
         kind = "a directory" if path.is_dir() else "a file"
         raise error(f"{where} is {kind}: pass a {'directory' if directory else 'file'} path")
+    if suffix and not directory and path.suffix != suffix:
+        example = path.with_suffix(suffix) if path.suffix else path / f"learner{suffix}"
+        raise ValueError(f"{where} names the file to write and must end in {suffix}, e.g. "
+                         f"{example}")
     ancestor = path if path.is_dir() else path.parent
     while not ancestor.exists():
         ancestor = ancestor.parent

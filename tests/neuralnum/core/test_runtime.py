@@ -96,6 +96,13 @@ def test_output_paths_are_checked_before_any_work(tmp_path):
         check_output_path(a_file)
     with pytest.raises(IsADirectoryError, match="is a directory: pass a file path"):
         check_output_path(tmp_path, directory=False)
+    run = tmp_path / "new" / "run"
+    assert check_output_path(run / "a.pt", directory=False, suffix=".pt") == run / "a.pt"
+    with pytest.raises(ValueError, match=r"--out .*run names the file to write and must end "
+                                         r"in \.pt, e\.g\. .*run/learner\.pt$"):
+        check_output_path(run, "--out", directory=False, suffix=".pt")
+    with pytest.raises(ValueError, match=r"must end in \.pt, e\.g\. .*run/a\.pt$"):
+        check_output_path(run / "a.ckpt", directory=False, suffix=".pt")
     assert not (tmp_path / "new").exists()  # nothing created
 
 
