@@ -4,6 +4,7 @@ sides of every threshold, its tables and headline, and a tiny end-to-end run."""
 import copy
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -254,7 +255,7 @@ def test_tables_and_headline_render_the_result():
     _set_product(result, (5000, 500), "float64", "gaussian", 5.0)
     text = gen.tables(result)
     assert "| (5000, 500) | n 78.1×, d 31.2× |" in text
-    assert "5.00" in text and "not run (`--full` only)" in text
+    assert "5.00" in text and "not run (`--stretch` or `--full`)" in text
     assert text.count("| no |") == 1 and text.count("| yes |") == 3
     assert "15.0 / 15.2 / 15.5" in text
     assert "| ill_conditioned | 2 · 3/3 · 2/4 |" in text
@@ -268,8 +269,12 @@ def test_tables_and_headline_render_the_result():
     assert "5.00× (float64)" in line and "1.00× (float32)" in line
     assert "0.20 digit" in line and "3 of 4 targets met" in line
     stretch = gen.tables(_result(stretch=True))
-    assert "Stretch (50000, 2000): run (2 problems per cell)" in stretch
+    assert "Stretch (50000, 2000): run (2 problems per family and dtype)" in stretch
     assert "| (50000, 2000) | n 781×, d 125× |" in stretch
+    assert "(50000" not in line
+    assert re.search(r"; at \(50000, 2000\): ≤ [\d.]+× \(float64\) / [\d.]+× \(float32\) "
+                     r"torch's error, learned CG ≤ -?[\d.]+ digit behind exact CG; ",
+                     gen.headline(_result(stretch=True)))
 
 
 def test_beyond_training():
