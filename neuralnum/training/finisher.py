@@ -205,17 +205,13 @@ def finish_lm(task: ResidualTask, draw: Callable[[int], Any], settings: Finisher
                 and record["accepted"]):
             train = task.join(train, draw(int(task.size(train) * (s.grow - 1))))
             problem, _, write_back = task.residual_problem(train, s.chunk, train_dtype)
-            lm = LevenbergMarquardt(problem, lm.theta, _with_damping(s.engine, lm.damping))
+            # the engine keeps its damping in the engine settings' range
+            lm = LevenbergMarquardt(problem, lm.theta,
+                                    dataclasses.replace(s.engine, damping=lm.damping))
     write_back(lm.theta)
     return {"records": records, "rank": rank, "cond_jtj": cond, "snapped": snapped,
             "problems": task.size(train), "parameters": task.parameters,
             "seconds": time.perf_counter() - start}
-
-
-def _with_damping(engine: LMSettings, damping: float) -> LMSettings:
-    """``engine`` restarting at ``damping`` (clamped to its range)."""
-    damping = min(max(damping, engine.damping_floor), engine.damping_max)
-    return dataclasses.replace(engine, damping=damping)
 
 
 @dataclass

@@ -28,6 +28,7 @@ from torch import nn
 
 from neuralnum.core.runtime import Distributed, init_distributed, make_generator
 from neuralnum.core.validation import Precision, check_positive_int, check_range
+from neuralnum.models.base import count_parameters
 from neuralnum.training.assembly import make_training
 from neuralnum.training.lm_problems import LeastSquaresProblem
 from neuralnum.training.loop import (
@@ -163,7 +164,7 @@ class ProblemTask(Task):
     # the Levenberg–Marquardt finisher's view (neuralnum.training.finisher.ResidualTask)
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.learner.net.parameters() if p.requires_grad)
+        return count_parameters(self.learner.net)
 
     @property
     def residuals_per_problem(self) -> float:

@@ -36,6 +36,7 @@ from torch.func import functional_call
 
 from neuralnum.core.runtime import make_generator
 from neuralnum.core.validation import check_positive_int, check_range
+from neuralnum.models.base import count_parameters
 from neuralnum.problems.double_double import dd_step
 from neuralnum.problems.families import FAMILIES, family_from_name
 from neuralnum.training.lm_problems import FunctionalProblem
@@ -155,7 +156,7 @@ class MixedShapeTask(Task):
     # the Levenberg–Marquardt finisher's view (neuralnum.training.finisher.ResidualTask)
     @property
     def parameters(self) -> int:
-        return sum(p.numel() for p in self.learner.net.parameters() if p.requires_grad)
+        return count_parameters(self.learner.net)
 
     @property
     def residuals_per_problem(self) -> float:

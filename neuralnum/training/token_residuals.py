@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from torch.func import functional_call
-from torch.nn.utils import parameters_to_vector
 
+from neuralnum.models.base import cast_module
 from neuralnum.training.lm_problems import PerSampleProblem
 
 __all__ = ["FlatParameters", "learner_problem", "snap_dead_channels"]
@@ -30,10 +30,8 @@ Data = tuple[torch.Tensor, ...]
 def _cast_copy(model: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
     """A copy of ``model`` in ``dtype`` with its data-dependent input checks off (they
     branch on values, which ``vmap`` cannot trace)."""
-    net = copy.deepcopy(model).to(dtype)
+    net = cast_module(copy.deepcopy(model), dtype)
     net.check_input = lambda t: t
-    if isinstance(getattr(net, "dtype", None), torch.dtype):
-        net.dtype = dtype
     return net
 
 
@@ -77,7 +75,8 @@ def learner_problem(learner: Any, data: Data, chunk: int = 128,
     """
     flat = FlatParameters(learner.model)
     compute = dtype or learner.precision.compute_dtype
-    lin, evaluator = _cast_copy(learner.model, torch.float64), _cast_copy(learner.model, compute)
+    lin = _cast_copy(learner.model, torch.float64)
+    evaluator = lin if compute == torch.float64 else _cast_copy(learner.model, compute)
     layout, objective = learner.layout, learner.objective
     A, b, x, label = data
 
@@ -117,9 +116,7 @@ def snap_dead_channels(learner: Any, train: Data, rtol: float, chunk: int,
     A, b, x, _ = train
     snapped = model.snap_dead_channels(learner.layout.encode(A, b, x), rtol)
     if snapped:
-        # θ in learner_problem's order: the trainable parameters, flattened, float64
-        after = parameters_to_vector(
-            [p for p in model.parameters() if p.requires_grad]).to(torch.float64)
+        after = FlatParameters(model).vector()
         if problem.residuals(after).pow(2).sum() > problem.residuals(before).pow(2).sum():
             write_back(before)
             return []
