@@ -85,7 +85,7 @@ class Operator:
         self._g0 = self.A.new_zeros(self.batch, self.d)  # g(0; b = 0), filled lazily
         self._have_g0 = torch.zeros(self.batch, dtype=torch.bool, device=A.device)
         self.center = False
-        self.version = 0  # counts changes of self.A (column balancing), for derived caches
+        self.version = 0  # counts changes of self.A (:meth:`_set_matrices`)
 
     def balance_columns(self) -> torch.Tensor:
         """Scale the columns of ``A`` by powers of two to RMS in ``[2^-½, 2^½)`` where that
@@ -112,18 +112,22 @@ class Operator:
         start = torch.where(candidate.unsqueeze(1), start, 0)
         lmin0, lmax0 = extreme_eigenvalues(self, start, steps=self.d)
         unbalanced = self.A[idx]
-        self.A[idx] = pow2_scale(unbalanced, -cols[idx].unsqueeze(1))
-        self._have_g0[idx] = False
+        self._set_matrices(idx, pow2_scale(unbalanced, -cols[idx].unsqueeze(1)))
         lmin, lmax = extreme_eigenvalues(self, start, steps=self.d)
         eps = torch.finfo(self.A.dtype).eps
         helps = lmin * lmax0 > _BALANCE_GAIN * lmin0 * lmax  # κ(M) falls by the gain
         keep = candidate & (lmin > eps ** (2 / 3) * lmax) & helps
-        undo = idx[~keep[idx]]
-        self.A[undo] = unbalanced[~keep[idx]]
-        self._have_g0[undo] = False
+        self._set_matrices(idx[~keep[idx]], unbalanced[~keep[idx]])
         self.eC[keep] = cols[keep]
-        self.version += 1
         return keep
+
+    def _set_matrices(self, idx: torch.Tensor, mats: torch.Tensor) -> None:
+        """``A[idx] = mats`` (``(k, n, d)``), and forget what was derived from the old
+        ``A``: the lazily filled ``g(0; b = 0)`` of those problems, and (``version``) the
+        subclasses' caches."""
+        self.A[idx] = mats
+        self._have_g0[idx] = False
+        self.version += 1
 
     def _count(self, idx: torch.Tensor) -> None:
         """One more operator call for each of the (distinct) problems ``idx``."""

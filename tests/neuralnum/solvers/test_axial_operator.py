@@ -11,11 +11,15 @@ from hypothesis import strategies as st
 from no_factorisations import no_factorisations
 
 from neuralnum.models.axial import construct_axial_gd
+from neuralnum.models.axial_stage import matrix_stats
 from neuralnum.problems import reference
 from neuralnum.problems.double_double import dd_matvec
 from neuralnum.problems.families import SpectrumFamily
+from neuralnum.solvers import operators
+from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.methods import METHODS, solve
 from neuralnum.solvers.operators import AxialLearnedOperator, ExactOperator
+from neuralnum.solvers.spectrum import extreme_eigenvalues
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 DTYPES = (torch.float32, torch.float64)
@@ -51,6 +55,32 @@ def test_a_learned_constant_offset_cancels_in_the_products():
     torch.testing.assert_close(learned.rmatvec(u, idx), exact.rmatvec(u, idx))
     x, _ = solve(learned, "cg")
     torch.testing.assert_close(x, reference.lstsq(P.A, P.b), rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_column_balancing_refreshes_what_the_operator_derived_from_a(dtype, monkeypatch):
+    """The Lanczos runs before and after balancing see the moments (``Σ a²``, ``Σ a``)
+    and the centring offsets of the ``A`` they run on, not of the one before."""
+    coefficients = AxialLearner(seed=0).coefficients()  # untrained: reads the moments
+    assert coefficients.needs_stats(dtype)
+    P = SpectrumFamily(n=12, d=4, cond=5.0).sample(3, torch.Generator().manual_seed(1), dtype)
+    A = P.A * torch.tensor([1.0, 64.0, 1.0, 1 / 64], dtype=dtype)  # columns 12 binades apart
+    op = AxialLearnedOperator(coefficients, A, P.b)
+    calls = []
+
+    def checked(operator, start, steps):
+        stats = operator._moments(operator._every, operator.A)
+        for derived, fresh in zip(stats, matrix_stats(operator.A), strict=True):
+            torch.testing.assert_close(derived, fresh, rtol=0, atol=0)
+        rows = coefficients.row_product(operator.A, torch.zeros_like(P.A[:, 0]), stats)
+        torch.testing.assert_close(operator._centred("rows", rows, operator._every),
+                                   rows - rows, rtol=0, atol=0)
+        calls.append(steps)
+        return extreme_eigenvalues(operator, start, steps)
+
+    monkeypatch.setattr(operators, "extreme_eigenvalues", checked)
+    op.balance_columns()
+    assert calls == [4, 4]
 
 
 @pytest.mark.parametrize("method", METHODS)
