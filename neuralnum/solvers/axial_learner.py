@@ -184,15 +184,12 @@ class AxialLearner(LearnedSolver):
         """Rebuild a learner from a checkpoint written by :meth:`save` (with its
         ``provenance``); ``dtype`` (``"float32"``/``"float64"``): solve in that dtype
         instead of the recipe's."""
-        state = load_checkpoint(path)
-        if state.get("format") != FORMAT:
-            raise CheckpointError(f"{path} is not a {FORMAT} checkpoint (format "
-                                  f"{state.get('format')!r})")
+        state = load_checkpoint(path, format=FORMAT)
         cfg = state["config"]
         recipe = Recipe.from_dict(cfg["recipe"])
         learner = cls(AxialConfig(**cfg["axial"]), recipe.replace(dtype=dtype or recipe.dtype),
                       seed=cfg["seed"], device=device, snap_rtol=cfg["snap_rtol"])
-        learner.load_weights(path)
+        learner._load_state(state, path)
         learner.provenance = dict(state.get("provenance", {}))
         if "deployed" in state:
             deployed = AxialCoefficients(state["deployed"]["rows"], state["deployed"]["cols"])

@@ -126,7 +126,12 @@ class LearnedSolver:
 
     def load_weights(self, path: str | os.PathLike[str]) -> LearnedSolver:
         """Load the weights of a checkpoint written by :meth:`save` / :meth:`fit`."""
-        state = self.check_compatible(load_checkpoint(path), path)
+        return self._load_state(load_checkpoint(path), path)
+
+    def _load_state(self, state: dict[str, Any], path: object) -> LearnedSolver:
+        """Load the weights of ``state``, the checkpoint read from ``path``, once
+        :meth:`check_compatible` accepts it."""
+        state = self.check_compatible(state, path)
         self.net.load_state_dict({k: v.to(self.dtype) if v.is_floating_point() else v
                                   for k, v in state["model"].items()})
         return self

@@ -274,4 +274,4 @@ class Learner(LearnedSolver):
             learner = cls(a["name"], objective, recipe, n=cfg["n"], d=cfg["d"],
                           d_model=a["d_model"], n_layers=a["n_layers"],
                           arch_options=a["options"], seed=a["seed"])
-        return learner.load_weights(path)
+        return learner._load_state(state, path)
