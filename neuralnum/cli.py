@@ -102,6 +102,8 @@ class ModelOptions:
 
 #: ``--out`` of train / demo / pretrain: a writable checkpoint file ending in ``.pt``.
 _CHECKPOINT = checked(functools.partial(check_output_path, directory=False, suffix=".pt"))
+#: ``--threads`` of every command: torch's intra-op threads, a positive int.
+_THREADS = checked(functools.partial(check_positive_int, name="threads"))
 
 
 @dataclass(frozen=True)
@@ -134,11 +136,7 @@ class TrainCommand:
     baseline: bool = False
     out: Path = field(default=Path("runs/train/learner.pt"), metadata=_CHECKPOINT)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.threads is not None:
-            check_positive_int(self.threads, "threads")
+    threads: int | None = field(default=None, metadata=_THREADS)
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ class SolveCommand:
     dtype: Literal["float64", "float32"] = "float64"
     problem: ProblemOptions = field(default_factory=ProblemOptions)
     solve: SolveOptions = field(default_factory=SolveOptions)
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata=_THREADS)
 
 
 @dataclass(frozen=True)
@@ -171,7 +169,7 @@ class PretrainCommand:
     axial: AxialConfig = field(default_factory=AxialConfig)
     recipe: Recipe = field(default_factory=default_recipe)
     out: Path = field(default=Path("runs/pretrain/axial.pt"), metadata=_CHECKPOINT)
-    threads: int | None = None
+    threads: int | None = field(default=None, metadata=_THREADS)
 
 
 def demo_defaults(arch: str = "linear_attention") -> DemoCommand:

@@ -114,6 +114,9 @@ def _neuralnum_cases(tmp: Path, learner: Path, damaged: Path, a_file: Path) -> d
                                   "pass a file path"),
         "output is not a .pt file": (["demo", "--out", str(tmp / "runs" / "demo")],
                                      "must end in .pt, e.g. ", "demo/learner.pt"),
+        **{f"{command}: bad thread count": ([command, "--threads", "0"],
+                                            "--threads", "must be a positive int")
+           for command in ("train", "solve", "pretrain")},
         "missing checkpoint": (["solve", "--checkpoint", str(tmp / "nope.pt")],
                                "checkpoint not found"),
         "damaged checkpoint": (["solve", "--checkpoint", str(damaged)],
