@@ -58,6 +58,7 @@ from neuralnum.solvers.methods import METHODS
 from neuralnum.solvers.pretrained import pretrain, pretrained
 from neuralnum.training.finisher import FinisherSettings
 from neuralnum.training.fit import FitOptions
+from neuralnum.training.fit import fit as fit_learner
 from neuralnum.training.levenberg_marquardt import LMSettings
 from neuralnum.training.mixed_shapes import ShapeMixture
 from neuralnum.training.recipe import Recipe
@@ -253,18 +254,14 @@ def _train(cmd: TrainCommand) -> tuple[Learner, dict[str, Any]]:
         learner.init_construction(model.init_noise, seed=fit.seed)
     metrics = fit.metrics or cmd.out.with_suffix(".jsonl")
     start = time.monotonic()
-    records = learner.fit(family, **{**_fields(fit), "metrics": metrics,
-                                     "checkpoint": cmd.out})
+    records = fit_learner(learner, family,
+                          dataclasses.replace(fit, metrics=metrics, checkpoint=cmd.out))
     last = {**(records[-1] if records else {}), "seconds": time.monotonic() - start}
     if records:
         print(f"trained {model.arch} ({cmd.recipe.dtype}) for {learner.step_count} steps in "
               f"{last['seconds']:.0f}s: one-step MSE {last['mse']:.3e}, "
               f"{last['digits']:.1f} digits -> {cmd.out}")
     return learner, last
-
-
-def _fields(options: Any) -> dict[str, Any]:
-    return {f.name: getattr(options, f.name) for f in dataclasses.fields(options)}
 
 
 def print_report(report: dict[str, dict[str, Any]], judge: str) -> None:

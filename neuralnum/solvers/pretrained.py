@@ -21,13 +21,12 @@ import subprocess
 import time
 from importlib import resources
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from neuralnum.models.axial import AxialConfig, construct_axial_gd
 from neuralnum.solvers.axial_learner import AxialLearner, default_recipe
-from neuralnum.training.fit import FitOptions
+from neuralnum.training.fit import FitOptions, fit
 from neuralnum.training.mixed_shapes import ShapeMixture
 from neuralnum.training.recipe import Recipe
 
@@ -75,7 +74,7 @@ def pretrain(options: FitOptions, *, config: AxialConfig | None = None,
     mixture = mixture or ShapeMixture()
     learner = AxialLearner(config, recipe or default_recipe(), seed=options.seed)
     start = time.monotonic()
-    records = learner.fit(mixture, **_fields(options))
+    records = fit(learner, mixture, options)
     lm = [r["lm"] for r in records if "lm" in r]
     refit = learner.refit(mixture, seed=options.seed,
                           problems=learner.recipe.lm.problems or 336)
@@ -89,10 +88,6 @@ def pretrain(options: FitOptions, *, config: AxialConfig | None = None,
         **held_out_metrics(learner, mixture, options.seed, options.eval_batch),
         "torch": str(torch.__version__), "python": platform.python_version()}
     return learner
-
-
-def _fields(options: FitOptions) -> dict[str, Any]:
-    return {name: getattr(options, name) for name in options.__dataclass_fields__}
 
 
 def pretrained(dtype: str = "float64", device: str | torch.device = "cpu") -> AxialLearner:
