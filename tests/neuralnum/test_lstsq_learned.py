@@ -48,11 +48,18 @@ def problems(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
     return A.astype(dtype), b.astype(dtype), A, b
 
 
+#: Relative singular-value cutoff of the reference: the drawn nonzero singular values lie
+#: in [1, κ], a rank-deficient draw's others are rounding noise (≈ eps·κ, which LAPACK's
+#: default cutoff of eps·σ_max can keep, giving a garbage "minimum-norm" reference).
+CUTOFF = 1e-3
+
+
 def _scipy(A: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """scipy's minimum-norm solutions, problem by problem."""
+    """scipy's minimum-norm solutions of the rank-``r`` problems, problem by problem."""
     if A.ndim == 2:
-        return scipy.linalg.lstsq(A, b)[0]
-    return np.stack([scipy.linalg.lstsq(a, v)[0] for a, v in zip(A, b, strict=True)])
+        return scipy.linalg.lstsq(A, b, cond=CUTOFF)[0]
+    return np.stack([scipy.linalg.lstsq(a, v, cond=CUTOFF)[0]
+                     for a, v in zip(A, b, strict=True)])
 
 
 @settings(max_examples=40)
