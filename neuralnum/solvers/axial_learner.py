@@ -28,7 +28,7 @@ import torch
 
 from neuralnum.core.runtime import CheckpointError, load_checkpoint, make_generator
 from neuralnum.models.axial import AxialCoefficients, AxialConfig, AxialOperator
-from neuralnum.solvers.learned_solver import LearnedSolver
+from neuralnum.solvers.learned_solver import LearnedSolver, WeightKeyed
 from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import PRODUCT_METHODS, solve
 from neuralnum.solvers.operators import AxialLearnedOperator
@@ -93,7 +93,7 @@ class AxialLearner(LearnedSolver):
         self.provenance: dict[str, Any] = {}
         self.step_count = 0
         self.last_solve: Any = None
-        self._deployed: tuple[torch.Tensor, AxialCoefficients] | None = None
+        self._deployed: WeightKeyed[AxialCoefficients] = WeightKeyed(self._snapped)
 
     def config(self) -> dict[str, Any]:
         return {"arch": "axial", "axial": dataclasses.asdict(self.axial), "seed": self.seed,
@@ -110,19 +110,17 @@ class AxialLearner(LearnedSolver):
         :class:`~neuralnum.training.mixed_shapes.ShapeMixture`; ``None``: the default)."""
         return MixedShapeTask(self, data or ShapeMixture(), seed=seed, eval_batch=eval_batch)
 
-    def _weights(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.net.parameters()])
-
     def coefficients(self) -> AxialCoefficients:
         """The deployed canonical coefficients (float64): the network's, those below
         ``snap_rtol`` of their stage's largest set to 0, and refitted by :meth:`refit`
         when it ran on these weights (remade whenever the weights change)."""
-        weights = self._weights()
-        if self._deployed is None or not torch.equal(self._deployed[0], weights):
-            with torch.no_grad():
-                deployed = self.net.coefficients().snapped(self.snap_rtol).detached()
-            self._deployed = (weights, deployed)
-        return self._deployed[1]
+        return self._deployed.get(self.net)
+
+    def _snapped(self, net: AxialOperator) -> AxialCoefficients:
+        """``net``'s canonical coefficients, those below ``snap_rtol`` of their stage's
+        largest set to 0."""
+        with torch.no_grad():
+            return net.coefficients().snapped(self.snap_rtol).detached()
 
     def refit(self, data: ShapeMixture | None = None, *, seed: int = 0, problems: int = 336,
               iterations: int = 10) -> list[dict[str, Any]]:
@@ -134,7 +132,7 @@ class AxialLearner(LearnedSolver):
         groups = task.draw(problems, make_generator(seed + FINISHER_STREAM))
         deployed, records = refit_coefficients(self.coefficients(), groups,
                                                iterations=iterations)
-        self._deployed = (self._weights(), deployed)
+        self._deployed.set(self.net, deployed)
         return records
 
     def operator(self, A: torch.Tensor, b: torch.Tensor) -> AxialLearnedOperator:
@@ -193,6 +191,6 @@ class AxialLearner(LearnedSolver):
         learner.provenance = dict(state.get("provenance", {}))
         if "deployed" in state:
             deployed = AxialCoefficients(state["deployed"]["rows"], state["deployed"]["cols"])
-            learner._deployed = (learner._weights(), deployed)
+            learner._deployed.set(learner.net, deployed)
         return learner
 

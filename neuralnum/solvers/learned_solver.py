@@ -15,9 +15,9 @@ training loop's task) and :meth:`_solve` (a batch of problems); this class gives
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 from torch import nn
@@ -29,7 +29,37 @@ from neuralnum.training.fit import Callback, FitOptions, fit
 from neuralnum.training.plugins import Task
 from neuralnum.training.recipe import Recipe
 
+T = TypeVar("T")
+
 __all__ = ["LearnedSolver"]
+
+
+class WeightKeyed(Generic[T]):
+    """A value derived from a network's weights by ``build(net)``, remade only when the
+    weights change (in value, dtype or device)."""
+
+    def __init__(self, build: Callable[[nn.Module], T]) -> None:
+        self.build = build
+        self.weights: torch.Tensor | None = None
+        self.value: T | None = None
+
+    def get(self, net: nn.Module) -> T:
+        """The value for ``net``'s current weights."""
+        weights = _flat_weights(net)
+        old = self.weights
+        if (old is None or (old.device, old.dtype) != (weights.device, weights.dtype)
+                or not torch.equal(old, weights)):
+            self.weights, self.value = weights, self.build(net)
+        return self.value
+
+    def set(self, net: nn.Module, value: T) -> None:
+        """Keep ``value`` (made otherwise than by ``build``) for ``net``'s current
+        weights."""
+        self.weights, self.value = _flat_weights(net), value
+
+
+def _flat_weights(net: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in net.parameters()])
 
 
 class LearnedSolver:

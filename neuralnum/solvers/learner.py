@@ -43,7 +43,7 @@ from neuralnum.models.registry import (
 from neuralnum.models.tokens import TokenLayout
 from neuralnum.solvers import krylov
 from neuralnum.solvers.krylov import SolveInfo
-from neuralnum.solvers.learned_solver import LearnedSolver
+from neuralnum.solvers.learned_solver import LearnedSolver, WeightKeyed
 from neuralnum.solvers.operators import LearnedOperator
 from neuralnum.training.fit import ProblemTask
 from neuralnum.training.objectives import Objective, as_objective, objective_from_dict
@@ -54,26 +54,6 @@ __all__ = ["ARCHS", "FORMAT", "Learner", "SolveInfo", "default_arch"]
 
 #: Checkpoint format; version 3 nests the recipe's Levenberg–Marquardt settings.
 FORMAT = "neuralnum.learner/3"
-
-
-class _CanonicalCopy:
-    """The canonical copy of a learner's network (attention heads in interpolative form),
-    remade only when the weights change."""
-
-    def __init__(self, layout: TokenLayout) -> None:
-        self.layout = layout
-        self.weights: torch.Tensor | None = None
-        self.net: nn.Module | None = None
-
-    def get(self, net: nn.Module) -> nn.Module:
-        weights = torch.cat([p.detach().reshape(-1) for p in net.parameters()])
-        old = self.weights
-        if (old is None or (old.device, old.dtype) != (weights.device, weights.dtype)
-                or not torch.equal(old, weights)):
-            self.net = copy.deepcopy(net)
-            canonicalize_attention(self.net.model, self.layout)
-            self.weights = weights
-        return self.net
 
 
 class Learner(LearnedSolver):
@@ -115,7 +95,7 @@ class Learner(LearnedSolver):
                             f"{type(arch).__name__}")
         self.layout = TokenLayout(n, d, width=d_model)
         self.net = Predictor(model, self.layout, self.objective, self.precision)
-        self._canonical = _CanonicalCopy(self.layout)
+        self._canonical = WeightKeyed(self._canonical_copy)
         self.to(self.device)
         self.step_count = 0
         self.last_solve: SolveInfo | None = None
@@ -187,6 +167,12 @@ class Learner(LearnedSolver):
         if not isinstance(self.model, LinearAttention):
             return self._raw_forward
         return functools.partial(self._raw_forward, net=self._canonical.get(self.net))
+
+    def _canonical_copy(self, net: nn.Module) -> nn.Module:
+        """A copy of ``net`` with its attention heads in interpolative form."""
+        canonical = copy.deepcopy(net)
+        canonicalize_attention(canonical.model, self.layout)
+        return canonical
 
     @torch.no_grad()
     def step(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
