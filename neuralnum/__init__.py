@@ -20,33 +20,34 @@ the import graph), and docs/architecture.md maps each layer and its seams:
   (``python -m neuralnum train | solve | demo``).
 """
 
-from neuralnum.least_squares import LstsqResult, lstsq
-from neuralnum.models import (
-    ARCHS,
-    BaseConv,
-    BaseConvConfig,
-    LinearAttention,
-    LinearAttentionConfig,
-    Transformer,
-    TransformerConfig,
-    construct_baseconv_gd,
-    construct_linear_attention_gd,
-)
-from neuralnum.problems import (
-    FAMILIES,
-    GaussianFamily,
-    HeavyTailedFamily,
-    Problems,
-    RankDeficientFamily,
-    ScaledFamily,
-    SpectrumFamily,
-    family_from_name,
-)
-from neuralnum.solvers.learner import Learner
-from neuralnum.training.recipe import Recipe
+import importlib
+from typing import Any
 
-__all__ = ["ARCHS", "FAMILIES", "BaseConv", "BaseConvConfig", "GaussianFamily",
-           "HeavyTailedFamily", "Learner", "LinearAttention", "LinearAttentionConfig",
-           "LstsqResult", "Problems", "RankDeficientFamily", "Recipe", "ScaledFamily",
-           "SpectrumFamily", "Transformer", "TransformerConfig", "construct_baseconv_gd",
-           "construct_linear_attention_gd", "family_from_name", "lstsq"]
+#: Each public name and the module it lives in; imported on first use (PEP 562), so that
+#: importing a lower layer (``neuralnum.core``, as ``structured`` does) loads only it.
+_EXPORTS = {
+    **dict.fromkeys(["LstsqResult", "lstsq"], "neuralnum.least_squares"),
+    **dict.fromkeys(["ARCHS", "BaseConv", "BaseConvConfig", "LinearAttention",
+                     "LinearAttentionConfig", "Transformer", "TransformerConfig",
+                     "construct_baseconv_gd", "construct_linear_attention_gd"],
+                    "neuralnum.models"),
+    **dict.fromkeys(["FAMILIES", "GaussianFamily", "HeavyTailedFamily", "Problems",
+                     "RankDeficientFamily", "ScaledFamily", "SpectrumFamily",
+                     "family_from_name"], "neuralnum.problems"),
+    "Learner": "neuralnum.solvers.learner",
+    "Recipe": "neuralnum.training.recipe",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'neuralnum' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -17,6 +17,8 @@ Python would survive (a deferred import, a ``TYPE_CHECKING`` block) still counts
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -116,6 +118,20 @@ def test_deferred_imports_are_optional_dependencies_said_so():
             if deferred and "optional" not in said:
                 bad.append(f"{name}:{node.lineno}")
     assert not bad, bad
+
+
+def test_a_lower_layer_loads_without_the_layers_above():
+    """``import neuralnum.core.validation`` (as ``structured`` does) runs the package's
+    ``__init__``, which loads its public names only on first use; every one of them
+    resolves."""
+    code = ("import sys, neuralnum.core.validation\n"
+            "print(sorted(m for m in sys.modules if m.startswith('neuralnum.')))\n"
+            "import neuralnum\n"
+            "print(all(getattr(neuralnum, name) is not None for name in neuralnum.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT).stdout.split("\n")
+    assert out[0] == "['neuralnum.core', 'neuralnum.core.validation']"
+    assert out[1] == "True"
 
 
 def test_neuralnum_top_level_holds_the_front_door_only():
