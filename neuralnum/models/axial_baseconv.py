@@ -57,8 +57,8 @@ from neuralnum.core.validation import (
     check_finite,
     check_positive_float,
     check_positive_int,
+    check_problem,
 )
-from neuralnum.models.axial_stage import check_inputs
 from neuralnum.models.base import Config
 
 __all__ = ["AXES", "AxialBaseConv", "AxialBaseConvConfig", "AxialGatedConv",
@@ -178,8 +178,7 @@ class AxialBaseConv(nn.Module):
         d)``, ``b: (B, n)``, ``x: (B, d)``, real float32/float64 of one dtype and device,
         finite, ``B, n, d ≥ 1`` (``TypeError``/``ValueError`` otherwise, and
         ``ValueError`` when an output overflows the dtype)."""
-        check_inputs(A, b, x)
-        check_finite(A, "A")
+        check_problem(A, b, x)
         u = self.tokens(A, b, x)
         for layer in self.layers:
             u = layer(u)

@@ -31,11 +31,10 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from neuralnum.core.validation import SUPPORTED_DTYPES
+from neuralnum.core.validation import check_finite, check_tensor
 
 __all__ = ["OTHERS", "POWERS", "SPARSE_TERMS", "AxialStage", "MatrixStats", "StageWeights",
-           "Terms", "check_inputs", "matrix_stats", "needs_matrix_moments",
-           "stage_coefficients", "stage_fast",
+           "Terms", "matrix_stats", "needs_matrix_moments", "stage_coefficients", "stage_fast",
            "stage_reference", "stage_terms", "vanishes_at_zero"]
 
 POWERS = 4  # a stage's canonical polynomial has powers z⁰…z³ of its own feature
@@ -66,54 +65,15 @@ class StageWeights(NamedTuple):
     skip: torch.Tensor
 
 
-def _check_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex():
-        raise TypeError(f"{name} is complex ({t.dtype}); only real float32/float64 problems "
-                        f"are supported")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
-    return t
-
-
-def check_inputs(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``
-    are real float32/float64 tensors of one dtype and device, ``B, n, d ≥ 1``, and ``b``, ``x``
-    finite (``A``'s finiteness is checked by :func:`matrix_stats` or the reference path)."""
-    for name, t in (("A", A), ("b", b), ("x", x)):
-        _check_tensor(name, t)
-    if A.ndim != 3:
-        raise ValueError(f"A must have shape (B, n, d), got {tuple(A.shape)}")
-    batch, n, d = A.shape
-    if min(batch, n, d) == 0:
-        raise ValueError(f"A must have at least one problem, row and column; got shape "
-                         f"(B, n, d) = {tuple(A.shape)}")
-    for name, t, shape in (("b", b, (batch, n)), ("x", x, (batch, d))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} to match A of shape "
-                             f"{tuple(A.shape)}, got {tuple(t.shape)}")
-        if t.dtype != A.dtype:
-            raise TypeError(f"{name} is {t.dtype} but A is {A.dtype}; use one dtype")
-        if t.device != A.device:
-            raise ValueError(f"{name} is on {t.device} but A is on {A.device}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} has NaN or Inf entries")
-
-
 def matrix_stats(A: torch.Tensor) -> MatrixStats:
     """:class:`MatrixStats` of ``A: (B, n, d)`` float32/float64; ``ValueError`` when ``A``
     is empty or has NaN/Inf entries, or its squared row/column norms overflow."""
-    _check_tensor("A", A)
-    if A.ndim != 3 or min(A.shape) == 0:
-        raise ValueError(f"A must have shape (B, n, d) with B, n, d >= 1, got "
-                         f"{tuple(A.shape)}")
+    check_tensor(A, "A", 3)
     square = A * A
     stats = MatrixStats(square.sum(2), A.sum(2), square.sum(1), A.sum(1))
     if not all(bool(torch.isfinite(t).all()) for t in stats):
-        what = "NaN or Inf entries" if not bool(torch.isfinite(A).all()) else (
-            f"entries so large that Σ a² overflows {A.dtype}; rescale A")
-        raise ValueError(f"A has {what}")
+        check_finite(A, "A")
+        raise ValueError(f"A has entries so large that Σ a² overflows {A.dtype}; rescale A")
     return stats
 
 
