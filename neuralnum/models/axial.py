@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from neuralnum.core.runtime import make_generator
 from neuralnum.core.validation import (
     check_dtype,
     check_finite,
@@ -205,7 +206,7 @@ class AxialOperator(nn.Module):
         super().__init__()
         dtype = check_dtype(torch.float64 if dtype is None else dtype)
         if generator is None:
-            generator = torch.Generator().manual_seed(0)
+            generator = make_generator(0)
         self.config = config
         common = {"dtype": dtype, "device": device, "generator": generator}
         self.rows = AxialStage(OTHERS, config.head_dim, config.init_std, **common)

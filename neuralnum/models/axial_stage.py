@@ -34,8 +34,9 @@ from torch import nn
 from neuralnum.core.validation import check_finite, check_tensor
 
 __all__ = ["OTHERS", "POWERS", "SPARSE_TERMS", "AxialStage", "MatrixStats", "StageWeights",
-           "Terms", "matrix_stats", "needs_matrix_moments", "stage_coefficients", "stage_fast",
-           "stage_reference", "stage_terms", "vanishes_at_zero"]
+           "Terms", "draw_parameters", "matrix_stats", "needs_matrix_moments",
+           "stage_coefficients", "stage_fast", "stage_reference", "stage_terms",
+           "vanishes_at_zero"]
 
 POWERS = 4  # a stage's canonical polynomial has powers z⁰…z³ of its own feature
 OTHERS = 1  # other-axis features per stage: x_j (row stage), r_i (column stage)
@@ -261,6 +262,17 @@ def stage_reference(weights: StageWeights, mat: torch.Tensor, own: torch.Tensor,
             + own_features @ skip)
 
 
+def draw_parameters(module: nn.Module, shapes: dict[str, tuple[int, ...]], std: float, *,
+                    dtype: torch.dtype, device: torch.device | str | None,
+                    generator: torch.Generator) -> None:
+    """Register on ``module`` one ``N(0, std²)`` parameter per entry ``name: shape`` of
+    ``shapes``, drawn in float64 from ``generator`` in the order given, then cast to
+    ``dtype`` on ``device`` (so both dtypes start from the same draws)."""
+    for name, shape in shapes.items():
+        draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
+        module.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
+
+
 class AxialStage(nn.Module):
     """Trainable :class:`StageWeights` for a stage with ``others`` other-axis features."""
 
@@ -270,9 +282,7 @@ class AxialStage(nn.Module):
         width = others + 3
         shapes = {"key": (head_dim, width), "value": (head_dim, width),
                   "query": (head_dim, 2), "out": (head_dim,), "skip": (2,)}
-        for name, shape in shapes.items():
-            draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
-            self.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
+        draw_parameters(self, shapes, std, dtype=dtype, device=device, generator=generator)
 
     def weights(self) -> StageWeights:
         return StageWeights(self.key, self.value, self.query, self.out, self.skip)
