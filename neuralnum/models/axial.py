@@ -130,18 +130,6 @@ class AxialCoefficients:
         return stage_fast(self.cols, A.mT, x, r.unsqueeze(2), col_sq, col_sum,
                           self.terms("cols", A.dtype))
 
-    def residual(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
-                 stats: MatrixStats | None = None) -> torch.Tensor:
-        """The row stage alone: ``r ≈ A x − b: (B, n)`` (arguments as :meth:`__call__`)."""
-        return self._rows(A, b, x, self._stats(A, b, x, stats))
-
-    def column(self, A: torch.Tensor, r: torch.Tensor, x: torch.Tensor,
-               stats: MatrixStats | None = None) -> torch.Tensor:
-        """The column stage alone, read with ``r: (B, n)`` for its residual channel:
-        ``g ≈ Aᵀ r: (B, d)`` (``x: (B, d)`` its own feature; arguments as
-        :meth:`__call__`, ``r`` in place of ``b``)."""
-        return self._cols(A, r, x, self._stats(A, r, x, stats))
-
     def __call__(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                  stats: MatrixStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r ≈ A x − b: (B, n), g ≈ Aᵀ r: (B, d))`` for ``A: (B, n, d)``, ``b: (B, n)``,
