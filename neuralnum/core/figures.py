@@ -9,11 +9,12 @@ interruption never leaves a torn image.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from matplotlib.figure import Figure
+
+from neuralnum.core.runtime import atomic_write
 
 __all__ = ["figure_grid", "save_figure"]
 
@@ -25,18 +26,8 @@ def figure_grid(rows: int, cols: int, figsize: tuple[float, float]) -> tuple[Fig
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str], dpi: int = 120) -> Path:
-    """Lay out ``fig`` and write it to ``path`` (format from its suffix) through a
-    temporary sibling renamed over it; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Lay out ``fig`` and write it to ``path`` (format from its suffix, PNG without one)
+    with :func:`~neuralnum.core.runtime.atomic_write`; returns the path."""
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o644)
-    try:
-        fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    fmt = Path(path).suffix.lstrip(".") or "png"
+    return atomic_write(path, "wb", lambda fh: fig.savefig(fh, dpi=dpi, format=fmt))

@@ -9,8 +9,8 @@ twice elsewhere.
   silences bars in a block; :func:`cli_defaults` applies the environment defaults
   (``NEURALNUM_PROGRESS``, ``NEURALNUM_KERNELS``) at a command-line entry point.
 * :class:`MetricsLog` — append-only JSON-lines metrics, truncated on resume.
-* :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (tmp file, fsync,
-  ``os.replace``) and safe load (``torch.load(weights_only=True)``);
+* :func:`save_checkpoint` / :func:`load_checkpoint` — atomic write (:func:`atomic_write`:
+  tmp file, fsync, ``os.replace``) and safe load (``torch.load(weights_only=True)``);
   :func:`check_output_path` — a command's output path, checked before any work.
 * :func:`generator_state` / :func:`restore_generator` — exact-resume RNG bookkeeping.
 * :func:`training_state` / :func:`restore_training_state` — step, model, optimizer, named
@@ -43,6 +43,7 @@ __all__ = [
     "CheckpointError",
     "Distributed",
     "MetricsLog",
+    "atomic_write",
     "atomic_write_text",
     "check_output_path",
     "cli_defaults",
@@ -266,11 +267,15 @@ class MetricsLog:
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> None:
-    """Write ``path`` through ``write(fh)`` into a temporary sibling, fsync, then rename.
+def atomic_write(path: str | os.PathLike[str], mode: str, write: Callable[[IO[Any]], None],
+                 ) -> Path:
+    """Write ``path`` through ``write(fh)`` (``fh`` opened with ``mode``, ``"w"`` or
+    ``"wb"``) into a temporary sibling, fsync, then rename; returns the path.
 
-    An interruption leaves either the old file or the new one, never a torn file.
+    An interruption leaves either the old file or the new one, never a torn file; the new
+    file gets the permissions ``open()`` would give it (``0o666`` less the umask).
     """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp: str | None = None
     try:
@@ -285,6 +290,7 @@ def _atomic_write(path: Path, mode: str, write: Callable[[IO[Any]], None]) -> No
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         raise
+    return path
 
 
 def _umask() -> int:
@@ -296,9 +302,7 @@ def _umask() -> int:
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
     """Atomically write ``text`` to ``path`` (a temporary sibling renamed over it, so an
     interruption leaves the old file or the new one, never a torn one); returns the path."""
-    path = Path(path)
-    _atomic_write(path, "w", lambda fh: fh.write(text))
-    return path
+    return atomic_write(path, "w", lambda fh: fh.write(text))
 
 
 def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> Path:
@@ -307,9 +311,7 @@ def save_checkpoint(path: str | os.PathLike[str], state: Mapping[str, Any]) -> P
     The file is written to a temporary sibling, fsynced and renamed over ``path``, so an
     interruption leaves either the old checkpoint or the new one, never a torn file.
     """
-    path = Path(path)
-    _atomic_write(path, "wb", lambda fh: torch.save(dict(state), fh))
-    return path
+    return atomic_write(path, "wb", lambda fh: torch.save(dict(state), fh))
 
 
 def load_checkpoint(

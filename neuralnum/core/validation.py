@@ -239,13 +239,15 @@ def lapack_dtype(*arrays: np.ndarray | torch.Tensor) -> np.dtype:
 
 
 def check_problem(
-    A: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None, *, x_name: str = "x"
+    A: torch.Tensor, b: torch.Tensor, x: torch.Tensor | None = None, *, x_name: str = "x",
+    finite_A: bool = True,
 ) -> tuple[int, int, int]:
     """Validate a batch of least-squares problems; return ``(batch, n, d)``.
 
     Shapes: ``A: (B, n, d)``, ``b: (B, n)``, optional iterate ``x: (B, d)`` (named
     ``x_name`` in error messages); one dtype (float32 or float64) and one device for all;
-    every value finite.
+    every value finite. ``finite_A=False`` leaves ``A``'s values unread (for a caller that
+    checks them on a pass over ``A`` it makes anyway).
     """
     check_tensor(A, "A", 3)
     check_tensor(b, "b", 2)
@@ -265,5 +267,6 @@ def check_problem(
             raise TypeError(f"{name}.dtype {t.dtype} differs from A.dtype {A.dtype}")
         if t.device != A.device:
             raise ValueError(f"{name} is on {t.device} but A is on {A.device}")
-        check_finite(t, name)
+        if finite_A or name != "A":
+            check_finite(t, name)
     return batch, n, d

@@ -29,13 +29,19 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from neuralnum.core.validation import check_dtype, check_positive_float, check_range
+from neuralnum.core.runtime import make_generator
+from neuralnum.core.validation import (
+    check_dtype,
+    check_finite,
+    check_positive_float,
+    check_problem,
+    check_range,
+)
 from neuralnum.models.axial_stage import (
     OTHERS,
     AxialStage,
     MatrixStats,
     Terms,
-    check_inputs,
     matrix_stats,
     needs_matrix_moments,
     stage_coefficients,
@@ -124,18 +130,6 @@ class AxialCoefficients:
         return stage_fast(self.cols, A.mT, x, r.unsqueeze(2), col_sq, col_sum,
                           self.terms("cols", A.dtype))
 
-    def residual(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
-                 stats: MatrixStats | None = None) -> torch.Tensor:
-        """The row stage alone: ``r ≈ A x − b: (B, n)`` (arguments as :meth:`__call__`)."""
-        return self._rows(A, b, x, self._stats(A, b, x, stats))
-
-    def column(self, A: torch.Tensor, r: torch.Tensor, x: torch.Tensor,
-               stats: MatrixStats | None = None) -> torch.Tensor:
-        """The column stage alone, read with ``r: (B, n)`` for its residual channel:
-        ``g ≈ Aᵀ r: (B, d)`` (``x: (B, d)`` its own feature; arguments as
-        :meth:`__call__`, ``r`` in place of ``b``)."""
-        return self._cols(A, r, x, self._stats(A, r, x, stats))
-
     def __call__(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                  stats: MatrixStats | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``(r ≈ A x − b: (B, n), g ≈ Aᵀ r: (B, d))`` for ``A: (B, n, d)``, ``b: (B, n)``,
@@ -156,18 +150,18 @@ class AxialCoefficients:
 
     def _rows(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
               stats: MatrixStats) -> torch.Tensor:
-        return _finite(stage_fast(self.rows, A, b, x.unsqueeze(2), stats.row_sq,
-                                  stats.row_sum), "r")
+        return check_finite(stage_fast(self.rows, A, b, x.unsqueeze(2), stats.row_sq,
+                                       stats.row_sum), "r", _overflowed(A.dtype))
 
     def _cols(self, A: torch.Tensor, r: torch.Tensor, x: torch.Tensor,
               stats: MatrixStats) -> torch.Tensor:
-        return _finite(stage_fast(self.cols, A.mT, x, r.unsqueeze(2), stats.col_sq,
-                                  stats.col_sum), "g")
+        return check_finite(stage_fast(self.cols, A.mT, x, r.unsqueeze(2), stats.col_sq,
+                                       stats.col_sum), "g", _overflowed(A.dtype))
 
     @staticmethod
     def _stats(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                stats: MatrixStats | None) -> MatrixStats:
-        check_inputs(A, b, x)
+        check_problem(A, b, x, finite_A=False)  # A: by matrix_stats, or with stats
         if stats is None:
             return matrix_stats(A)
         expected = (A.shape[:2], A.shape[:2], A.shape[::2], A.shape[::2])
@@ -177,11 +171,11 @@ class AxialCoefficients:
         return stats
 
 
-def _finite(t: torch.Tensor, name: str) -> torch.Tensor:
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} overflowed {t.dtype}: the problem's moments (Σ a², powers "
-                         f"of b and x up to 3) exceed the dtype's range; rescale A, b, x")
-    return t
+def _overflowed(dtype: torch.dtype) -> str:
+    """:func:`check_finite`'s advice for a stage output (from finite inputs) in ``dtype``
+    that is not finite: the moments overflowed."""
+    return (f"the problem's moments (Σ a², powers of b and x up to 3) overflowed {dtype}; "
+            f"rescale A, b, x")
 
 
 class AxialOperator(nn.Module):
@@ -200,7 +194,7 @@ class AxialOperator(nn.Module):
         super().__init__()
         dtype = check_dtype(torch.float64 if dtype is None else dtype)
         if generator is None:
-            generator = torch.Generator().manual_seed(0)
+            generator = make_generator(0)
         self.config = config
         common = {"dtype": dtype, "device": device, "generator": generator}
         self.rows = AxialStage(OTHERS, config.head_dim, config.init_std, **common)
@@ -220,12 +214,11 @@ class AxialOperator(nn.Module):
     def forward_reference(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor,
                           ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference path (materialised tokens, ``O(B·n·d·width²)`` memory): ``(r, g)``."""
-        check_inputs(A, b, x)
-        if not bool(torch.isfinite(A).all()):
-            raise ValueError("A has NaN or Inf entries")
+        check_problem(A, b, x)
         r = stage_reference(self.rows.weights(), A, b, x.unsqueeze(2))
         g = stage_reference(self.cols.weights(), A.mT, x, r.unsqueeze(2))
-        return _finite(r, "r"), _finite(g, "g")
+        fix = _overflowed(A.dtype)
+        return check_finite(r, "r", fix), check_finite(g, "g", fix)
 
 
 def construct_axial_gd(dtype: torch.dtype = torch.float64, head_dim: int = 4,

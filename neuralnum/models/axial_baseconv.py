@@ -51,14 +51,16 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from neuralnum.core.runtime import make_generator
 from neuralnum.core.validation import (
     check_choice,
     check_dtype,
     check_finite,
     check_positive_float,
     check_positive_int,
+    check_problem,
 )
-from neuralnum.models.axial_stage import check_inputs
+from neuralnum.models.axial_stage import draw_parameters
 from neuralnum.models.base import Config
 
 __all__ = ["AXES", "AxialBaseConv", "AxialBaseConvConfig", "AxialGatedConv",
@@ -92,16 +94,6 @@ class AxialBaseConvConfig(Config):
         check_positive_float(self.init_std, "init_std")
 
 
-def _draw_parameters(module: nn.Module, shapes: dict[str, tuple[int, ...]], std: float, *,
-                     dtype: torch.dtype, device: torch.device | str | None,
-                     generator: torch.Generator) -> None:
-    """Register one ``N(0, std²)`` parameter per entry of ``shapes``, drawn in float64 from
-    ``generator`` in the order given, then cast to ``dtype`` on ``device``."""
-    for name, shape in shapes.items():
-        draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
-        module.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
-
-
 class AxialGatedConv(nn.Module):
     """One layer along ``axis`` on entry tokens ``u: (B, n, d, width)``:
     ``u + (W₁u + c₁) ⊙ (α ⊙ v + β ⊙ Σ_axis v)``, ``v = W₂u + c₂``; parameters ``gate:
@@ -115,7 +107,7 @@ class AxialGatedConv(nn.Module):
         square, channels = (width, width), (width,)
         shapes = {"gate": square, "gate_bias": channels, "proj": square,
                   "proj_bias": channels, "alpha": channels, "beta": channels}
-        _draw_parameters(self, shapes, std, dtype=dtype, device=device, generator=generator)
+        draw_parameters(self, shapes, std, dtype=dtype, device=device, generator=generator)
 
     def convolution(self, v: torch.Tensor) -> torch.Tensor:
         """``α ⊙ v + β ⊙ Σ_axis v`` for ``v: (B, n, d, width)``: the circular convolution
@@ -155,15 +147,15 @@ class AxialBaseConv(nn.Module):
                             f"{type(config).__name__}")
         dtype = check_dtype(torch.float64 if dtype is None else dtype)
         if generator is None:
-            generator = torch.Generator().manual_seed(0)
+            generator = make_generator(0)
         self.config = config
         width, std = config.width, config.init_std
         common = {"dtype": dtype, "device": device, "generator": generator}
-        _draw_parameters(self, {"lift": (width, FEATURES)}, std, **common)
+        draw_parameters(self, {"lift": (width, FEATURES)}, std, **common)
         self.layers = nn.ModuleList(AxialGatedConv(axis, width, std, **common)
                                     for axis in config.axes)
-        _draw_parameters(self, {"read_rows": (width,), "skip_rows": (2,),
-                                "read_cols": (width,), "skip_cols": (2,)}, std, **common)
+        draw_parameters(self, {"read_rows": (width,), "skip_rows": (2,),
+                               "read_cols": (width,), "skip_cols": (2,)}, std, **common)
 
     def tokens(self, A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The lifted entry tokens ``E [a_ij, b_i, x_j, 1]: (B, n, d, width)`` in ``A``'s
@@ -178,8 +170,7 @@ class AxialBaseConv(nn.Module):
         d)``, ``b: (B, n)``, ``x: (B, d)``, real float32/float64 of one dtype and device,
         finite, ``B, n, d ≥ 1`` (``TypeError``/``ValueError`` otherwise, and
         ``ValueError`` when an output overflows the dtype)."""
-        check_inputs(A, b, x)
-        check_finite(A, "A")
+        check_problem(A, b, x)
         u = self.tokens(A, b, x)
         for layer in self.layers:
             u = layer(u)

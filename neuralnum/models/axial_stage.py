@@ -31,12 +31,12 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from neuralnum.core.validation import SUPPORTED_DTYPES
+from neuralnum.core.validation import check_finite, check_tensor
 
 __all__ = ["OTHERS", "POWERS", "SPARSE_TERMS", "AxialStage", "MatrixStats", "StageWeights",
-           "Terms", "check_inputs", "matrix_stats", "needs_matrix_moments",
-           "stage_coefficients", "stage_fast",
-           "stage_reference", "stage_terms", "vanishes_at_zero"]
+           "Terms", "draw_parameters", "matrix_stats", "needs_matrix_moments",
+           "stage_coefficients", "stage_fast", "stage_reference", "stage_terms",
+           "vanishes_at_zero"]
 
 POWERS = 4  # a stage's canonical polynomial has powers z⁰…z³ of its own feature
 OTHERS = 1  # other-axis features per stage: x_j (row stage), r_i (column stage)
@@ -66,54 +66,15 @@ class StageWeights(NamedTuple):
     skip: torch.Tensor
 
 
-def _check_tensor(name: str, t: object) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.is_complex():
-        raise TypeError(f"{name} is complex ({t.dtype}); only real float32/float64 problems "
-                        f"are supported")
-    if t.dtype not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} must be float32 or float64, got {t.dtype}")
-    return t
-
-
-def check_inputs(A: torch.Tensor, b: torch.Tensor, x: torch.Tensor) -> None:
-    """Raise ``TypeError``/``ValueError`` unless ``A: (B, n, d)``, ``b: (B, n)``, ``x: (B, d)``
-    are real float32/float64 tensors of one dtype and device, ``B, n, d ≥ 1``, and ``b``, ``x``
-    finite (``A``'s finiteness is checked by :func:`matrix_stats` or the reference path)."""
-    for name, t in (("A", A), ("b", b), ("x", x)):
-        _check_tensor(name, t)
-    if A.ndim != 3:
-        raise ValueError(f"A must have shape (B, n, d), got {tuple(A.shape)}")
-    batch, n, d = A.shape
-    if min(batch, n, d) == 0:
-        raise ValueError(f"A must have at least one problem, row and column; got shape "
-                         f"(B, n, d) = {tuple(A.shape)}")
-    for name, t, shape in (("b", b, (batch, n)), ("x", x, (batch, d))):
-        if tuple(t.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape} to match A of shape "
-                             f"{tuple(A.shape)}, got {tuple(t.shape)}")
-        if t.dtype != A.dtype:
-            raise TypeError(f"{name} is {t.dtype} but A is {A.dtype}; use one dtype")
-        if t.device != A.device:
-            raise ValueError(f"{name} is on {t.device} but A is on {A.device}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} has NaN or Inf entries")
-
-
 def matrix_stats(A: torch.Tensor) -> MatrixStats:
     """:class:`MatrixStats` of ``A: (B, n, d)`` float32/float64; ``ValueError`` when ``A``
     is empty or has NaN/Inf entries, or its squared row/column norms overflow."""
-    _check_tensor("A", A)
-    if A.ndim != 3 or min(A.shape) == 0:
-        raise ValueError(f"A must have shape (B, n, d) with B, n, d >= 1, got "
-                         f"{tuple(A.shape)}")
+    check_tensor(A, "A", 3)
     square = A * A
     stats = MatrixStats(square.sum(2), A.sum(2), square.sum(1), A.sum(1))
     if not all(bool(torch.isfinite(t).all()) for t in stats):
-        what = "NaN or Inf entries" if not bool(torch.isfinite(A).all()) else (
-            f"entries so large that Σ a² overflows {A.dtype}; rescale A")
-        raise ValueError(f"A has {what}")
+        check_finite(A, "A")
+        raise ValueError(f"A has entries so large that Σ a² overflows {A.dtype}; rescale A")
     return stats
 
 
@@ -301,6 +262,17 @@ def stage_reference(weights: StageWeights, mat: torch.Tensor, own: torch.Tensor,
             + own_features @ skip)
 
 
+def draw_parameters(module: nn.Module, shapes: dict[str, tuple[int, ...]], std: float, *,
+                    dtype: torch.dtype, device: torch.device | str | None,
+                    generator: torch.Generator) -> None:
+    """Register on ``module`` one ``N(0, std²)`` parameter per entry ``name: shape`` of
+    ``shapes``, drawn in float64 from ``generator`` in the order given, then cast to
+    ``dtype`` on ``device`` (so both dtypes start from the same draws)."""
+    for name, shape in shapes.items():
+        draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
+        module.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
+
+
 class AxialStage(nn.Module):
     """Trainable :class:`StageWeights` for a stage with ``others`` other-axis features."""
 
@@ -310,9 +282,7 @@ class AxialStage(nn.Module):
         width = others + 3
         shapes = {"key": (head_dim, width), "value": (head_dim, width),
                   "query": (head_dim, 2), "out": (head_dim,), "skip": (2,)}
-        for name, shape in shapes.items():
-            draw = std * torch.randn(shape, generator=generator, dtype=torch.float64)
-            self.register_parameter(name, nn.Parameter(draw.to(dtype=dtype, device=device)))
+        draw_parameters(self, shapes, std, dtype=dtype, device=device, generator=generator)
 
     def weights(self) -> StageWeights:
         return StageWeights(self.key, self.value, self.query, self.out, self.skip)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from neuralnum.core.validation import to_numpy
+
 __all__ = ["dd_matvec", "dd_step", "error", "two_product", "two_sum"]
 
 _SPLIT = 2.0**27 + 1
@@ -23,9 +25,8 @@ DD = tuple[np.ndarray, np.ndarray]
 
 
 def _array(t: np.ndarray | torch.Tensor) -> np.ndarray:
-    if isinstance(t, torch.Tensor):
-        t = t.detach().cpu().numpy()
-    return np.asarray(t, dtype=np.float64)
+    """``t`` (any shape) as a float64 NumPy array, widened exactly."""
+    return np.asarray(to_numpy(t), dtype=np.float64)
 
 
 def two_sum(a: np.ndarray, b: np.ndarray) -> DD:

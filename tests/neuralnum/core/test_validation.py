@@ -45,6 +45,11 @@ def test_non_finite_values_are_named(batch, n, d, dtype, which, bad):
     t[which].view(-1)[-1] = bad
     with pytest.raises(ValueError, match=f"{which} contains NaN or Inf"):
         check_problem(t["A"], t["b"], t["x"])
+    if which == "A":  # finite_A=False leaves A's values to the caller, and only A's
+        assert check_problem(t["A"], t["b"], t["x"], finite_A=False) == (batch, n, d)
+    else:
+        with pytest.raises(ValueError, match=f"{which} contains NaN or Inf"):
+            check_problem(t["A"], t["b"], t["x"], finite_A=False)
 
 
 @given(dims, dims, dims, dtypes, st.sampled_from(["b", "x"]))

@@ -330,8 +330,8 @@ def test_unchecked_products_are_the_checked_calls(model: str, dtype: torch.dtype
     stats_arg = stats if coefficients.needs_stats(dtype) else None
     _, g = coefficients(A, b, x, stats)
     assert torch.equal(coefficients.step(A, b, x, stats_arg), g)
-    assert torch.equal(coefficients.row_product(A, x, stats_arg),
-                       coefficients.residual(A, torch.zeros_like(b), x, stats))
-    assert torch.equal(coefficients.column_product(A, b, stats_arg),
-                       coefficients.column(A, b, torch.zeros_like(x), stats))
+    r_at_zero_b, _ = coefficients(A, torch.zeros_like(b), x, stats)  # the row stage at b = 0
+    assert torch.equal(coefficients.row_product(A, x, stats_arg), r_at_zero_b)
+    r, g_at_zero_x = coefficients(A, b, torch.zeros_like(x), stats)  # columns read r at x = 0
+    assert torch.equal(coefficients.column_product(A, r, stats_arg), g_at_zero_x)
     assert coefficients.centred("rows", dtype) is (model == "exact")
