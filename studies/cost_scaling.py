@@ -44,7 +44,15 @@ from neuralnum.solvers.pretrained import pretrained
 from studies import lsq_shapes
 from studies.lsq_common import parse
 from studies.markdown import fixed, num, percent, study_command, table, targets_met, times
-from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
+from studies.study_io import (
+    blas_threads,
+    figure_row,
+    format_table,
+    one_blas_thread,
+    run_cli,
+    save_figure,
+    write_report,
+)
 
 NAME = "cost_scaling"
 SHAPES = {"quick": ((250, 25), (500, 50), (1000, 100), (2000, 200), (5000, 500),
@@ -252,7 +260,7 @@ def _figure(result: dict[str, Any], path: Any) -> None:
 
 
 def _environment(load_before: float) -> dict[str, Any]:
-    return {"torch_threads": torch.get_num_threads(), "blas_threads": lsq_shapes.blas_threads(),
+    return {"torch_threads": torch.get_num_threads(), "blas_threads": blas_threads(),
             "load_before": load_before, "load_after": os.getloadavg()[0],
             "cpu_count": os.cpu_count()}
 
@@ -262,7 +270,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     mode = "full" if args.full else "quick"
     learners = {"float64": pretrained("float64")}
     load_before = os.getloadavg()[0]
-    with contextlib.nullcontext() if args.full else lsq_shapes.one_blas_thread():
+    with contextlib.nullcontext() if args.full else one_blas_thread():
         rows = scaling(learners["float64"], mode, args.seed)
         small = many_small(learners, mode, args.seed)
         environment = _environment(load_before)

@@ -64,7 +64,7 @@ from neuralnum.solvers.operators import AxialLearnedOperator, ExactOperator, pow
 from neuralnum.solvers.pretrained import pretrained
 from studies import markdown as md
 from studies.lsq_common import parse
-from studies.study_io import figure_row, run_cli, save_figure, write_report
+from studies.study_io import figure_row, run_cli, save_figure, timed, write_report
 
 NAME = "generalization"
 TRAINING = (64, 16)  # the largest n and d the shipped operator was trained on
@@ -290,19 +290,13 @@ def _solutions(A: torch.Tensor, b: torch.Tensor, dtype: str,
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every solver's ``x`` and its record (iterations, seconds)."""
     learner = pretrained(dtype)
-    start = time.perf_counter()
-    x_learned = learner.solve(A, b, method="cg", warn=False)
-    learned_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x_exact, info = solve(ExactOperator(A, b), "cg", warn=False)
-    exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x_scipy = lstsq(A, b, method="scipy")
+    x_learned, learned_s = timed(lambda: learner.solve(A, b, method="cg", warn=False))
+    (x_exact, info), exact_s = timed(lambda: solve(ExactOperator(A, b), "cg", warn=False))
+    x_scipy, scipy_s = timed(lambda: lstsq(A, b, method="scipy"))
     record = {"iterations": {"learned": learner.last_solve.iterations.tolist(),
                              "exact": info.iterations.tolist()},
               "status": {"learned": _status(learner.last_solve), "exact": _status(info)},
-              "seconds": {"learned": learned_s, "exact": exact_s,
-                          "scipy": time.perf_counter() - start}}
+              "seconds": {"learned": learned_s, "exact": exact_s, "scipy": scipy_s}}
     return {"learned": x_learned, "exact": x_exact, "scipy": x_scipy}, record
 
 

@@ -26,8 +26,6 @@ divided by its size; scipy in a loop) and the fraction stopped by a tolerance.
 
 from __future__ import annotations
 
-import contextlib
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -43,11 +41,11 @@ from neuralnum.problems.families import FAMILIES, Problems, family_from_name
 from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.methods import solve
 from neuralnum.solvers.operators import ExactOperator
+from studies.study_io import timed
 
 __all__ = ["BIG_SHAPES", "FLOAT32_SHAPES", "LEARNED", "METHODS", "MPMATH_ENTRIES",
-           "REFINEMENTS", "SMALL", "blas_threads", "cells", "is_big", "judge",
-           "one_blas_thread", "refined_lstsq", "run_grid", "run_methods", "scipy_lsqr",
-           "shape_name", "timed"]
+           "REFINEMENTS", "SMALL", "cells", "is_big", "judge", "refined_lstsq", "run_grid",
+           "run_methods", "scipy_lsqr", "shape_name"]
 
 BIG_SHAPES: tuple[tuple[int, int], ...] = ((1000, 100), (5000, 500), (100, 1000), (300, 300))
 SMALL = "small"  # a family's own default shape
@@ -66,34 +64,6 @@ PROBLEMS = {"quick": {SMALL: 64, (1000, 100): 8, (5000, 500): 1, (100, 1000): 8,
                       (300, 300): 8},
             "full": {SMALL: 256, (1000, 100): 32, (5000, 500): 4, (100, 1000): 32,
                      (300, 300): 32}}
-
-
-def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """A context in which numpy's / scipy's BLAS runs one thread (as torch does in a quick
-    study), through ``threadpoolctl`` where it is installed (else nothing changes:
-    :func:`blas_threads` records what ran)."""
-    try:  # optional dependency (scikit-learn's), not the project's
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
-def blas_threads() -> int | None:
-    """The largest thread count among the loaded BLAS / OpenMP libraries (``None`` without
-    ``threadpoolctl``)."""
-    try:  # optional dependency, as in one_blas_thread
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return max((lib["num_threads"] for lib in threadpool_info()), default=None)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), wall seconds)``."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def cells() -> list[tuple[str, str | tuple[int, int], str]]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 import warnings
 from typing import Any
 
@@ -56,7 +55,14 @@ from neuralnum.training.recipe import Recipe
 from studies import lsq_shapes
 from studies.lsq_common import construction_twin, parse, train
 from studies.markdown import targets_met
-from studies.study_io import format_table, run_cli, write_report
+from studies.study_io import (
+    blas_threads,
+    format_table,
+    one_blas_thread,
+    run_cli,
+    timed,
+    write_report,
+)
 
 NAME = "vs_scipy"
 SOLVERS = ("scipy", "learned_cg", "construction_cg", "learned_chebyshev", "learned_gd",
@@ -82,12 +88,6 @@ def _learners(seed: int, full: bool) -> tuple[dict[str, Learner], dict[str, Any]
     return {"float64": learner, "float32": twin}, {"seconds": seconds, "last": records[-1]}
 
 
-def _timed(fn: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
 def _digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
     finite = torch.isfinite(x).all(dim=1)
     safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
@@ -104,14 +104,14 @@ def _run_solvers(learner: Learner, twin: Learner, P: Any) -> dict[str, dict[str,
     """Every solver on the batch ``P``: ``{solver: {x, calls, iterations, seconds}}``
     (``twin``: the learner's architecture with the exact construction's weights)."""
     out: dict[str, dict[str, Any]] = {}
-    x, seconds = _timed(lambda: _scipy(P))
+    x, seconds = timed(lambda: _scipy(P))
     out["scipy"] = {"x": x, "seconds": seconds}
     operators = {"learned": lambda: LearnedOperator(learner, P.A, P.b),
                  "construction": lambda: LearnedOperator(twin, P.A, P.b),
                  "exact": lambda: ExactOperator(P.A, P.b)}
     for name in SOLVERS[1:]:  # "<operator>_<method>"
         kind, method = name.split("_")
-        (x, info), seconds = _timed(lambda kind=kind, method=method: solve(
+        (x, info), seconds = timed(lambda kind=kind, method=method: solve(
             operators[kind](), method, warn=False))
         out[name] = {"x": x, "info": info, "seconds": seconds}
     return out
@@ -310,8 +310,8 @@ def run_shapes(mode: str, seed: int) -> dict[str, Any]:
     def log(row: dict[str, Any]) -> None:
         print(format_table([row], columns).splitlines()[-1], flush=True)
 
-    with contextlib.nullcontext() if mode == "full" else lsq_shapes.one_blas_thread():
-        threads = lsq_shapes.blas_threads()
+    with contextlib.nullcontext() if mode == "full" else one_blas_thread():
+        threads = blas_threads()
         rows = lsq_shapes.run_grid(learners, mode, seed, log)
     counts = {k if k == lsq_shapes.SMALL else f"{k[0]} × {k[1]}": v
               for k, v in lsq_shapes.PROBLEMS[mode].items()}
