@@ -56,7 +56,7 @@ from neuralnum.core.runtime import make_generator
 from neuralnum.models.axial import AxialCoefficients, construct_axial_gd
 from neuralnum.problems import FAMILIES, ProblemFamily, family_from_name
 from neuralnum.problems.double_double import DD, dd_matvec, dd_step, error
-from neuralnum.problems.reference import default_rcond, digits, lstsq
+from neuralnum.problems.reference import default_rcond, finite_digits, lstsq
 from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.krylov import STATUS_NAMES, SolveInfo
 from neuralnum.solvers.methods import solve
@@ -274,11 +274,9 @@ def svd_judge(A: torch.Tensor, b: torch.Tensor, refinements: int = REFINEMENTS,
 
 
 def solution_digits(x: torch.Tensor, judge: torch.Tensor) -> list[float]:
-    """Correct digits per problem (:func:`neuralnum.problems.reference.digits`); 0 for a
-    problem whose ``x`` is not finite."""
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, judge.to(x.dtype))
-    return torch.where(finite, digits(safe, judge), 0.0).tolist()
+    """Correct digits per problem of ``x: (B, d)`` against ``judge: (B, d)``, as a list
+    (:func:`neuralnum.problems.reference.finite_digits`: 0 where ``x`` is not finite)."""
+    return finite_digits(x, judge).tolist()
 
 
 def _status(info: SolveInfo) -> list[str]:

@@ -164,13 +164,6 @@ def run_methods(learner: AxialLearner, P: Problems,
     return out
 
 
-def _digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-    """Correct digits of ``x`` against ``x_ref`` per problem; 0 for a non-finite ``x``."""
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
-    return torch.where(finite, reference.digits(safe, x_ref), 0.0)
-
-
 def _row(family: str, P: Problems, dtype: str, runs: dict[str, dict[str, Any]],
          verdict: tuple[torch.Tensor, str, float | None]) -> dict[str, Any]:
     x_judge, judge_name, correction = verdict
@@ -181,7 +174,7 @@ def _row(family: str, P: Problems, dtype: str, runs: dict[str, dict[str, Any]],
                                P.A.double(), reference.default_rcond(P.A.dtype, P.n, P.d)
                            ).median())}
     for name, run in runs.items():
-        digits = _digits(run["x"], x_judge)
+        digits = reference.finite_digits(run["x"], x_judge)
         row |= {f"{name}_digits": float(digits.median()), f"{name}_worst": float(digits.min()),
                 **{f"{name}_{key}": run[key] for key in ("iterations", "calls", "converged",
                                                           "seconds")}}

@@ -88,13 +88,6 @@ def _learners(seed: int, full: bool) -> tuple[dict[str, Learner], dict[str, Any]
     return {"float64": learner, "float32": twin}, {"seconds": seconds, "last": records[-1]}
 
 
-def _digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
-    return torch.where(finite, reference.digits(safe, x_ref), torch.zeros_like(finite,
-                                                                               dtype=float))
-
-
 def _scipy(P: Any) -> torch.Tensor:
     return torch.stack([torch.as_tensor(neuralnum.lstsq(P.A[i].numpy(), P.b[i].numpy()).x)
                         for i in range(P.batch)])
@@ -125,7 +118,7 @@ def _row(family: str, n: int, dtype: str, P: Any, runs: dict[str, dict[str, Any]
     row: dict[str, Any] = {"family": family, "n": n, "dtype": dtype, "kappa": kappa,
                            "kappa2_u": kappa**2 * u, "bound_digits": bound}
     for name, run in runs.items():
-        dg = _digits(run["x"], x_judge)
+        dg = reference.finite_digits(run["x"], x_judge)
         row[f"{name}_digits"] = float(dg.median())
         row[f"{name}_worst"] = float(dg.min())
         row[f"{name}_seconds"] = run["seconds"]
@@ -144,7 +137,7 @@ def _longer(learner: Learner, P: Any, x_judge: torch.Tensor) -> dict[str, float]
     out = {}
     for budget in BUDGETS:
         x, _ = solve(LearnedOperator(learner, P.A, P.b), "cg", max_iters=budget, warn=False)
-        out[str(budget)] = float(_digits(x, x_judge).median())
+        out[str(budget)] = float(reference.finite_digits(x, x_judge).median())
     return out
 
 
@@ -163,7 +156,7 @@ def _curves(learner: Learner, P: Any, x_judge: torch.Tensor) -> dict[str, dict[s
         step = max(1, len(info.history) // 40)
         ks = list(range(0, len(info.history), step))
         curves[name] = {"calls": [setup + per * k for k in ks],
-                        "digits": [float(_digits(info.history[k], x_judge).median())
+                        "digits": [float(reference.finite_digits(info.history[k], x_judge).median())
                                    for k in ks]}
     return curves
 

@@ -11,7 +11,8 @@
   ``κ·(2 + (κ+1)·‖r‖/(‖A‖‖x‖))`` (Higham, *Accuracy and Stability*, Thm 20.1): a backward
   stable solver in unit roundoff ``u`` has relative error ``≲ c·u·sensitivity`` — the
   ``κ·u`` term for consistent systems, ``κ²·u`` once the residual is non-zero.
-* :func:`mse`, :func:`relative_error`, :func:`digits` — per-problem error metrics.
+* :func:`mse`, :func:`relative_error`, :func:`digits` — per-problem error metrics;
+  :func:`finite_digits` — :func:`digits` with 0 for a non-finite solution.
 
 Shapes: ``A: (B, n, d)``, ``b: (B, n)``, solutions ``x: (B, d)``; float32 or float64.
 """
@@ -32,6 +33,7 @@ __all__ = [
     "METHODS",
     "condition_number",
     "digits",
+    "finite_digits",
     "lstsq",
     "mse",
     "relative_error",
@@ -183,3 +185,15 @@ def digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
     err = relative_error(x, x_ref)
     u = max(torch.finfo(x.dtype).eps, torch.finfo(x_ref.dtype).eps) / 2
     return (-torch.log10(err.clamp(min=u))).clamp(min=0.0)
+
+
+def finite_digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+    """:func:`digits` per problem, 0 where a row of ``x`` is not finite: ``(B,)`` float64.
+
+    ``x: (B, d)`` may hold NaN or ±inf; ``x_ref: (B, d)`` finite; float32 or float64 (may
+    differ). The clip is :func:`digits`' (the less precise of ``x``'s and ``x_ref``'s
+    dtypes).
+    """
+    finite = torch.isfinite(x).all(dim=1)
+    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
+    return torch.where(finite, digits(safe, x_ref), 0.0)

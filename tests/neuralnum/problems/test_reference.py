@@ -18,7 +18,14 @@ from hypothesis import strategies as st
 from lsq_strategies import DTYPES, dtypes, generator, seeds, small_families, unit_roundoff
 
 from neuralnum.problems.families import GaussianFamily
-from neuralnum.problems.reference import digits, lstsq, mse, relative_error, sensitivity
+from neuralnum.problems.reference import (
+    digits,
+    finite_digits,
+    lstsq,
+    mse,
+    relative_error,
+    sensitivity,
+)
 
 
 def conditioning_bound(A, b, x_ref):
@@ -112,6 +119,16 @@ def test_metrics(batch, d, seed, dtype, ref_dtype):
     assert (digits(-x_ref, x_ref) == 0).all()
     expected_mse = ((x.double() - x_ref.double()) ** 2).mean(dim=1)
     assert torch.allclose(mse(x, x_ref), expected_mse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_digits_count_a_non_finite_row_as_no_digits(dtype):
+    x_ref = torch.randn(4, 3, generator=generator(0), dtype=torch.float64) + 3
+    x = (x_ref * (1 + 1e-5)).to(dtype)
+    x[1, 0], x[2, 2], x[3] = math.nan, math.inf, -math.inf
+    got = finite_digits(x, x_ref)
+    assert got.dtype == torch.float64 and got[1:].tolist() == [0.0, 0.0, 0.0]
+    assert torch.equal(got[:1], digits(x[:1], x_ref[:1]))
 
 
 def test_relative_error_with_a_zero_reference():
