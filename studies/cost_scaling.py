@@ -201,9 +201,8 @@ def headline(result: dict[str, Any]) -> str:
 def tables(result: dict[str, Any]) -> str:
     """Results block: seconds per solve and exponents, throughput, many small problems,
     verdicts."""
-    labels = {"learned_lsqr": "learned LSQR", "scipy_lsqr": "scipy lsqr",
-              "scipy_lstsq": "scipy lstsq", "torch_lstsq": "torch lstsq",
-              "learned_cg": "learned CG", "scipy_loop": "scipy lstsq loop"}
+    labels = {**lsq_shapes.NAMES, "torch_lstsq": "torch lstsq",
+              "scipy_loop": "scipy lstsq loop"}
     env = result["environment"]
     rows = result["scaling"]
     lines = [f"`{result['command']}` — wall-clock medians of {result['repeats']} alternated "

@@ -39,6 +39,8 @@ from neuralnum.problems import reference
 from neuralnum.problems.double_double import dd_matvec
 from neuralnum.problems.families import FAMILIES, Problems, family_from_name
 from neuralnum.solvers.axial_learner import AxialLearner
+from neuralnum.solvers.krylov import SolveInfo
+from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import solve
 from neuralnum.solvers.operators import ExactOperator
 from studies.study_io import timed
@@ -128,14 +130,21 @@ def scipy_lsqr(P: Problems, iter_lim: int | None = None
     return torch.from_numpy(np.stack(xs)).to(P.A.dtype), np.array(itns), np.array(istops)
 
 
+def _record(x: torch.Tensor, info: LsqrInfo | SolveInfo, seconds: float,
+            P: Problems) -> dict[str, Any]:
+    """One method's run on the batch ``P``: ``x: (B, d)``, the median iterations and model
+    calls and the fraction converged of ``info`` (a solve's record, ``(B,)`` tensors), and
+    the wall ``seconds`` of the batch per problem."""
+    return {"x": x, "iterations": info.iterations.double().median().item(),
+            "calls": info.model_calls.double().median().item(),
+            "converged": info.converged.double().mean().item(), "seconds": seconds / P.batch}
+
+
 def _learned(learner: AxialLearner, P: Problems, method: str,
              options: dict[str, Any]) -> dict[str, Any]:
     x, seconds = timed(lambda: learner.solve(P.A, P.b, method=method, warn=False,
                                              **options))
-    info = learner.last_solve
-    return {"x": x, "iterations": info.iterations.double().median().item(),
-            "calls": info.model_calls.double().median().item(),
-            "converged": info.converged.double().mean().item(), "seconds": seconds / P.batch}
+    return _record(x, learner.last_solve, seconds, P)
 
 
 def run_methods(learner: AxialLearner, P: Problems,
@@ -147,10 +156,7 @@ def run_methods(learner: AxialLearner, P: Problems,
     if "exact_lsqr" in methods:
         (x, info), seconds = timed(lambda: solve(ExactOperator(P.A, P.b), "lsqr", warn=False,
                                                  reorthogonalize=True, refine=1))
-        out["exact_lsqr"] = {"x": x, "iterations": info.iterations.double().median().item(),
-                             "calls": info.model_calls.double().median().item(),
-                             "converged": info.converged.double().mean().item(),
-                             "seconds": seconds / P.batch}
+        out["exact_lsqr"] = _record(x, info, seconds, P)
     if "scipy_lsqr" in methods:
         (x, itn, istop), seconds = timed(lambda: scipy_lsqr(P))
         out["scipy_lsqr"] = {"x": x, "iterations": float(np.median(itn)),
