@@ -150,21 +150,24 @@ def exponents(rows: list[dict[str, Any]]) -> dict[str, float | None]:
             if len(fit) >= 2 else None for s in SOLVERS}
 
 
-def many_small(learners: dict[str, AxialLearner], mode: str, seed: int) -> dict[str, Any]:
-    """:data:`BATCH` problems at once: median seconds of every solver of
-    :data:`BATCH_SOLVERS` over alternated repeats, and learned LSQR's iterations."""
+def many_small(learner: AxialLearner, mode: str, seed: int) -> dict[str, Any]:
+    """:data:`BATCH` problems (float64) at once: median seconds of every solver of
+    :data:`BATCH_SOLVERS` over alternated repeats, and learned LSQR's median iterations
+    (recorded by its timed calls)."""
     batch, n, d = BATCH
     P = family_from_name("gaussian", n=n, d=d).sample(batch, make_generator(seed + 1))
-    learner = learners["float64"]
-    fns = {"learned_lsqr": lambda: learner.solve(P.A, P.b, warn=False),
+    out: dict[str, Any] = {"batch": batch, "n": n, "d": d}
+
+    def learned_lsqr() -> None:
+        learner.solve(P.A, P.b, warn=False)
+        out["learned_lsqr_iterations"] = float(learner.last_solve.iterations.double().median())
+
+    fns = {"learned_lsqr": learned_lsqr,
            "learned_cg": lambda: learner.solve(P.A, P.b, method="cg", warn=False),
            "torch_lstsq": lambda: torch.linalg.lstsq(P.A, P.b.unsqueeze(2)),
            "scipy_loop": lambda: reference.lstsq(P.A, P.b, method="scipy")}
     seconds = alternated(fns, REPEATS[mode])
-    learner.solve(P.A, P.b, warn=False)
-    return {"batch": batch, "n": n, "d": d,
-            "learned_lsqr_iterations": float(learner.last_solve.iterations.double().median()),
-            **{f"{k}_seconds": statistics.median(s) for k, s in seconds.items()},
+    return {**out, **{f"{k}_seconds": statistics.median(s) for k, s in seconds.items()},
             **{f"{k}_all": s for k, s in seconds.items()}}
 
 
@@ -267,11 +270,11 @@ def _environment(load_before: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(NAME, __doc__, argv)
     mode = "full" if args.full else "quick"
-    learners = {"float64": pretrained("float64")}
+    learner = pretrained("float64")
     load_before = os.getloadavg()[0]
     with contextlib.nullcontext() if args.full else one_blas_thread():
-        rows = scaling(learners["float64"], mode, args.seed)
-        small = many_small(learners, mode, args.seed)
+        rows = scaling(learner, mode, args.seed)
+        small = many_small(learner, mode, args.seed)
         environment = _environment(load_before)
     result = {"command": study_command(NAME, argv), "mode": mode,
               "repeats": REPEATS[mode], "environment": environment, "scaling": rows,
