@@ -43,7 +43,16 @@ from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.pretrained import pretrained
 from studies import lsq_shapes
 from studies.lsq_common import parse
-from studies.markdown import fixed, num, percent, study_command, table, targets_met, times
+from studies.markdown import (
+    fixed,
+    num,
+    percent,
+    study_command,
+    table,
+    targets_met,
+    targets_table,
+    times,
+)
 from studies.study_io import (
     blas_threads,
     figure_row,
@@ -237,8 +246,7 @@ def tables(result: dict[str, Any]) -> str:
                     [[labels[s], num(small[f"{s}_seconds"]),
                       times(small[f"{s}_seconds"] / small["torch_lstsq_seconds"], 1)]
                      for s in BATCH_SOLVERS]), "",
-              table(["target", "met"], [[k, "yes" if v else "no"]
-                                        for k, v in verdicts(result).items()])]
+              targets_table(verdicts(result))]
     return "\n".join(lines)
 
 

@@ -533,8 +533,7 @@ def tables(result: dict[str, Any]) -> str:
     lines += [f"Stretch {_named([STRETCH])}: "
               + (f"run ({per_cell} problem{'' if per_cell == 1 else 's'} per family and "
                  f"dtype)." if stretch else "not run (`--stretch` or `--full`)."), ""]
-    lines += md.table(["target", "met"], [[k, "yes" if v else "no"]
-                                          for k, v in verdicts(result).items()]).split("\n")
+    lines += [md.targets_table(verdicts(result))]
     return "\n".join(lines)
 
 

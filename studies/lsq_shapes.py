@@ -43,6 +43,7 @@ from neuralnum.solvers.krylov import SolveInfo
 from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import solve
 from neuralnum.solvers.operators import ExactOperator
+from studies.markdown import targets_table
 from studies.study_io import timed
 
 __all__ = ["BIG_SHAPES", "FLOAT32_SHAPES", "LEARNED", "METHODS", "MPMATH_ENTRIES",
@@ -311,8 +312,7 @@ def tables(part: dict[str, Any]) -> str:
                            tuple(m for m in METHODS if m != "scipy_lsqr")), "",
              "**float64: median iterations (model calls; scipy lsqr: products), wall "
              "seconds per problem (one run)**", "", *_cost_table(f64), "",
-             "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in verdicts(rows).items()]
+             targets_table(verdicts(rows))]
     return "\n".join(lines)
 
 

@@ -54,7 +54,7 @@ from neuralnum.solvers.pretrained import pretrained
 from neuralnum.training.recipe import Recipe
 from studies import lsq_shapes
 from studies.lsq_common import construction_twin, parse, train
-from studies.markdown import targets_met
+from studies.markdown import targets_met, targets_table
 from studies.study_io import (
     blas_threads,
     format_table,
@@ -268,8 +268,7 @@ def tables(result: dict[str, Any]) -> str:
         calls = " | ".join(f"{r[f'{s}_calls']:.0f} / {r[f'{s}_calls_max']}" for s in learned)
         lines.append(f"| {r['family']} | {r['n']} | {calls} | {r['scipy_seconds']:.3f} | "
                      f"{r['learned_cg_seconds']:.3f} |")
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in token_verdicts(result).items()]
+    lines += ["", targets_table(token_verdicts(result))]
     return "\n".join([*lines, "", lsq_shapes.tables(result["shapes"])])
 
 
