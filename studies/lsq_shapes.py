@@ -104,11 +104,10 @@ def judge(P: Problems) -> tuple[torch.Tensor, str, float | None]:
     """The exact minimum-norm solution of the stored problems (float64, with the dtype's
     own cutoff ``eps · max(n, d)``), the judge's name and, for the refined judge, its
     median last relative correction."""
-    A, b = P.A.double(), P.b.double()
-    rcond = reference.default_rcond(P.A.dtype, P.n, P.d)
     if P.n * P.d <= MPMATH_ENTRIES:
-        return reference.lstsq(A, b, method="mpmath", rcond=rcond), "mpmath", None
-    x, change = refined_lstsq(A, b, rcond)
+        return reference.stored_solution(P.A, P.b), "mpmath", None
+    x, change = refined_lstsq(P.A.double(), P.b.double(),
+                              reference.default_rcond(P.A.dtype, P.n, P.d))
     return x, f"gelsd + {REFINEMENTS} dd refinements", float(change.median())
 
 

@@ -161,12 +161,6 @@ def _curves(learner: Learner, P: Any, x_judge: torch.Tensor) -> dict[str, dict[s
     return curves
 
 
-def _judge(P: Any) -> torch.Tensor:
-    """mpmath minimum-norm solution of the stored problem, with the dtype's own cutoff."""
-    rcond = reference.default_rcond(P.A.dtype, P.n, P.d)
-    return reference.lstsq(P.A.double(), P.b.double(), method="mpmath", rcond=rcond)
-
-
 def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
     """The comparison grid: rows per (family, n, dtype), curves and longer-run digits."""
     rows, longer, curves = [], {}, {}
@@ -176,7 +170,7 @@ def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
             fam = family_from_name(family, n=n, d=5)
             for dtype, torch_dtype in DTYPES.items():
                 P = fam.sample(batch, make_generator(seed + 9000 + n), torch_dtype)
-                x_judge = _judge(P)
+                x_judge = reference.stored_solution(P.A, P.b)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     runs = _run_solvers(learners[dtype], twins[dtype], P)

@@ -6,6 +6,8 @@
   ``dps`` decimal digits of the exactly converted input, correctly rounded to the input
   dtype to within one ulp). All three drop singular values below ``rcond·σ_max``, so they
   solve the same (truncated) problem; the mpmath path is the judge of precision claims.
+* :func:`stored_solution` — the judge of a problem as stored in float32 or float64: the
+  exactly widened problem solved with the stored dtype's own cutoff, in float64.
 * :func:`condition_number` — ``σ_max/σ_min`` over the singular values kept by ``rcond``.
 * :func:`sensitivity` — the first-order condition number of the least-squares solution,
   ``κ·(2 + (κ+1)·‖r‖/(‖A‖‖x‖))`` (Higham, *Accuracy and Stability*, Thm 20.1): a backward
@@ -38,6 +40,7 @@ __all__ = [
     "mse",
     "relative_error",
     "sensitivity",
+    "stored_solution",
 ]
 
 Method = Literal["scipy", "numpy", "mpmath"]
@@ -110,6 +113,15 @@ def lstsq(
     else:
         xs = [_mpmath_lstsq(a_np[i], b_np[i], rcond, dps) for i in range(batch)]
     return torch.from_numpy(np.stack(xs)).to(dtype=A.dtype, device=A.device)
+
+
+def stored_solution(A: torch.Tensor, b: torch.Tensor, method: Method = "mpmath") -> torch.Tensor:
+    """The minimum-norm solution of the problem exactly as stored: ``A: (B, n, d)``,
+    ``b: (B, n)`` (float32 or float64) widened exactly to float64 and solved by
+    :func:`lstsq` (``method``) with the cutoff of ``A``'s own dtype,
+    ``default_rcond(A.dtype, n, d)`` → ``x: (B, d)`` float64."""
+    _, n, d = check_tensor(A, "A", 3).shape
+    return lstsq(A.double(), b.double(), method, rcond=default_rcond(A.dtype, n, d))
 
 
 def condition_number(A: torch.Tensor, rcond: float | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ from neuralnum.problems.reference import (
     mse,
     relative_error,
     sensitivity,
+    stored_solution,
 )
 
 
@@ -91,6 +92,14 @@ def test_rcond_controls_truncation():
         cut = lstsq(A, b, method, rcond=1e-3)
         assert torch.allclose(full, torch.tensor([[1.0, 1e6]], dtype=torch.float64))
         assert torch.equal(cut, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+
+
+def test_stored_solution_uses_the_stored_dtypes_cutoff_in_float64():
+    A = torch.tensor([[[1.0, 0.0], [0.0, 1e-7]]])  # float32: 1e-7 is below its cutoff
+    b = torch.ones(1, 2)
+    x = stored_solution(A, b)
+    assert x.dtype == torch.float64 and x.tolist() == [[1.0, 0.0]]
+    assert lstsq(A.double(), b.double(), method="mpmath")[0, 1] > 1e6  # float64's keeps it
 
 
 def test_sensitivity_matches_the_formula():
