@@ -34,7 +34,12 @@ from torch import nn
 
 from neuralnum.core.entry import add_debug_flag, run_main
 from neuralnum.core.figures import figure_grid, save_figure
-from neuralnum.core.flags import add_dataclass_arguments, checked, dataclass_from_args
+from neuralnum.core.flags import (
+    add_dataclass_arguments,
+    checked,
+    dataclass_from_args,
+    nonnegative_int,
+)
 from neuralnum.core.runtime import (
     CheckpointError,
     Distributed,
@@ -344,7 +349,7 @@ def _parser() -> argparse.ArgumentParser:
                                      epilog=_EXAMPLES,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_dataclass_arguments(parser, TrainConfig, exclude=("kind", "vocab_size"))
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=nonnegative_int, default=0,
                         help="torch threads (default 0: torch's own choice)")
     add_debug_flag(parser)
     return parser
@@ -360,7 +365,6 @@ def main(argv: list[str]) -> dict[str, Any]:
     turns a user's error into one line)."""
     args = _parser().parse_args(argv)
     cfg = dataclass_from_args(TrainConfig, args)
-    check_nonnegative_int(args.threads, "threads")
     if args.threads:
         torch.set_num_threads(args.threads)
     return train(cfg)

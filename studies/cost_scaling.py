@@ -43,8 +43,25 @@ from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.pretrained import pretrained
 from studies import lsq_shapes
 from studies.lsq_common import parse
-from studies.markdown import fixed, num, percent, study_command, table, targets_met, times
-from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
+from studies.markdown import (
+    fixed,
+    num,
+    percent,
+    study_command,
+    table,
+    targets_met,
+    targets_table,
+    times,
+)
+from studies.study_io import (
+    blas_threads,
+    figure_row,
+    format_table,
+    one_blas_thread,
+    run_cli,
+    save_figure,
+    write_report,
+)
 
 NAME = "cost_scaling"
 SHAPES = {"quick": ((250, 25), (500, 50), (1000, 100), (2000, 200), (5000, 500),
@@ -142,21 +159,24 @@ def exponents(rows: list[dict[str, Any]]) -> dict[str, float | None]:
             if len(fit) >= 2 else None for s in SOLVERS}
 
 
-def many_small(learners: dict[str, AxialLearner], mode: str, seed: int) -> dict[str, Any]:
-    """:data:`BATCH` problems at once: median seconds of every solver of
-    :data:`BATCH_SOLVERS` over alternated repeats, and learned LSQR's iterations."""
+def many_small(learner: AxialLearner, mode: str, seed: int) -> dict[str, Any]:
+    """:data:`BATCH` problems (float64) at once: median seconds of every solver of
+    :data:`BATCH_SOLVERS` over alternated repeats, and learned LSQR's median iterations
+    (recorded by its timed calls)."""
     batch, n, d = BATCH
     P = family_from_name("gaussian", n=n, d=d).sample(batch, make_generator(seed + 1))
-    learner = learners["float64"]
-    fns = {"learned_lsqr": lambda: learner.solve(P.A, P.b, warn=False),
+    out: dict[str, Any] = {"batch": batch, "n": n, "d": d}
+
+    def learned_lsqr() -> None:
+        learner.solve(P.A, P.b, warn=False)
+        out["learned_lsqr_iterations"] = float(learner.last_solve.iterations.double().median())
+
+    fns = {"learned_lsqr": learned_lsqr,
            "learned_cg": lambda: learner.solve(P.A, P.b, method="cg", warn=False),
            "torch_lstsq": lambda: torch.linalg.lstsq(P.A, P.b.unsqueeze(2)),
            "scipy_loop": lambda: reference.lstsq(P.A, P.b, method="scipy")}
     seconds = alternated(fns, REPEATS[mode])
-    learner.solve(P.A, P.b, warn=False)
-    return {"batch": batch, "n": n, "d": d,
-            "learned_lsqr_iterations": float(learner.last_solve.iterations.double().median()),
-            **{f"{k}_seconds": statistics.median(s) for k, s in seconds.items()},
+    return {**out, **{f"{k}_seconds": statistics.median(s) for k, s in seconds.items()},
             **{f"{k}_all": s for k, s in seconds.items()}}
 
 
@@ -193,9 +213,8 @@ def headline(result: dict[str, Any]) -> str:
 def tables(result: dict[str, Any]) -> str:
     """Results block: seconds per solve and exponents, throughput, many small problems,
     verdicts."""
-    labels = {"learned_lsqr": "learned LSQR", "scipy_lsqr": "scipy lsqr",
-              "scipy_lstsq": "scipy lstsq", "torch_lstsq": "torch lstsq",
-              "learned_cg": "learned CG", "scipy_loop": "scipy lstsq loop"}
+    labels = {**lsq_shapes.NAMES, "torch_lstsq": "torch lstsq",
+              "scipy_loop": "scipy lstsq loop"}
     env = result["environment"]
     rows = result["scaling"]
     lines = [f"`{result['command']}` — wall-clock medians of {result['repeats']} alternated "
@@ -227,8 +246,7 @@ def tables(result: dict[str, Any]) -> str:
                     [[labels[s], num(small[f"{s}_seconds"]),
                       times(small[f"{s}_seconds"] / small["torch_lstsq_seconds"], 1)]
                      for s in BATCH_SOLVERS]), "",
-              table(["target", "met"], [[k, "yes" if v else "no"]
-                                        for k, v in verdicts(result).items()])]
+              targets_table(verdicts(result))]
     return "\n".join(lines)
 
 
@@ -252,7 +270,7 @@ def _figure(result: dict[str, Any], path: Any) -> None:
 
 
 def _environment(load_before: float) -> dict[str, Any]:
-    return {"torch_threads": torch.get_num_threads(), "blas_threads": lsq_shapes.blas_threads(),
+    return {"torch_threads": torch.get_num_threads(), "blas_threads": blas_threads(),
             "load_before": load_before, "load_after": os.getloadavg()[0],
             "cpu_count": os.cpu_count()}
 
@@ -260,11 +278,11 @@ def _environment(load_before: float) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(NAME, __doc__, argv)
     mode = "full" if args.full else "quick"
-    learners = {"float64": pretrained("float64")}
+    learner = pretrained("float64")
     load_before = os.getloadavg()[0]
-    with contextlib.nullcontext() if args.full else lsq_shapes.one_blas_thread():
-        rows = scaling(learners["float64"], mode, args.seed)
-        small = many_small(learners, mode, args.seed)
+    with contextlib.nullcontext() if args.full else one_blas_thread():
+        rows = scaling(learner, mode, args.seed)
+        small = many_small(learner, mode, args.seed)
         environment = _environment(load_before)
     result = {"command": study_command(NAME, argv), "mode": mode,
               "repeats": REPEATS[mode], "environment": environment, "scaling": rows,

@@ -56,7 +56,7 @@ from neuralnum.core.runtime import make_generator
 from neuralnum.models.axial import AxialCoefficients, construct_axial_gd
 from neuralnum.problems import FAMILIES, ProblemFamily, family_from_name
 from neuralnum.problems.double_double import DD, dd_matvec, dd_step, error
-from neuralnum.problems.reference import default_rcond, digits, lstsq
+from neuralnum.problems.reference import default_rcond, finite_digits, lstsq, stored_solution
 from neuralnum.solvers.axial_learner import AxialLearner
 from neuralnum.solvers.krylov import STATUS_NAMES, SolveInfo
 from neuralnum.solvers.methods import solve
@@ -64,7 +64,7 @@ from neuralnum.solvers.operators import AxialLearnedOperator, ExactOperator, pow
 from neuralnum.solvers.pretrained import pretrained
 from studies import markdown as md
 from studies.lsq_common import parse
-from studies.study_io import figure_row, run_cli, save_figure, write_report
+from studies.study_io import figure_row, run_cli, save_figure, timed, write_report
 
 NAME = "generalization"
 TRAINING = (64, 16)  # the largest n and d the shipped operator was trained on
@@ -274,11 +274,9 @@ def svd_judge(A: torch.Tensor, b: torch.Tensor, refinements: int = REFINEMENTS,
 
 
 def solution_digits(x: torch.Tensor, judge: torch.Tensor) -> list[float]:
-    """Correct digits per problem (:func:`neuralnum.problems.reference.digits`); 0 for a
-    problem whose ``x`` is not finite."""
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, judge.to(x.dtype))
-    return torch.where(finite, digits(safe, judge), 0.0).tolist()
+    """Correct digits per problem of ``x: (B, d)`` against ``judge: (B, d)``, as a list
+    (:func:`neuralnum.problems.reference.finite_digits`: 0 where ``x`` is not finite)."""
+    return finite_digits(x, judge).tolist()
 
 
 def _status(info: SolveInfo) -> list[str]:
@@ -290,19 +288,13 @@ def _solutions(A: torch.Tensor, b: torch.Tensor, dtype: str,
                ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every solver's ``x`` and its record (iterations, seconds)."""
     learner = pretrained(dtype)
-    start = time.perf_counter()
-    x_learned = learner.solve(A, b, method="cg", warn=False)
-    learned_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x_exact, info = solve(ExactOperator(A, b), "cg", warn=False)
-    exact_s = time.perf_counter() - start
-    start = time.perf_counter()
-    x_scipy = lstsq(A, b, method="scipy")
+    x_learned, learned_s = timed(lambda: learner.solve(A, b, method="cg", warn=False))
+    (x_exact, info), exact_s = timed(lambda: solve(ExactOperator(A, b), "cg", warn=False))
+    x_scipy, scipy_s = timed(lambda: lstsq(A, b, method="scipy"))
     record = {"iterations": {"learned": learner.last_solve.iterations.tolist(),
                              "exact": info.iterations.tolist()},
               "status": {"learned": _status(learner.last_solve), "exact": _status(info)},
-              "seconds": {"learned": learned_s, "exact": exact_s,
-                          "scipy": time.perf_counter() - start}}
+              "seconds": {"learned": learned_s, "exact": exact_s, "scipy": scipy_s}}
     return {"learned": x_learned, "exact": x_exact, "scipy": x_scipy}, record
 
 
@@ -323,8 +315,7 @@ def cg_cell(name: str, shape: tuple[int, int], problems: int, seed: int,
                                "kappa": kappas}
         judge = x_svd
         if n * d <= MPMATH_MAX_ENTRIES:
-            judge = lstsq(A.double(), b.double(), method="mpmath",
-                          rcond=default_rcond(A.dtype, n, d))
+            judge = stored_solution(A, b)
             row |= {"judge": "mpmath", "judge_agreement": solution_digits(x_svd, judge)}
         row["judge_seconds"] = time.perf_counter() - start
         xs, record = _solutions(A, b, dtype)
@@ -541,8 +532,7 @@ def tables(result: dict[str, Any]) -> str:
     lines += [f"Stretch {_named([STRETCH])}: "
               + (f"run ({per_cell} problem{'' if per_cell == 1 else 's'} per family and "
                  f"dtype)." if stretch else "not run (`--stretch` or `--full`)."), ""]
-    lines += md.table(["target", "met"], [[k, "yes" if v else "no"]
-                                          for k, v in verdicts(result).items()]).split("\n")
+    lines += [md.targets_table(verdicts(result))]
     return "\n".join(lines)
 
 

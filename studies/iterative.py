@@ -26,7 +26,7 @@ from neuralnum.problems.families import family_from_name
 from neuralnum.solvers.krylov import solve
 from neuralnum.solvers.operators import ExactOperator, LearnedOperator
 from studies.lsq_common import PAPER, parse, train_solvers, training_summary
-from studies.markdown import sci, targets_met
+from studies.markdown import sci, targets_met, targets_table
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "iterative"
@@ -91,8 +91,7 @@ def tables(result: dict[str, Any]) -> str:
                                   for c in CURVES) + " |")
     lines += ["", f"| solver | MSE vs mpmath (mean of {n}) |", "|---|---:|"]
     lines += [f"| {k} | {v:.2e} |" for k, v in result["final"].items()]
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in result["verdicts"].items()]
+    lines += ["", targets_table(result["verdicts"])]
     return "\n".join(lines)
 
 

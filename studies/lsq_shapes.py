@@ -26,8 +26,6 @@ divided by its size; scipy in a loop) and the fraction stopped by a tolerance.
 
 from __future__ import annotations
 
-import contextlib
-import time
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -41,13 +39,16 @@ from neuralnum.problems import reference
 from neuralnum.problems.double_double import dd_matvec
 from neuralnum.problems.families import FAMILIES, Problems, family_from_name
 from neuralnum.solvers.axial_learner import AxialLearner
+from neuralnum.solvers.krylov import SolveInfo
+from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import solve
 from neuralnum.solvers.operators import ExactOperator
+from studies.markdown import targets_table
+from studies.study_io import timed
 
 __all__ = ["BIG_SHAPES", "FLOAT32_SHAPES", "LEARNED", "METHODS", "MPMATH_ENTRIES",
-           "REFINEMENTS", "SMALL", "blas_threads", "cells", "is_big", "judge",
-           "one_blas_thread", "refined_lstsq", "run_grid", "run_methods", "scipy_lsqr",
-           "shape_name", "timed"]
+           "REFINEMENTS", "SMALL", "cells", "is_big", "judge", "refined_lstsq", "run_grid",
+           "run_methods", "scipy_lsqr", "shape_name"]
 
 BIG_SHAPES: tuple[tuple[int, int], ...] = ((1000, 100), (5000, 500), (100, 1000), (300, 300))
 SMALL = "small"  # a family's own default shape
@@ -66,34 +67,6 @@ PROBLEMS = {"quick": {SMALL: 64, (1000, 100): 8, (5000, 500): 1, (100, 1000): 8,
                       (300, 300): 8},
             "full": {SMALL: 256, (1000, 100): 32, (5000, 500): 4, (100, 1000): 32,
                      (300, 300): 32}}
-
-
-def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
-    """A context in which numpy's / scipy's BLAS runs one thread (as torch does in a quick
-    study), through ``threadpoolctl`` where it is installed (else nothing changes:
-    :func:`blas_threads` records what ran)."""
-    try:  # optional dependency (scikit-learn's), not the project's
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(1)
-
-
-def blas_threads() -> int | None:
-    """The largest thread count among the loaded BLAS / OpenMP libraries (``None`` without
-    ``threadpoolctl``)."""
-    try:  # optional dependency, as in one_blas_thread
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return None
-    return max((lib["num_threads"] for lib in threadpool_info()), default=None)
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``(fn(), wall seconds)``."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
 
 
 def cells() -> list[tuple[str, str | tuple[int, int], str]]:
@@ -131,11 +104,10 @@ def judge(P: Problems) -> tuple[torch.Tensor, str, float | None]:
     """The exact minimum-norm solution of the stored problems (float64, with the dtype's
     own cutoff ``eps · max(n, d)``), the judge's name and, for the refined judge, its
     median last relative correction."""
-    A, b = P.A.double(), P.b.double()
-    rcond = reference.default_rcond(P.A.dtype, P.n, P.d)
     if P.n * P.d <= MPMATH_ENTRIES:
-        return reference.lstsq(A, b, method="mpmath", rcond=rcond), "mpmath", None
-    x, change = refined_lstsq(A, b, rcond)
+        return reference.stored_solution(P.A, P.b), "mpmath", None
+    x, change = refined_lstsq(P.A.double(), P.b.double(),
+                              reference.default_rcond(P.A.dtype, P.n, P.d))
     return x, f"gelsd + {REFINEMENTS} dd refinements", float(change.median())
 
 
@@ -158,14 +130,21 @@ def scipy_lsqr(P: Problems, iter_lim: int | None = None
     return torch.from_numpy(np.stack(xs)).to(P.A.dtype), np.array(itns), np.array(istops)
 
 
+def _record(x: torch.Tensor, info: LsqrInfo | SolveInfo, seconds: float,
+            P: Problems) -> dict[str, Any]:
+    """One method's run on the batch ``P``: ``x: (B, d)``, the median iterations and model
+    calls and the fraction converged of ``info`` (a solve's record, ``(B,)`` tensors), and
+    the wall ``seconds`` of the batch per problem."""
+    return {"x": x, "iterations": info.iterations.double().median().item(),
+            "calls": info.model_calls.double().median().item(),
+            "converged": info.converged.double().mean().item(), "seconds": seconds / P.batch}
+
+
 def _learned(learner: AxialLearner, P: Problems, method: str,
              options: dict[str, Any]) -> dict[str, Any]:
     x, seconds = timed(lambda: learner.solve(P.A, P.b, method=method, warn=False,
                                              **options))
-    info = learner.last_solve
-    return {"x": x, "iterations": info.iterations.double().median().item(),
-            "calls": info.model_calls.double().median().item(),
-            "converged": info.converged.double().mean().item(), "seconds": seconds / P.batch}
+    return _record(x, learner.last_solve, seconds, P)
 
 
 def run_methods(learner: AxialLearner, P: Problems,
@@ -177,10 +156,7 @@ def run_methods(learner: AxialLearner, P: Problems,
     if "exact_lsqr" in methods:
         (x, info), seconds = timed(lambda: solve(ExactOperator(P.A, P.b), "lsqr", warn=False,
                                                  reorthogonalize=True, refine=1))
-        out["exact_lsqr"] = {"x": x, "iterations": info.iterations.double().median().item(),
-                             "calls": info.model_calls.double().median().item(),
-                             "converged": info.converged.double().mean().item(),
-                             "seconds": seconds / P.batch}
+        out["exact_lsqr"] = _record(x, info, seconds, P)
     if "scipy_lsqr" in methods:
         (x, itn, istop), seconds = timed(lambda: scipy_lsqr(P))
         out["scipy_lsqr"] = {"x": x, "iterations": float(np.median(itn)),
@@ -194,13 +170,6 @@ def run_methods(learner: AxialLearner, P: Problems,
     return out
 
 
-def _digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-    """Correct digits of ``x`` against ``x_ref`` per problem; 0 for a non-finite ``x``."""
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
-    return torch.where(finite, reference.digits(safe, x_ref), 0.0)
-
-
 def _row(family: str, P: Problems, dtype: str, runs: dict[str, dict[str, Any]],
          verdict: tuple[torch.Tensor, str, float | None]) -> dict[str, Any]:
     x_judge, judge_name, correction = verdict
@@ -211,7 +180,7 @@ def _row(family: str, P: Problems, dtype: str, runs: dict[str, dict[str, Any]],
                                P.A.double(), reference.default_rcond(P.A.dtype, P.n, P.d)
                            ).median())}
     for name, run in runs.items():
-        digits = _digits(run["x"], x_judge)
+        digits = reference.finite_digits(run["x"], x_judge)
         row |= {f"{name}_digits": float(digits.median()), f"{name}_worst": float(digits.min()),
                 **{f"{name}_{key}": run[key] for key in ("iterations", "calls", "converged",
                                                           "seconds")}}
@@ -342,8 +311,7 @@ def tables(part: dict[str, Any]) -> str:
                            tuple(m for m in METHODS if m != "scipy_lsqr")), "",
              "**float64: median iterations (model calls; scipy lsqr: products), wall "
              "seconds per problem (one run)**", "", *_cost_table(f64), "",
-             "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in verdicts(rows).items()]
+             targets_table(verdicts(rows))]
     return "\n".join(lines)
 
 

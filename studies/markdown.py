@@ -4,7 +4,8 @@ Markdown.
 A study's tables (docs/results.md) and its line in the README's results index are
 rendered from its JSON result by :mod:`studies.report`; these helpers keep the look
 uniform: :func:`command` (the first line, naming the command that produced the result),
-:func:`table` (a Markdown table), :func:`targets_met` (a count of verdicts), and number
+:func:`table` (a Markdown table), :func:`targets_met` (a count of verdicts),
+:func:`targets_table` (the verdicts as a ``| target | met |`` table), and number
 formats (:func:`sci`, :func:`fixed`, :func:`count`, :func:`times`) that print ``—`` for a
 missing value.
 """
@@ -18,7 +19,7 @@ from typing import Any
 from neuralnum.core.flags import without_option
 
 __all__ = ["command", "count", "fixed", "num", "percent", "sci", "study_command", "table",
-           "targets_met", "times"]
+           "targets_met", "targets_table", "times"]
 
 
 def study_command(name: str, argv: Sequence[str] | None) -> str:
@@ -86,3 +87,9 @@ def targets_met(verdicts: dict[str, bool]) -> str:
     """``"3 of 4 targets met"`` for a study's ``verdicts(result)``."""
     total = len(verdicts)
     return f"{sum(map(bool, verdicts.values()))} of {total} target{'s' * (total != 1)} met"
+
+
+def targets_table(verdicts: dict[str, bool]) -> str:
+    """A study's ``verdicts(result)`` as the Markdown table ``| target | met |`` (``yes`` /
+    ``no``)."""
+    return table(["target", "met"], [[k, "yes" if v else "no"] for k, v in verdicts.items()])

@@ -415,8 +415,7 @@ def tables(result: dict) -> str:
                      f"{p['mlp_share']:.0%} | {p['step_speedup']:.2f}x | "
                      f"{p['mlp_speedup']:.2f}x |")
     lines += ["", f"Amdahl bound from the dense step's non-MLP time: "
-              f"{prof['dense']['amdahl_bound']:.2f}x", "", "| target | met |", "|---|---|"]
-    lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
+              f"{prof['dense']['amdahl_bound']:.2f}x", "", md.targets_table(result["verdicts"])]
     return "\n".join(lines)
 
 

@@ -50,7 +50,7 @@ from neuralnum.core.flags import positive_int
 from neuralnum.core.runtime import progress
 from structured.layers import MonarchLinear
 from structured.mixer import features_first
-from studies.markdown import targets_met
+from studies.markdown import targets_met, targets_table
 from studies.study_io import figure, run_cli, save_figure, study_parser, write_report
 
 NAME = "monarch_speed"
@@ -286,8 +286,7 @@ def tables(result: dict) -> str:
     lines += [f"- n = {r['n']}: " + ", ".join(f"`{p['op']}` {100 * p['share']:.0f}%"
                                             for p in r["profile_forward"])
               for r in result["results"]]
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
+    lines += ["", targets_table(result["verdicts"])]
     return "\n".join(lines)
 
 

@@ -52,6 +52,7 @@ from structured.mixer import ImplicitFilter, SequenceMixer
 from structured.models import ModelConfig, build_model
 from structured.train import Task, TrainConfig, evaluate
 from studies.m2_common import load_note, matched, param_count, study_args, train_run
+from studies.markdown import targets_table
 from studies.study_io import figure_row, format_table, run_cli, save_figure, write_report
 
 NAME = "mqar"
@@ -295,8 +296,7 @@ def tables(result: dict) -> str:
             cells = [f"{by_width[w]['test_acc']:.3f} ± {by_width[w]['test_se']:.3f}"
                      if w in by_width else "" for w in widths]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {t} | {'yes' if m else 'no'} |" for t, m in result["verdicts"].items()]
+    lines += ["", targets_table(result["verdicts"])]
     return "\n".join(lines)
 
 

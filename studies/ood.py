@@ -37,7 +37,7 @@ from studies.lsq_common import (
     train_solvers,
     training_summary,
 )
-from studies.markdown import sci, targets_met
+from studies.markdown import sci, targets_met, targets_table
 from studies.study_io import figure, format_table, run_cli, save_figure, write_report
 
 NAME = "ood"
@@ -93,8 +93,7 @@ def tables(result: dict) -> str:
                      f"{r['exact_cg_digits']:.1f} | "
                      f"{r['end_to_end_mse']:.2e} | {r['end_to_end_gap']:.3g} | "
                      f"{r['gap_ratio']:.3g} |")
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in result["verdicts"].items()]
+    lines += ["", targets_table(result["verdicts"])]
     return "\n".join(lines)
 
 

@@ -6,14 +6,18 @@ with :mod:`neuralnum.core.flags`, the project's one config → command-line mech
 ``DIR/<name>.json`` atomically; ``figure`` / ``figure_row`` / ``save_figure`` make and
 write matplotlib figures (:mod:`neuralnum.core.figures`: no pyplot, atomic writes);
 ``run_cli`` runs a study's ``main`` as a command (:func:`neuralnum.core.entry.run_main`:
-one line for a user's error, ``--debug`` for the traceback).
+one line for a user's error, ``--debug`` for the traceback); ``timed`` measures one call's
+wall seconds, and ``one_blas_thread`` / ``blas_threads`` pin and record numpy's / scipy's
+BLAS threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,8 +28,8 @@ from neuralnum.core.figures import figure_grid, save_figure
 from neuralnum.core.flags import add_dataclass_arguments, add_modes, checked
 from neuralnum.core.runtime import atomic_write_text, check_output_path
 
-__all__ = ["figure", "figure_row", "format_table", "run_cli", "save_figure", "study_parser",
-           "write_report"]
+__all__ = ["blas_threads", "figure", "figure_row", "format_table", "one_blas_thread", "run_cli",
+           "save_figure", "study_parser", "timed", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -100,3 +104,31 @@ def figure(figsize: tuple[float, float] = (6, 4)) -> tuple[Any, Any]:
     """A ``(fig, ax)`` pair."""
     fig, (ax,) = figure_row(1, figsize)
     return fig, ax
+
+
+def one_blas_thread() -> contextlib.AbstractContextManager[Any]:
+    """A context in which numpy's / scipy's BLAS runs one thread (as torch does in a quick
+    study), through ``threadpoolctl`` where it is installed (else nothing changes:
+    :func:`blas_threads` records what ran)."""
+    try:  # optional dependency (scikit-learn's), not the project's
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+
+def blas_threads() -> int | None:
+    """The largest thread count among the loaded BLAS / OpenMP libraries (``None`` without
+    ``threadpoolctl``)."""
+    try:  # optional dependency, as in one_blas_thread
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return max((lib["num_threads"] for lib in threadpool_info()), default=None)
+
+
+def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``(fn(), wall seconds)``."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start

@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
-import time
 import warnings
 from typing import Any
 
@@ -55,8 +54,15 @@ from neuralnum.solvers.pretrained import pretrained
 from neuralnum.training.recipe import Recipe
 from studies import lsq_shapes
 from studies.lsq_common import construction_twin, parse, train
-from studies.markdown import targets_met
-from studies.study_io import format_table, run_cli, write_report
+from studies.markdown import targets_met, targets_table
+from studies.study_io import (
+    blas_threads,
+    format_table,
+    one_blas_thread,
+    run_cli,
+    timed,
+    write_report,
+)
 
 NAME = "vs_scipy"
 SOLVERS = ("scipy", "learned_cg", "construction_cg", "learned_chebyshev", "learned_gd",
@@ -82,19 +88,6 @@ def _learners(seed: int, full: bool) -> tuple[dict[str, Learner], dict[str, Any]
     return {"float64": learner, "float32": twin}, {"seconds": seconds, "last": records[-1]}
 
 
-def _timed(fn: Any) -> tuple[Any, float]:
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
-
-
-def _digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
-    finite = torch.isfinite(x).all(dim=1)
-    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
-    return torch.where(finite, reference.digits(safe, x_ref), torch.zeros_like(finite,
-                                                                               dtype=float))
-
-
 def _scipy(P: Any) -> torch.Tensor:
     return torch.stack([torch.as_tensor(neuralnum.lstsq(P.A[i].numpy(), P.b[i].numpy()).x)
                         for i in range(P.batch)])
@@ -104,14 +97,14 @@ def _run_solvers(learner: Learner, twin: Learner, P: Any) -> dict[str, dict[str,
     """Every solver on the batch ``P``: ``{solver: {x, calls, iterations, seconds}}``
     (``twin``: the learner's architecture with the exact construction's weights)."""
     out: dict[str, dict[str, Any]] = {}
-    x, seconds = _timed(lambda: _scipy(P))
+    x, seconds = timed(lambda: _scipy(P))
     out["scipy"] = {"x": x, "seconds": seconds}
     operators = {"learned": lambda: LearnedOperator(learner, P.A, P.b),
                  "construction": lambda: LearnedOperator(twin, P.A, P.b),
                  "exact": lambda: ExactOperator(P.A, P.b)}
     for name in SOLVERS[1:]:  # "<operator>_<method>"
         kind, method = name.split("_")
-        (x, info), seconds = _timed(lambda kind=kind, method=method: solve(
+        (x, info), seconds = timed(lambda kind=kind, method=method: solve(
             operators[kind](), method, warn=False))
         out[name] = {"x": x, "info": info, "seconds": seconds}
     return out
@@ -125,7 +118,7 @@ def _row(family: str, n: int, dtype: str, P: Any, runs: dict[str, dict[str, Any]
     row: dict[str, Any] = {"family": family, "n": n, "dtype": dtype, "kappa": kappa,
                            "kappa2_u": kappa**2 * u, "bound_digits": bound}
     for name, run in runs.items():
-        dg = _digits(run["x"], x_judge)
+        dg = reference.finite_digits(run["x"], x_judge)
         row[f"{name}_digits"] = float(dg.median())
         row[f"{name}_worst"] = float(dg.min())
         row[f"{name}_seconds"] = run["seconds"]
@@ -144,7 +137,7 @@ def _longer(learner: Learner, P: Any, x_judge: torch.Tensor) -> dict[str, float]
     out = {}
     for budget in BUDGETS:
         x, _ = solve(LearnedOperator(learner, P.A, P.b), "cg", max_iters=budget, warn=False)
-        out[str(budget)] = float(_digits(x, x_judge).median())
+        out[str(budget)] = float(reference.finite_digits(x, x_judge).median())
     return out
 
 
@@ -163,15 +156,9 @@ def _curves(learner: Learner, P: Any, x_judge: torch.Tensor) -> dict[str, dict[s
         step = max(1, len(info.history) // 40)
         ks = list(range(0, len(info.history), step))
         curves[name] = {"calls": [setup + per * k for k in ks],
-                        "digits": [float(_digits(info.history[k], x_judge).median())
+                        "digits": [float(reference.finite_digits(info.history[k], x_judge).median())
                                    for k in ks]}
     return curves
-
-
-def _judge(P: Any) -> torch.Tensor:
-    """mpmath minimum-norm solution of the stored problem, with the dtype's own cutoff."""
-    rcond = reference.default_rcond(P.A.dtype, P.n, P.d)
-    return reference.lstsq(P.A.double(), P.b.double(), method="mpmath", rcond=rcond)
 
 
 def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
@@ -183,7 +170,7 @@ def run(learners: dict[str, Learner], batch: int, seed: int) -> dict[str, Any]:
             fam = family_from_name(family, n=n, d=5)
             for dtype, torch_dtype in DTYPES.items():
                 P = fam.sample(batch, make_generator(seed + 9000 + n), torch_dtype)
-                x_judge = _judge(P)
+                x_judge = reference.stored_solution(P.A, P.b)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     runs = _run_solvers(learners[dtype], twins[dtype], P)
@@ -275,8 +262,7 @@ def tables(result: dict[str, Any]) -> str:
         calls = " | ".join(f"{r[f'{s}_calls']:.0f} / {r[f'{s}_calls_max']}" for s in learned)
         lines.append(f"| {r['family']} | {r['n']} | {calls} | {r['scipy_seconds']:.3f} | "
                      f"{r['learned_cg_seconds']:.3f} |")
-    lines += ["", "| target | met |", "|---|---|"]
-    lines += [f"| {k} | {'yes' if v else 'no'} |" for k, v in token_verdicts(result).items()]
+    lines += ["", targets_table(token_verdicts(result))]
     return "\n".join([*lines, "", lsq_shapes.tables(result["shapes"])])
 
 
@@ -310,8 +296,8 @@ def run_shapes(mode: str, seed: int) -> dict[str, Any]:
     def log(row: dict[str, Any]) -> None:
         print(format_table([row], columns).splitlines()[-1], flush=True)
 
-    with contextlib.nullcontext() if mode == "full" else lsq_shapes.one_blas_thread():
-        threads = lsq_shapes.blas_threads()
+    with contextlib.nullcontext() if mode == "full" else one_blas_thread():
+        threads = blas_threads()
         rows = lsq_shapes.run_grid(learners, mode, seed, log)
     counts = {k if k == lsq_shapes.SMALL else f"{k[0]} × {k[1]}": v
               for k, v in lsq_shapes.PROBLEMS[mode].items()}

@@ -6,12 +6,15 @@
   ``dps`` decimal digits of the exactly converted input, correctly rounded to the input
   dtype to within one ulp). All three drop singular values below ``rcond·σ_max``, so they
   solve the same (truncated) problem; the mpmath path is the judge of precision claims.
+* :func:`stored_solution` — the judge of a problem as stored in float32 or float64: the
+  exactly widened problem solved with the stored dtype's own cutoff, in float64.
 * :func:`condition_number` — ``σ_max/σ_min`` over the singular values kept by ``rcond``.
 * :func:`sensitivity` — the first-order condition number of the least-squares solution,
   ``κ·(2 + (κ+1)·‖r‖/(‖A‖‖x‖))`` (Higham, *Accuracy and Stability*, Thm 20.1): a backward
   stable solver in unit roundoff ``u`` has relative error ``≲ c·u·sensitivity`` — the
   ``κ·u`` term for consistent systems, ``κ²·u`` once the residual is non-zero.
-* :func:`mse`, :func:`relative_error`, :func:`digits` — per-problem error metrics.
+* :func:`mse`, :func:`relative_error`, :func:`digits` — per-problem error metrics;
+  :func:`finite_digits` — :func:`digits` with 0 for a non-finite solution.
 
 Shapes: ``A: (B, n, d)``, ``b: (B, n)``, solutions ``x: (B, d)``; float32 or float64.
 """
@@ -32,10 +35,12 @@ __all__ = [
     "METHODS",
     "condition_number",
     "digits",
+    "finite_digits",
     "lstsq",
     "mse",
     "relative_error",
     "sensitivity",
+    "stored_solution",
 ]
 
 Method = Literal["scipy", "numpy", "mpmath"]
@@ -108,6 +113,15 @@ def lstsq(
     else:
         xs = [_mpmath_lstsq(a_np[i], b_np[i], rcond, dps) for i in range(batch)]
     return torch.from_numpy(np.stack(xs)).to(dtype=A.dtype, device=A.device)
+
+
+def stored_solution(A: torch.Tensor, b: torch.Tensor, method: Method = "mpmath") -> torch.Tensor:
+    """The minimum-norm solution of the problem exactly as stored: ``A: (B, n, d)``,
+    ``b: (B, n)`` (float32 or float64) widened exactly to float64 and solved by
+    :func:`lstsq` (``method``) with the cutoff of ``A``'s own dtype,
+    ``default_rcond(A.dtype, n, d)`` → ``x: (B, d)`` float64."""
+    _, n, d = check_tensor(A, "A", 3).shape
+    return lstsq(A.double(), b.double(), method, rcond=default_rcond(A.dtype, n, d))
 
 
 def condition_number(A: torch.Tensor, rcond: float | None = None) -> torch.Tensor:
@@ -183,3 +197,15 @@ def digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
     err = relative_error(x, x_ref)
     u = max(torch.finfo(x.dtype).eps, torch.finfo(x_ref.dtype).eps) / 2
     return (-torch.log10(err.clamp(min=u))).clamp(min=0.0)
+
+
+def finite_digits(x: torch.Tensor, x_ref: torch.Tensor) -> torch.Tensor:
+    """:func:`digits` per problem, 0 where a row of ``x`` is not finite: ``(B,)`` float64.
+
+    ``x: (B, d)`` may hold NaN or ±inf; ``x_ref: (B, d)`` finite; float32 or float64 (may
+    differ). The clip is :func:`digits`' (the less precise of ``x``'s and ``x_ref``'s
+    dtypes).
+    """
+    finite = torch.isfinite(x).all(dim=1)
+    safe = torch.where(finite.unsqueeze(1), x, torch.zeros_like(x))
+    return torch.where(finite, digits(safe, x_ref), 0.0)

@@ -26,7 +26,9 @@ def error_metrics(x: torch.Tensor, x_ref: torch.Tensor) -> dict[str, float]:
     inf = torch.tensor(float("inf"), dtype=torch.float64)
     mse = torch.where(finite, reference.mse(safe, x_ref), inf)
     rel = torch.where(finite, reference.relative_error(safe, x_ref), inf)
-    digits = torch.where(finite, reference.digits(safe, x_ref), torch.zeros_like(rel))
+    # x in the wider of the two dtypes, as it always was here: a float32 x judged against a
+    # float64 x_ref is clipped at float64's digits, not float32's
+    digits = reference.finite_digits(x.to(torch.promote_types(x.dtype, x_ref.dtype)), x_ref)
     return {"mse": float(mse.mean()), "rel_error": float(rel.median()),
             "digits": float(digits.median()), "diverged": float((~finite).double().mean())}
 

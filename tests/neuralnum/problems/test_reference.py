@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from lsq_strategies import DTYPES, dtypes, generator, seeds, small_families, unit_roundoff
 
 from neuralnum.problems.families import GaussianFamily
-from neuralnum.problems.reference import digits, lstsq, mse, relative_error, sensitivity
+from neuralnum.problems.reference import (
+    digits,
+    finite_digits,
+    lstsq,
+    mse,
+    relative_error,
+    sensitivity,
+    stored_solution,
+)
 
 
 def conditioning_bound(A, b, x_ref):
@@ -86,6 +94,14 @@ def test_rcond_controls_truncation():
         assert torch.equal(cut, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
 
 
+def test_stored_solution_uses_the_stored_dtypes_cutoff_in_float64():
+    A = torch.tensor([[[1.0, 0.0], [0.0, 1e-7]]])  # float32: 1e-7 is below its cutoff
+    b = torch.ones(1, 2)
+    x = stored_solution(A, b)
+    assert x.dtype == torch.float64 and x.tolist() == [[1.0, 0.0]]
+    assert lstsq(A.double(), b.double(), method="mpmath")[0, 1] > 1e6  # float64's keeps it
+
+
 def test_sensitivity_matches_the_formula():
     A = torch.tensor([[[4.0, 0.0], [0.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
     b = torch.tensor([[4.0, 1.0, 2.0]], dtype=torch.float64)
@@ -112,6 +128,16 @@ def test_metrics(batch, d, seed, dtype, ref_dtype):
     assert (digits(-x_ref, x_ref) == 0).all()
     expected_mse = ((x.double() - x_ref.double()) ** 2).mean(dim=1)
     assert torch.allclose(mse(x, x_ref), expected_mse)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_finite_digits_count_a_non_finite_row_as_no_digits(dtype):
+    x_ref = torch.randn(4, 3, generator=generator(0), dtype=torch.float64) + 3
+    x = (x_ref * (1 + 1e-5)).to(dtype)
+    x[1, 0], x[2, 2], x[3] = math.nan, math.inf, -math.inf
+    got = finite_digits(x, x_ref)
+    assert got.dtype == torch.float64 and got[1:].tolist() == [0.0, 0.0, 0.0]
+    assert torch.equal(got[:1], digits(x[:1], x_ref[:1]))
 
 
 def test_relative_error_with_a_zero_reference():
