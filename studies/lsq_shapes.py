@@ -38,7 +38,7 @@ from neuralnum.core.runtime import make_generator
 from neuralnum.problems import reference
 from neuralnum.problems.double_double import dd_matvec
 from neuralnum.problems.families import FAMILIES, Problems, family_from_name
-from neuralnum.solvers.axial_learner import AxialLearner
+from neuralnum.solvers.axial_learner import PRODUCT_DEFAULTS, AxialLearner
 from neuralnum.solvers.krylov import SolveInfo
 from neuralnum.solvers.ls_driver import LsqrInfo
 from neuralnum.solvers.methods import solve
@@ -155,7 +155,7 @@ def run_methods(learner: AxialLearner, P: Problems,
     out = {name: _learned(learner, P, *LEARNED[name]) for name in methods if name in LEARNED}
     if "exact_lsqr" in methods:
         (x, info), seconds = timed(lambda: solve(ExactOperator(P.A, P.b), "lsqr", warn=False,
-                                                 reorthogonalize=True, refine=1))
+                                                 **PRODUCT_DEFAULTS["lsqr"]))
         out["exact_lsqr"] = _record(x, info, seconds, P)
     if "scipy_lsqr" in methods:
         (x, itn, istop), seconds = timed(lambda: scipy_lsqr(P))

@@ -57,6 +57,11 @@ def default_recipe(**changes: Any) -> Recipe:
     return base.replace(**changes)
 
 
+#: What the shipped solver's LSQR / CGLS do beyond scipy's iteration, unless told otherwise.
+PRODUCT_DEFAULTS: dict[str, dict[str, Any]] = {"lsqr": {"refine": 1, "reorthogonalize": True},
+                                               "cgls": {"refine": 1}}
+
+
 def _product_options(iters: int | None = None, tol: float | None = None,
                      **options: Any) -> dict[str, Any]:
     """LSQR / CGLS options from the names every method understands: ``iters`` runs that
@@ -154,9 +159,7 @@ class AxialLearner(LearnedSolver):
         record."""
         method = method or "lsqr"
         if method in PRODUCT_METHODS:
-            options = {"refine": 1, **_product_options(**options)}
-        if method == "lsqr":
-            options = {"reorthogonalize": True, **options}
+            options = {**PRODUCT_DEFAULTS[method], **_product_options(**options)}
         x, self.last_solve = solve(self.operator(A, b), method, x0, **options)
         return x
 
